@@ -1,0 +1,69 @@
+# imagenet-kit: every target calls the `imagenet-kit` CLI inside .venv (created by `make setup`).
+# Variables: DATA=/path/to/root (ImageFolder root with train/ and val/), NPROC=GPUs per node,
+# RUN=runs/<name>, MODEL=<export folder>, ARGS="extra CLI flags".
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+KIT := $(VENV)/bin/imagenet-kit
+PY := $(VENV)/bin/python
+NPROC ?= 1
+APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup system-deps mini full demo test bench lint clean
+
+help:
+	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
+	@echo "make mini    whole workflow on the embedded sample (or DATA=root with train/ val/: mini recipe)"
+	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8]"
+	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
+	@echo "make test    the test suite"
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes, so a second `make setup` takes a second.
+$(STAMP): pyproject.toml | system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# FFCV compiles against libturbojpeg and OpenCV; pkg-config must find both.
+system-deps:
+	@if pkg-config --exists libturbojpeg opencv4 2>/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo"; else \
+	  echo "FFCV needs system libraries. Run: sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; exit 1; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES)
+
+# Without DATA: the embedded sample (sample recipe). With DATA: the 100-class mini recipe on that root.
+mini: setup
+	$(KIT) run --recipe $(if $(DATA),mini --data "$(DATA)",sample) $(ARGS)
+
+# Conversion runs once, outside torchrun (it can take hours on ImageNet, longer than a collective's timeout).
+full: setup
+	@if [ -z "$(DATA)" ]; then \
+	  echo "make full needs DATA=/path/to/imagenet. ImageNet-1K (ILSVRC2012) comes from image-net.org"; \
+	  echo "(registration) or Kaggle's imagenet-object-localization-challenge. Accepted layouts:"; \
+	  echo "  DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG (ImageFolder), or a flat val folder"; \
+	  echo "  converted first with: imagenet-kit convert VAL_DIR betons/imagenet-val-500.beton --labels"; \
+	  echo "  ILSVRC2012_validation_ground_truth.txt|LOC_val_solution.csv --classes-from betons/imagenet-train-500.beton"; \
+	  exit 2; fi
+	$(KIT) prepare --recipe full --data "$(DATA)" $(ARGS)
+ifeq ($(NPROC),1)
+	$(KIT) run --recipe full --data "$(DATA)" $(ARGS)
+else
+	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m imagenet_kit run --recipe full --data "$(DATA)" $(ARGS)
+endif
+
+demo: setup
+	$(KIT) demo $(if $(MODEL),--model "$(MODEL)") $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(KIT) bench data --src ../shared/data/imagenet-samples
+	$(KIT) bench train
+
+clean:
+	rm -rf runs betons test-artifacts .pytest_cache

@@ -1,0 +1,79 @@
+"""Checkpoints that survive a spot-instance kill: atomic writes, a previous copy, validated loads.
+
+A checkpoint is a dict: model, optimizer, scheduler, scaler, epoch (in progress), step (batches of that
+epoch already done), global_step, rng, config, classes, best_top1, metrics, max_lr.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imagenet_kit.progress import console
+
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> None:
+    """torch.save to a temp file, fsync, then rename over ``path``: a kill at any moment leaves either
+    the old file or the new one, never a torn one. ``keep_previous`` first renames the old file to
+    ``<name>.prev.pt`` so that one bad write still leaves a good checkpoint to resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(path.stem + ".prev.pt"))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load and check a checkpoint; raise CheckpointError naming the file if it is unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint of this kit (missing {', '.join(missing)})")
+    return state
+
+
+def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest readable checkpoint of a run (by training progress), warning about broken ones."""
+    candidates = []
+    for path in sorted((run_dir / "checkpoints").glob("*.pt")):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:
+            console.print(f"[yellow]warning:[/] skipping {err}")
+            continue
+        candidates.append(((state["global_step"], path.name != "best.pt"), path, state))
+    if not candidates:
+        return None
+    _, path, state = max(candidates, key=lambda c: c[0])
+    return path, state
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

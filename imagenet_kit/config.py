@@ -1,0 +1,238 @@
+"""Typed run configuration.
+
+Precedence: dataclass defaults < recipe YAML < ``--set section.key=value`` / CLI flags.
+Every key is checked: an unknown or mistyped one is an error that names it and lists the valid ones,
+so a typo in a recipe can never silently fall back to a default.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be applied; the message names the key or file."""
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # ImageFolder root holding train/ and val/ (the raw JPEGs)
+    name: str = "dataset"  # names the betons: <beton_dir>/<name>-<split>-<max_res>.beton
+    beton_dir: str = "betons"
+    max_res: int = 256  # longest side stored in the beton (FFCV's ImageNet write uses 256-512)
+    jpeg_quality: int = 90
+    compress_prob: float = 0.5  # share of images stored as JPEG; the rest raw pixels (faster decode)
+    workers: int = 0  # loader/convert worker processes; 0 = one per CPU core
+    in_memory: bool = True  # let the OS page cache hold the beton (FFCV's os_cache)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    zero_init_residual: bool = True  # last BN gamma of each residual block starts at 0 (Goyal et al. 2017)
+    blurpool: bool = False  # anti-aliased strided convs, as FFCV's rn50 configs use
+    channels_last: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: Any = 0.1  # peak LR at batch `lr_batch`; "auto" runs the LR range test first
+    lr_batch: int = 256  # linear scaling rule: lr applies to this global batch, scaled to the real one
+    momentum: float = 0.9
+    weight_decay: float = 5e-5  # never applied to BatchNorm weights or biases
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"  # onecycle | linear | step
+    pct_start: float = 0.25  # onecycle: share of steps spent warming up
+    div_factor: float = 25.0  # onecycle: initial lr = peak / div_factor
+    final_div_factor: float = 1e4  # onecycle: final lr = initial lr / final_div_factor
+    base_momentum: float = 0.85  # onecycle: momentum at the LR peak
+    max_momentum: float = 0.95  # onecycle: momentum at the start and end
+    peak_epoch: float = 2.0  # linear: epoch where the LR peaks (FFCV's lr_peak_epoch)
+    step_epochs: int = 30  # step: epochs between decays
+    step_gamma: float = 0.1  # step: decay factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 16
+    batch_size: int = 256  # per GPU (per process), as in torchvision's references
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    compile: bool = False
+    min_res: int = 160  # progressive resizing: train resolution up to start_ramp ...
+    max_res: int = 192  # ... and from end_ramp on, rounded to multiples of 32 in between
+    start_ramp: int = 11
+    end_ramp: int = 13
+    val_res: int = 256
+    val_batch_size: int = 256
+    flip_tta: bool = True  # average logits of the image and its mirror at evaluation
+    seed: int = 0
+    checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (spot instances)
+    max_steps: int = 0  # stop after this many steps in total (smoke tests); 0 = no limit
+
+
+@dataclass
+class LRFindConfig:
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_iter: int = 100
+    smooth: float = 0.98  # EMA factor of the loss, bias-corrected
+    diverge: float = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
+    suggestion: str = "valley"  # valley | steep | min10
+    batch_size: int = 0  # 0 = the training batch size
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
+            "lr_find": LRFindConfig}
+TOP_LEVEL = ("name", "output_dir")
+
+
+def _valid_keys() -> list[str]:
+    keys = list(TOP_LEVEL)
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in fields(cls)]
+    return keys
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the field's type, or raise naming the key."""
+    if key == "optim.lr":  # a number or the word "auto"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        annotation = float
+    else:
+        annotation = type(default)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool):
+                raise ValueError
+            as_float = float(value)
+            if as_float != int(as_float):
+                raise ValueError
+            return int(as_float)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
+
+
+def set_key(cfg: RunConfig, key: str, value: Any) -> None:
+    """Set ``section.key`` (or a top-level key) on ``cfg``, checking the key and the value's type."""
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] in TOP_LEVEL:
+        setattr(cfg, parts[0], str(value))
+        return
+    if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in {f.name for f in fields(SECTIONS[parts[0]])}:
+        raise ConfigError(f"unknown config key '{key}'. Valid keys: {', '.join(_valid_keys())}")
+    section = getattr(cfg, parts[0])
+    default = getattr(SECTIONS[parts[0]](), parts[1])
+    setattr(section, parts[1], _coerce(key, value, default))
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            items += _flatten(v, key + ".")
+        else:
+            items.append((key, v))
+    return items
+
+
+def resolve_recipe_path(recipe: str) -> Path:
+    """A recipe is a YAML path or the name of one in ``recipes/`` (``sample`` -> recipes/sample.yaml)."""
+    path = Path(recipe)
+    if path.suffix not in (".yaml", ".yml"):
+        path = RECIPES_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise ConfigError(f"recipe not found: {path}. Give a YAML path or one of: {', '.join(known)}")
+    return path
+
+
+def load_config(recipe: str | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
+    """Defaults, then the recipe's YAML, then ``key=value`` overrides, each key validated."""
+    cfg = RunConfig()
+    if recipe:
+        path = resolve_recipe_path(recipe)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
+        for key, value in _flatten(tree):
+            try:
+                set_key(cfg, key, value)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.epochs=5)")
+        key, value = item.split("=", 1)
+        set_key(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    choices = {
+        "train.precision": (cfg.train.precision, ("auto", "fp32", "fp16", "bf16")),
+        "optim.schedule": (cfg.optim.schedule, ("onecycle", "linear", "step")),
+        "lr_find.suggestion": (cfg.lr_find.suggestion, ("valley", "steep", "min10")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    if cfg.train.min_res > cfg.train.max_res:
+        raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
+    if cfg.train.batch_size < 1:
+        raise ConfigError("train.batch_size must be at least 1")
+
+
+def config_from_dict(tree: dict) -> RunConfig:
+    """Rebuild a RunConfig from ``to_dict()`` output (e.g. a checkpoint's or a run folder's config)."""
+    cfg = RunConfig()
+    for key, value in _flatten(tree):
+        set_key(cfg, key, value)
+    return cfg
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,256 @@
+"""Folder of images -> FFCV ``.beton``, with every input file accounted for.
+
+Two passes. The first decodes each file (at reduced JPEG scale, so it is cheap) in a process pool and
+sorts it into "write" or "skip, because ...". The second hands only the good files to FFCV's
+DatasetWriter, whose workers would otherwise die on the first corrupt file. The beton is written to a
+temporary name and renamed on success, so an interrupted conversion never leaves a file at ``out``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imagenet_kit.data.imagenet_meta import wnid_to_name
+from imagenet_kit.progress import progress_bar
+
+# Files that file managers leave behind: never images, never worth a line in the report.
+SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"}
+
+# FFCV's published ImageNet write settings (ffcv-imagenet, write_imagenet.sh: 500 px, 50% JPEG, quality 90).
+DEFAULT_MAX_RES = 500
+DEFAULT_COMPRESS_PROB = 0.5
+DEFAULT_JPEG_QUALITY = 90
+
+
+class ConvertError(RuntimeError):
+    """A problem with the source as a whole (missing folder, no classes, unknown label file)."""
+
+
+@dataclass
+class Source:
+    """What a scan found: files to try with their class index, and files set aside with a reason."""
+    root: Path
+    classes: list[str]
+    items: list[tuple[Path, int]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def _is_system(path: Path) -> bool:
+    return path.name in SYSTEM_FILES or path.name.startswith(".")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    # followlinks: ImageNet mirrors are often farms of symlinks.
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        out += [Path(dirpath) / name for name in sorted(filenames)]
+    return out
+
+
+def scan_imagefolder(src: Path, classes: list[str] | None = None) -> Source:
+    """``src/<class>/**/<file>``. Class indices follow sorted folder names (torchvision's ImageFolder
+    order, which for ImageNet wnids is the standard 0..999 order) unless ``classes`` fixes them, as it
+    must for a val split that lacks some training class."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ConvertError(f"{src}: not a folder. Expected an ImageFolder split: {src}/<class>/<image files>")
+    folders = sorted(p for p in src.iterdir() if p.is_dir() and not _is_system(p))
+    if not folders:
+        raise ConvertError(f"{src}: no class folders inside. Expected {src}/<class>/<image files>")
+    source = Source(root=src, classes=list(classes) if classes else [p.name for p in folders])
+    index = {name: i for i, name in enumerate(source.classes)}
+    for entry in sorted(p for p in src.iterdir() if p.is_file()):
+        if _is_system(entry):
+            source.ignored.append(entry)
+        else:
+            source.skipped.append((entry, "not inside a class folder"))
+    for folder in folders:
+        files = _files_under(folder)
+        wanted = [f for f in files if not _is_system(f)]
+        source.ignored += [f for f in files if _is_system(f)]
+        if not wanted:
+            source.empty_classes.append(folder.name)
+        if folder.name not in index:
+            source.skipped += [(f, f"class '{folder.name}' is not among the training classes") for f in wanted]
+            continue
+        source.items += [(f, index[folder.name]) for f in wanted]
+    return source
+
+
+def scan_labelled_flat(src: Path, labels: dict[str, str], classes: list[str] | None = None) -> Source:
+    """A flat folder (ILSVRC2012 val layout) with a file-stem -> wnid map from the devkit or Kaggle."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ConvertError(f"{src}: not a folder of validation images")
+    source = Source(root=src, classes=list(classes) if classes else sorted(set(labels.values())))
+    index = {name: i for i, name in enumerate(source.classes)}
+    for path in _files_under(src):
+        if _is_system(path):
+            source.ignored.append(path)
+        elif path.stem not in labels:
+            source.skipped.append((path, "no label for this file in the labels file"))
+        elif labels[path.stem] not in index:
+            source.skipped.append((path, f"class '{labels[path.stem]}' is not among the training classes"))
+        else:
+            source.items.append((path, index[labels[path.stem]]))
+    return source
+
+
+def load_rgb(path: Path, max_res: int | None = None) -> Image.Image:
+    """Open any image Pillow reads as an upright 8-bit RGB image, longest side at most ``max_res``.
+
+    Handles CMYK, grayscale, palette, alpha (composited on white), 16-bit, PNG/WebP under a .JPEG
+    name, progressive JPEG, and EXIF orientation. Raises ``UnreadableImage`` with a reason otherwise.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; treat both as the bomb they are.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if max_res:
+                    image.draft(image.mode, (max_res, max_res))  # JPEG: decode at 1/2, 1/4, 1/8 scale
+                image = ImageOps.exif_transpose(image)
+                image.load()
+                image = _to_rgb(image)
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UnreadableImage(f"decompression bomb: {err}") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad markers, broken chunks
+        raise UnreadableImage(f"corrupt or truncated image: {err}") from None
+    if max_res and max(image.size) > max_res:
+        scale = max_res / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+class UnreadableImage(ValueError):
+    """A file that cannot become an RGB image; the message is the reason recorded in the report."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        return Image.fromarray(np.clip(pixels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _check(args: tuple[str, int]) -> str | None:
+    path, max_res = args
+    try:
+        load_rgb(Path(path), max_res)
+    except UnreadableImage as err:
+        return str(err)
+    return None
+
+
+class _ImageDataset:
+    """What FFCV's writer reads: (HxWx3 uint8 array, label) per index."""
+
+    def __init__(self, items: list[tuple[Path, int]], max_res: int):
+        self.items, self.max_res = items, max_res
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, label = self.items[i]
+        return np.asarray(load_rgb(path, self.max_res)), label
+
+
+def class_table(classes: list[str]) -> list[dict]:
+    """index, wnid and human-readable name (ImageNet-1K's where the folder is an ImageNet wnid)."""
+    return [{"index": i, "wnid": c, "name": wnid_to_name(c) or c} for i, c in enumerate(classes)]
+
+
+def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+            compress_prob: float = DEFAULT_COMPRESS_PROB, workers: int = 0, force: bool = False) -> dict:
+    """Write ``out`` (a .beton), ``out.classes.json`` and ``out.report.json``; return the report."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConvertError(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(out.name + ".tmp-*"):  # left by a killed earlier run
+        stale.unlink()
+    workers = workers or os.cpu_count() or 1
+
+    good: list[tuple[Path, int]] = []
+    skipped = list(source.skipped)
+    with ProcessPoolExecutor(workers) as pool, progress_bar("check", len(source.items), "img") as advance:
+        reasons = pool.map(_check, [(str(p), max_res) for p, _ in source.items], chunksize=64)
+        for (path, label), reason in zip(source.items, reasons):
+            (good.append((path, label)) if reason is None else skipped.append((path, reason)))
+            advance(1)
+    if not good:
+        raise ConvertError(f"{source.root}: none of {len(source.items)} files could be read; see the reasons "
+                           f"with --report or in {out}.report.json")
+
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        writer = DatasetWriter(str(tmp), {
+            "image": RGBImageField(write_mode="proportion", max_resolution=max_res,
+                                   compress_probability=compress_prob, jpeg_quality=jpeg_quality),
+            "label": IntField(),
+        }, num_workers=workers)
+        writer.from_indexed_dataset(_ImageDataset(good, max_res))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    classes = class_table(source.classes)
+    Path(f"{out}.classes.json").write_text(json.dumps(classes, indent=1))
+    seen = len(source.items) + len(source.skipped)
+    report = {
+        "source": str(source.root), "out": str(out),
+        "settings": {"max_res": max_res, "jpeg_quality": jpeg_quality, "compress_prob": compress_prob},
+        "counts": {"seen": seen, "written": len(good), "skipped": len(skipped), "ignored": len(source.ignored),
+                   "classes": len(source.classes)},
+        "per_class_written": np.bincount([l for _, l in good], minlength=len(source.classes)).tolist(),
+        "empty_classes": source.empty_classes,
+        "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
+        "ignored": [str(p) for p in source.ignored],
+    }
+    Path(f"{out}.report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def read_classes(beton: Path) -> list[dict]:
+    path = Path(f"{beton}.classes.json")
+    if not path.is_file():
+        raise ConvertError(f"{path} is missing; it is written by 'imagenet-kit convert' next to the beton")
+    return json.loads(path.read_text())
+
+
+def check_imagefolder_root(root: Path) -> None:
+    """A dataset root must hold train/ and val/, each with one folder per class."""
+    layout = (f"expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
+              "(ImageFolder layout, as in Kaggle's mini-ImageNet or an extracted ImageNet)")
+    if not root.is_dir():
+        raise ConvertError(f"data root {root} does not exist; {layout}")
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
+            raise ConvertError(f"{folder} is missing or has no class folders; {layout}")

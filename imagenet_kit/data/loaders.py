@@ -1,0 +1,72 @@
+"""FFCV loaders for training and evaluation.
+
+Both yield ``(images, labels)`` with images as uint8 NCHW tensors on the target device; ``normalize``
+turns them into float, channels_last tensors there. Doing the float conversion on the device keeps the
+host-to-device copy at one byte per pixel.
+"""
+from __future__ import annotations
+
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CENTER_CROP_RATIO = 224 / 256  # the standard ImageNet evaluation crop
+
+
+def _label_pipeline(device: torch.device) -> list:
+    return [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+
+
+def create_train_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
+                        seed: int = 0, distributed: bool = False, in_memory: bool = True,
+                        drop_last: bool = True) -> Loader:
+    """Random-resized-crop (scale 0.08-1, ratio 3/4-4/3) + flip, decoded by FFCV's JIT pipeline.
+
+    The resolution can be changed between epochs with ``set_resolution`` (progressive resizing).
+    Under torchrun (``distributed=True``) each rank reads a disjoint shard of every epoch's order.
+    """
+    decoder = RandomResizedCropRGBImageDecoder((res, res), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    pipelines = {
+        "image": [decoder, RandomHorizontalFlip(), ToTensor(), ToDevice(device, non_blocking=True),
+                  ToTorchImage()],
+        "label": _label_pipeline(device),
+    }
+    # QUASI_RANDOM saves memory when the beton is not in RAM, but FFCV does not support it distributed.
+    order = OrderOption.RANDOM if (distributed or in_memory) else OrderOption.QUASI_RANDOM
+    return Loader(beton, batch_size=batch_size, num_workers=workers, order=order, os_cache=in_memory,
+                  drop_last=drop_last, pipelines=pipelines, distributed=distributed, seed=seed)
+
+
+def create_val_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
+                      distributed: bool = False) -> Loader:
+    """Center crop keeping 224/256 of the shorter side, resized to ``res``; sequential order."""
+    pipelines = {
+        "image": [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO), ToTensor(),
+                  ToDevice(device, non_blocking=True), ToTorchImage()],
+        "label": _label_pipeline(device),
+    }
+    return Loader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
+                  drop_last=False, pipelines=pipelines, distributed=distributed)
+
+
+def set_resolution(loader: Loader, res: int) -> None:
+    """Change the train crop size for the next epoch without rebuilding the loader."""
+    decoder = loader.pipeline_specs["image"].decoder
+    decoder.output_size = (res, res)
+
+
+def normalize(images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """uint8 NCHW -> float32 normalised with ImageNet statistics, optionally channels_last."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    out = (images.float() - mean) / std
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def beton_num_samples(beton: str) -> int:
+    from ffcv.reader import Reader
+    return int(Reader(beton).num_samples)

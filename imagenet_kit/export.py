@@ -1,0 +1,280 @@
+"""Checkpoint -> deployable model folder (TorchScript, ONNX, safetensors), each checked against the eager model.
+
+An export folder holds the model files plus ``classes.json``, ``preprocess.json`` and ``model.json``.
+``model.json`` is written last, so a folder that has one is a finished, parity-checked export.
+``preprocess`` below is the single implementation of ``preprocess.json``: the parity check, the demo, its
+benchmark and any evaluation of an export all call it, so they all see the same pixels.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from rich.table import Table
+from torchvision.transforms import InterpolationMode
+
+from imagenet_kit.checkpoint import CheckpointError, load_checkpoint
+from imagenet_kit.config import ConfigError, config_from_dict
+from imagenet_kit.data.convert import UnreadableImage, load_rgb
+from imagenet_kit.data.loaders import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from imagenet_kit.model import create_model
+from imagenet_kit.progress import console
+from imagenet_kit.runtime import environment, write_json
+
+FORMATS = ("torchscript", "onnx", "safetensors")
+FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "safetensors": "model.safetensors"}
+# Largest allowed max |logit difference| to the eager fp32 model on the parity batch. The TorchScript file
+# runs the same kernels; onnxruntime has its own (fused conv+BN, other summation orders); the safetensors
+# weights reloaded into the same module must reproduce the logits exactly.
+TOLERANCES = {"torchscript": 1e-4, "onnx": 1e-3, "safetensors": 0.0}
+ONNX_OPSET = 17
+PARITY_IMAGES = 8
+SAMPLE_VAL = Path(__file__).resolve().parent.parent / "sample_data" / "imagenette-sample" / "val"
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made or trusted; the message names the file, the Δ or the missing piece."""
+
+
+def preprocess_spec(res: int) -> dict:
+    """preprocess.json for evaluation at ``res``: the standard ImageNet resize-then-center-crop (224 of 256)."""
+    return {"resize": int(round(res / CENTER_CROP_RATIO)), "crop": res, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "interpolation": "bilinear",
+            "input": "RGB float NCHW /255 then normalized"}
+
+
+def preprocess(image: Image.Image, spec: dict) -> torch.Tensor:
+    """RGB PIL image -> 1x3xHxW float tensor: shorter side to ``resize``, center crop, /255, normalize.
+
+    Open files with ``load_rgb`` (EXIF rotation, CMYK, 16-bit, alpha); ``convert`` here is a no-op for its output.
+    """
+    image = TF.resize(image.convert("RGB"), spec["resize"], interpolation=InterpolationMode(spec["interpolation"]))
+    image = TF.center_crop(image, spec["crop"])
+    x = TF.pil_to_tensor(image).float().div_(255)
+    return TF.normalize(x, spec["mean"], spec["std"]).unsqueeze(0)
+
+
+class Predictor:
+    """A classifier plus the preprocessing and class names it was exported with."""
+
+    def __init__(self, model: torch.nn.Module, spec: dict, names: list[str], info: dict, backend: str):
+        self.model, self.spec, self.names, self.info, self.backend = model.eval(), spec, names, info, backend
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch)
+
+    def predict(self, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:
+        """Top-``k`` (class name, softmax probability), most likely first."""
+        probs = self.logits(preprocess(image, self.spec))[0].softmax(0)
+        top = probs.topk(min(k, len(self.names)))
+        return [(self.names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
+@contextlib.contextmanager
+def _quiet_deprecations():
+    # torch 2.9+ flags torch.jit and the TorchScript-based ONNX exporter as deprecated. Both still work and
+    # are what this export needs (the torch.export-based ONNX exporter requires onnxscript), so the
+    # warnings would only be noise in every export and demo start.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def load_exported(model_dir: Path) -> Predictor:
+    """The predictor of an export folder: TorchScript if exported, else safetensors into ``create_model``."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.json").is_file():
+        raise ExportError(f"{model_dir}: no model.json, so not a finished export; make one with 'imagenet-kit export'")
+    info = json.loads((model_dir / "model.json").read_text())
+    spec = json.loads((model_dir / "preprocess.json").read_text())
+    names = [c["name"] for c in json.loads((model_dir / "classes.json").read_text())]
+    if (model_dir / FILES["torchscript"]).is_file():
+        with _quiet_deprecations():
+            model = torch.jit.load(str(model_dir / FILES["torchscript"]), map_location="cpu")
+        return Predictor(model, spec, names, info, "torchscript")
+    if (model_dir / FILES["safetensors"]).is_file():
+        from safetensors.torch import load_file
+        model = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"])
+        model.load_state_dict(load_file(model_dir / FILES["safetensors"]))
+        return Predictor(model, spec, names, info, "safetensors")
+    raise ExportError(f"{model_dir}: neither {FILES['torchscript']} nor {FILES['safetensors']} to load; "
+                      "export with --format torchscript or safetensors")
+
+
+def _parity_batch(spec: dict, sample_images) -> tuple[torch.Tensor, str]:
+    """Real photos through ``preprocess`` when there are any (random tensors miss input-range bugs)."""
+    if sample_images is None:
+        paths = sorted(SAMPLE_VAL.glob("*/*.JPEG"))[:PARITY_IMAGES]
+        source = f"{SAMPLE_VAL}/*/*.JPEG (first {len(paths)})"
+    else:
+        paths, source = [Path(p) for p in sample_images], f"{len(sample_images)} given images"
+    if not paths:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(PARITY_IMAGES, 3, spec["crop"], spec["crop"], generator=generator), "random tensor"
+    batch = []
+    for path in paths:
+        try:
+            batch.append(preprocess(load_rgb(path), spec))
+        except UnreadableImage as err:
+            raise ExportError(f"{path}: cannot use it for the parity check: {err}") from None
+    return torch.cat(batch), source
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _export_torchscript(model, path: Path, batch: torch.Tensor, info: dict) -> torch.Tensor:
+    # Traced, not scripted: BlurPoolConv2d and torchvision's ResNet are static graphs, and tracing needs no
+    # annotations. check_trace is off because the reloaded file is compared to eager right after.
+    with _quiet_deprecations(), torch.no_grad():
+        torch.jit.trace(model, batch[:1], check_trace=False).save(str(path))
+        reloaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return reloaded(batch)
+
+
+def _export_onnx(model, path: Path, batch: torch.Tensor, info: dict) -> torch.Tensor:
+    import onnx
+    import onnxruntime
+
+    with _quiet_deprecations(), torch.no_grad():
+        torch.onnx.export(model, (batch[:1],), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    onnx.checker.check_model(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"input": batch.numpy()})[0])
+
+
+def _export_safetensors(model, path: Path, batch: torch.Tensor, info: dict) -> torch.Tensor:
+    from safetensors.torch import load_file, save_file
+
+    # The live module's state dict, not the checkpoint's: the checkpoint may hold channels_last tensors,
+    # which safetensors refuses; load_state_dict copied them into this model's contiguous parameters.
+    save_file(model.state_dict(), str(path), metadata={"arch": info["arch"], "num_classes": str(info["num_classes"])})
+    reloaded = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"]).eval()
+    reloaded.load_state_dict(load_file(path))
+    with torch.inference_mode():
+        return reloaded(batch)
+
+
+EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_onnx, "safetensors": _export_safetensors}
+
+
+def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | None = None,
+                 sample_images=None) -> dict:
+    """Write the requested formats and the three JSON files into ``out_dir``; return model.json's content.
+
+    Raises ExportError when a format's logits on the parity batch differ from eager beyond its tolerance.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
+    state = load_checkpoint(checkpoint)
+    cfg = config_from_dict(state["config"])
+    res = res or cfg.train.val_res
+    classes = state["classes"]
+    model = create_model(cfg.model.arch, len(classes), cfg.model.zero_init_residual, cfg.model.blurpool)
+    model.load_state_dict(state["model"])
+    model.eval()
+    spec = preprocess_spec(res)
+    batch, batch_source = _parity_batch(spec, sample_images)
+    with torch.inference_mode():
+        expected = model(batch)
+
+    metrics = state.get("metrics") or {}
+    env = environment()
+    info = {
+        "arch": cfg.model.arch, "num_classes": len(classes), "blurpool": cfg.model.blurpool, "res": res,
+        "run": cfg.name, "data": cfg.data.name,
+        # Measured by training's own evaluation (FFCV center crop at train.val_res, flip TTA if set).
+        "top1": metrics.get("top1"), "top5": metrics.get("top5"), "epoch": metrics.get("epoch"),
+        "epochs": cfg.train.epochs, "val_res": cfg.train.val_res, "flip_tta": cfg.train.flip_tta,
+        "checkpoint": str(checkpoint.resolve()),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": env["device"], "cpu": env["cpu"], "torch": env["torch"],
+        "parity": {"images": len(batch), "source": batch_source}, "formats": {},
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model.json").unlink(missing_ok=True)  # the folder stops counting as an export until done
+    for fmt in formats:
+        path = out_dir / FILES[fmt]
+        delta, tolerance = _max_diff(EXPORTERS[fmt](model, path, batch, info), expected), TOLERANCES[fmt]
+        if not delta <= tolerance:  # also catches NaN
+            raise ExportError(f"{fmt} parity failed: max |Δlogit| {delta:.3g} vs eager exceeds the tolerance "
+                              f"{tolerance:g} on {len(batch)} images ({path})")
+        info["formats"][fmt] = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": delta,
+                                "tolerance": tolerance}
+    write_json(out_dir / "classes.json", classes)
+    write_json(out_dir / "preprocess.json", spec)
+    write_json(out_dir / "model.json", info)
+    return info
+
+
+def find_latest_export(runs_dir: Path = Path("runs")) -> Path | None:
+    """The newest ``runs/*/export`` folder holding a model.json (by that file's mtime), or None."""
+    found = list(Path(runs_dir).glob("*/export/model.json"))
+    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
+
+
+def resolve_model_dir(model: Path | None, runs_dir: Path = Path("runs")) -> Path:
+    """``--model`` as given, or the newest export; the error says where it looked and what to run."""
+    if model is not None:
+        return Path(model)
+    latest = find_latest_export(runs_dir)
+    if latest is None:
+        raise ExportError(f"no exported model found: looked for {Path(runs_dir).resolve()}/*/export/model.json. "
+                          "Run 'make mini' first (it trains and exports a small model), or pass --model DIR")
+    return latest
+
+
+def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(checkpoint file, run folder) for a run folder (its best.pt) or a checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = path / "checkpoints" / "best.pt"
+        if not checkpoint.is_file():
+            raise ExportError(f"{path}: no checkpoints/best.pt in this run folder")
+        return checkpoint, path
+    return path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+@click.command("export")
+@click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, path_type=Path), required=True,
+              help="A checkpoint file, or a run folder (then its checkpoints/best.pt).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder.  [default: <run>/export]")
+@click.option("--format", "format_list", default=",".join(FORMATS), show_default=True,
+              help="Comma-separated formats to write.")
+@click.option("--res", type=click.IntRange(min=32), default=None,
+              help="Input crop size.  [default: the run's train.val_res]")
+def export_command(checkpoint: Path, out: Path | None, format_list: str, res: int | None) -> None:
+    """Export a trained checkpoint to TorchScript, ONNX and safetensors, checking each against PyTorch."""
+    formats = tuple(f.strip() for f in format_list.split(",") if f.strip())
+    try:
+        checkpoint, run_dir = resolve_checkpoint(checkpoint)
+        out = out or run_dir / "export"
+        info = export_model(checkpoint, out, formats, res)
+    except (ExportError, CheckpointError, ConfigError) as err:
+        raise click.ClickException(str(err)) from None
+    table = Table(title=f"{info['arch']} export -> {out}  (parity: {info['parity']['images']} images)")
+    for column in ("format", "file", "size", "max |Δlogit|", "tolerance"):
+        table.add_column(column, justify="left" if column in ("format", "file") else "right")
+    for fmt, entry in info["formats"].items():
+        table.add_row(fmt, entry["file"], f"{entry['bytes'] / 1e6:.1f} MB", f"{entry['max_abs_diff']:.2e}",
+                      f"{entry['tolerance']:g}")
+    console.print(table)
+    console.print(f"also wrote classes.json ({info['num_classes']} classes), preprocess.json "
+                  f"(crop {info['res']}) and model.json")

@@ -1,0 +1,117 @@
+"""LR range test (Smith 2017, "Cyclical Learning Rates"), as fastai's ``lr_find`` runs it.
+
+The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_iter`` batches; the loss is
+smoothed with a bias-corrected EMA and the test stops early once it exceeds ``diverge`` x its minimum.
+The model (weights and BatchNorm statistics) is restored afterwards, so training starts from the same
+initialisation it would have had without the test.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from imagenet_kit.data.loaders import normalize
+from imagenet_kit.model import param_groups
+from imagenet_kit.runtime import autocast
+
+# Like torch-lr-finder's defaults: the first points are dominated by the initial noise of the EMA and the
+# last ones are the divergence itself; neither says anything about good LRs.
+SKIP_START_FRACTION = 0.1
+SKIP_END = 5
+
+
+def suggest_valley(lrs: list[float], losses: list[float]) -> float:
+    """fastai's ``valley``: the longest stretch of decreasing loss, 2/3 of the way down it."""
+    n = len(losses)
+    run = [1] * n  # longest decreasing subsequence ending at i
+    best_start = best_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+        if run[best_end] < run[i]:
+            best_end, best_start = i, i - run[i]
+    sections = (best_end - best_start) / 3
+    return float(lrs[best_start + int(sections) + int(sections / 2)])
+
+
+def suggest_steep(lrs: list[float], losses: list[float]) -> float:
+    """Where the loss falls fastest per decade of LR."""
+    slope = np.gradient(np.asarray(losses), np.log10(np.asarray(lrs)))
+    return float(lrs[int(np.argmin(slope))])
+
+
+def suggest_min10(lrs: list[float], losses: list[float]) -> float:
+    """One tenth of the LR with the lowest loss (the classic rule of thumb)."""
+    return float(lrs[int(np.argmin(losses))] / 10)
+
+
+SUGGESTERS = {"valley": suggest_valley, "steep": suggest_steep, "min10": suggest_min10}
+
+
+def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
+    start = int(len(lrs) * SKIP_START_FRACTION)
+    end = len(lrs) - SKIP_END if len(lrs) - SKIP_END - start >= 3 else len(lrs)
+    return {name: fn(lrs[start:end], losses[start:end]) for name, fn in SUGGESTERS.items()}
+
+
+def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_dtype: torch.dtype | None = None,
+                  label_smoothing: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
+                  start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100, smooth: float = 0.98,
+                  diverge: float = 4.0, suggestion: str = "valley", channels_last: bool = True) -> dict:
+    """Run the test on ``batches`` (an iterable of (uint8 images, labels), re-iterated if short).
+
+    Returns lrs, smoothed losses, the three suggestions, the chosen one's name and its LR.
+    """
+    if num_iter < 2:
+        raise ValueError("lr_find.num_iter must be at least 2")
+    saved = copy.deepcopy(model.state_dict())  # includes BatchNorm running stats
+    optimizer = torch.optim.SGD(param_groups(model, weight_decay), lr=start_lr, momentum=momentum)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))
+    lrs, losses = [], []
+    avg, best = 0.0, math.inf
+    model.train()
+    stream = _cycle(batches)
+    try:
+        for i in range(num_iter):
+            lr = start_lr * gamma**i
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = next(stream)
+            with autocast(device, amp_dtype):
+                loss = criterion(model(normalize(images, channels_last)), labels.long())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                break
+            avg = smooth * avg + (1 - smooth) * value
+            smoothed = avg / (1 - smooth ** (i + 1))  # bias correction: early values are not pulled to 0
+            lrs.append(lr)
+            losses.append(smoothed)
+            best = min(best, smoothed)
+            if smoothed > diverge * best:
+                break
+    finally:
+        model.load_state_dict(saved)
+    if len(lrs) < 3:
+        raise RuntimeError(f"LR range test diverged after {len(lrs)} steps from start_lr={start_lr:g}; "
+                           "lower lr_find.start_lr")
+    found = suggestions(lrs, losses)
+    return {"lrs": lrs, "losses": losses, "suggestions": found, "chosen": suggestion, "lr": found[suggestion],
+            "num_iter": num_iter, "stopped_at": len(lrs)}
+
+
+def _cycle(batches):
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("LR range test: the training data yielded no batch")

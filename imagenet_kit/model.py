@@ -1,0 +1,60 @@
+"""Model factory: torchvision ResNets with the training tricks of FFCV's ImageNet recipe."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class BlurPoolConv2d(nn.Module):
+    """A strided conv preceded by a fixed 3x3 binomial blur (Zhang 2019), as FFCV's rn50 configs use."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+        self.register_buffer("blur_filter", kernel.repeat(conv.in_channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.blur_filter, padding=1, groups=self.conv.in_channels)
+        return self.conv(x)
+
+
+def _apply_blurpool(module: nn.Module) -> None:
+    # FFCV's rule: every strided conv with at least 16 input channels (so not the stem).
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+            setattr(module, name, BlurPoolConv2d(child))
+        else:
+            _apply_blurpool(child)
+
+
+def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
+                 blurpool: bool = False) -> nn.Module:
+    """A randomly initialised ResNet. Weights are never downloaded here."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes,
+                                              zero_init_residual=zero_init_residual)
+    if blurpool:
+        _apply_blurpool(model)
+    return model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two SGD groups: weight decay on conv/linear weights only.
+
+    Chosen by module type, not by parameter name: FFCV's ``'bn' in name`` filter misses the BatchNorm
+    inside each ``downsample`` branch (``layer1.0.downsample.1.weight``) and decays it.
+    """
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_norm = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
+            (no_decay if is_norm or name == "bias" else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

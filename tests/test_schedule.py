@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from imagenet_kit.schedule import create_scheduler, schedule_trace
+
+
+def test_onecycle_pins_lr_and_momentum():
+    # 10 epochs x 10 steps, peak 1.0, 25% warm-up: torch's OneCycleLR with cosine annealing.
+    t = schedule_trace("onecycle", 1.0, 10, 10, pct_start=0.25, div_factor=25, final_div_factor=1e4)
+    assert t["lr"][0] == pytest.approx(1.0 / 25)
+    assert t["momentum"][0] == pytest.approx(0.95)
+    peak = 24  # float(pct_start * total) - 1
+    assert t["lr"][peak] == pytest.approx(1.0)
+    assert t["momentum"][peak] == pytest.approx(0.85)
+    assert t["lr"][-1] == pytest.approx(1.0 / 25 / 1e4, rel=1e-3)
+    assert t["momentum"][-1] == pytest.approx(0.95, abs=1e-4)
+    assert max(t["lr"]) == pytest.approx(1.0)
+
+
+def test_linear_matches_ffcv_schedule():
+    # FFCV: 1e-4*lr at epoch 0, lr at peak_epoch 2, 0 at the end; stepped per iteration.
+    t = schedule_trace("linear", 1.7, 16, 100, peak_epoch=2)
+    assert t["lr"][0] == pytest.approx(1.7e-4)
+    assert t["lr"][100] == pytest.approx(1.7 * (1e-4 + (1 - 1e-4) * 0.5))
+    assert t["lr"][200] == pytest.approx(1.7)
+    assert t["lr"][900] == pytest.approx(1.7 * 700 / 1400)
+    assert t["lr"][-1] == pytest.approx(1.7 / 1400)
+    assert set(t["momentum"]) == {0.9}
+
+
+def test_step_schedule():
+    t = schedule_trace("step", 0.1, 9, 4, step_epochs=3, step_gamma=0.1)
+    assert t["lr"][11] == pytest.approx(0.1)
+    assert t["lr"][12] == pytest.approx(0.01)
+    assert t["lr"][35] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("name", ["onecycle", "linear", "step"])
+def test_resume_restores_schedule_position(name):
+    def make():
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.5, momentum=0.9)
+        return opt, create_scheduler(opt, name, 0.5, 5, 10)
+
+    opt, sched = make()
+    for _ in range(23):
+        opt.step()
+        sched.step()
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    expected = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        expected.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+
+    opt2, sched2 = make()
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    got = []
+    for _ in range(10):
+        opt2.step()
+        sched2.step()
+        got.append((opt2.param_groups[0]["lr"], opt2.param_groups[0]["momentum"]))
+    assert [lr for lr, _ in got] == pytest.approx([lr for lr, _ in expected], rel=1e-12)
+    assert [m for _, m in got] == pytest.approx([m for _, m in expected], rel=1e-12)
+    if name == "linear":  # step 33 of 50: 13/30 of the way down from the peak (step 20) to 0
+        assert got[-1][0] == pytest.approx(0.5 * (1 - 13 / 30))
+
+
+def test_unknown_schedule():
+    p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(ValueError, match="cosine"):
+        create_scheduler(torch.optim.SGD([p], lr=1), "cosine", 1.0, 1, 1)
