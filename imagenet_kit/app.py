@@ -74,30 +74,34 @@ def build_app(model: Path | str | Predictor) -> gr.Blocks:
 
     predictor = model if isinstance(model, Predictor) else load_exported(Path(model))
 
-    def classify(upload: dict | None) -> dict | None:
-        # The event runs with preprocess=False, so this receives Gradio's file payload (already checked to
-        # be an uploaded or cached file). gr.Image's own preprocessing would open the file with
-        # PIL.Image.open first and fail on non-images and decompression bombs with a generic error;
-        # load_rgb gives the reason, handles EXIF/CMYK/16-bit/alpha, and gr.Error shows it in the page.
-        if not upload:
-            return None  # the image was cleared
+    def classify(path: str) -> dict:
         try:
-            image = load_rgb(Path(upload["path"]))
+            image = load_rgb(Path(path))
         except UnreadableImage as err:
             raise gr.Error(f"Cannot classify this file: {err}") from None
         return dict(predictor.predict(image, k=5))
 
+    def classify_upload(upload: dict | None) -> dict | None:
+        # Runs with preprocess=False, so this receives Gradio's file payload (already checked to be a file
+        # Gradio received or cached). gr.Image's own preprocessing would PIL.Image.open the file first and
+        # fail on non-images and decompression bombs with a generic error; load_rgb gives the reason.
+        return classify(upload["path"]) if upload else None
+
     with gr.Blocks(title="imagenet-kit demo", analytics_enabled=False) as demo:
         gr.Markdown(model_card(predictor.info))
         with gr.Row():
-            image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+            # image_mode=None: Gradio hands over the file as uploaded; load_rgb does the conversion.
+            image = gr.Image(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"])
             label = gr.Label(num_top_classes=5, label="Top-5")
         button = gr.Button("Classify", variant="primary")
-        gr.Examples(examples=[[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.jpg"))], inputs=image,
-                    label="Example photos (ImageNet validation-style)")
-        # change covers uploads, example clicks and clearing; the button re-runs on demand.
-        gr.on([image.change, button.click], classify, inputs=image, outputs=label, api_name="predict",
+        # Not image.change: Gradio fires it twice when an upload replaces an image, doubling the work.
+        gr.on([image.upload, button.click], classify_upload, inputs=image, outputs=label, api_name="predict",
               preprocess=False)
+        image.clear(lambda: None, outputs=label, api_visibility="private")
+        # The examples are the kit's own JPEGs, so Gradio's preprocessing (which yields their path) is safe.
+        gr.Examples(examples=[[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.jpg"))], inputs=image, outputs=label,
+                    fn=classify, run_on_click=True, cache_examples=False,
+                    label="Example photos (ImageNet validation-style)")
     return demo
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -19,7 +20,21 @@ KIT_ROOT = RECIPES_DIR.parent
 
 
 class KitGroup(click.Group):
-    """Turns the kit's expected errors into one red line and exit code 2, without a traceback."""
+    """Imports heavy subcommands (Gradio, ONNX) only when they run, and turns the kit's expected errors
+    into one red line and exit code 2, without a traceback."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         from imagenet_kit.checkpoint import CheckpointError
@@ -31,9 +46,25 @@ class KitGroup(click.Group):
             sys.exit(2)
 
 
-@click.group(cls=KitGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+@click.group(cls=KitGroup, context_settings=CONTEXT, lazy={
+    "subset": "imagenet_kit.data.subset:subset_command",
+    "export": "imagenet_kit.export:export_command",
+    "demo": "imagenet_kit.app:demo_command",
+    "plan": "imagenet_kit.plan:plan_command",
+})
 def cli():
     """From a folder of ImageNet JPEGs to a trained ResNet and a Gradio demo."""
+
+
+@cli.group("bench", cls=KitGroup, context_settings=CONTEXT, lazy={
+    "data": "imagenet_kit.bench_data:bench_data_command",
+    "demo": "imagenet_kit.bench_demo:bench_demo_command",
+})
+def bench():
+    """Benchmarks; each appends JSON lines with hardware and command to bench/results/."""
 
 
 def _recipe_options(fn):

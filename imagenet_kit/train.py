@@ -217,9 +217,7 @@ def train(cfg: RunConfig, runtime: Runtime, resume: str | None = None) -> dict:
                         checkpoint(epoch, step + 1, last_metrics)
                         last_checkpoint = time.monotonic()
                     if stop_now and step < steps_per_epoch - 1:
-                        if stop.requested and runtime.is_main:
-                            console.print(f"stopped at epoch {epoch + 1}, step {step + 1}; checkpoint written. "
-                                          f"Resume with: imagenet-kit train --resume auto (same recipe and flags)")
+                        _say_stopped(stop.requested and runtime.is_main, epoch, step + 1)
                         return {**last_metrics, "interrupted": stop.requested, "epoch": epoch, "step": step + 1}
             skip_steps = 0
             epoch_seconds = time.perf_counter() - epoch_start
@@ -248,7 +246,8 @@ def train(cfg: RunConfig, runtime: Runtime, resume: str | None = None) -> dict:
             checkpoint(epoch + 1, 0, last_metrics)
             if best_is_new:
                 checkpoint(epoch + 1, 0, last_metrics, name="best.pt")
-            if _agree(stop.requested or global_step >= total_steps_cap, runtime):
+            if _agree(stop.requested or global_step >= total_steps_cap, runtime) and epoch < cfg.train.epochs - 1:
+                _say_stopped(stop.requested and runtime.is_main, epoch + 1, 0)
                 return {**last_metrics, "interrupted": stop.requested}
     return last_metrics
 
@@ -280,6 +279,12 @@ def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype) -> dict:
     console.print(f"LR range test: {', '.join(f'{k} {v:.3g}' for k, v in result['suggestions'].items())}; "
                   f"using {result['chosen']} = {result['lr']:.3g} as the peak LR")
     return result
+
+
+def _say_stopped(say: bool, epoch: int, step: int) -> None:
+    if say:
+        console.print(f"stopped by signal at epoch {epoch + 1}, step {step}; checkpoint written. Resume with the "
+                      "same command plus --resume auto (imagenet-kit run resumes by itself)")
 
 
 def _check_finite(loss_sum: torch.Tensor, global_step: int, optimizer) -> None:

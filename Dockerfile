@@ -1,0 +1,86 @@
+# syntax=docker/dockerfile:1
+# imagenet-kit image: `docker compose up` serves the demo; the compose `train` service runs a recipe
+# through make. Build: docker build -t imagenet-kit .
+#
+# Why CUDA 13.0 and the small `base` flavour: torch==2.14.1 from PyPI (constraints.txt) is a CUDA 13.0
+# build that ships its own CUDA runtime, cuDNN and NCCL as wheels, and FFCV's extension has no CUDA
+# code. The base image only has to carry the CUDA version that the NVIDIA container toolkit checks
+# against the host driver (>= 580 for 13.0); a -cudnn or -devel flavour would add a second, unused
+# cuDNN/toolkit. Both stages start from the same Python layer, so the venv built in one runs unchanged
+# in the other.
+FROM nvidia/cuda:13.0.2-base-ubuntu22.04 AS python
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Ubuntu 22.04 ships Python 3.10, but numpy==2.4.6 needs 3.11, so Python comes from the deadsnakes
+# PPA (key fetched by its full fingerprint). Apt packages are not version-pinned: Ubuntu drops old
+# versions from its archive on every security update, which would break the build; the Python side is
+# pinned by constraints.txt.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl gnupg \
+ && install -d -m 0755 /etc/apt/keyrings \
+ && curl -fsSL "https://keyserver.ubuntu.com/pks/lookup?op=get&search=0xF23C5A6CF475977595C89F51BA6932366A755776" \
+    | gpg --dearmor -o /etc/apt/keyrings/deadsnakes.gpg \
+ && echo "deb [signed-by=/etc/apt/keyrings/deadsnakes.gpg] https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu jammy main" \
+    > /etc/apt/sources.list.d/deadsnakes.list \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && apt-get purge -y curl gnupg \
+ && apt-get autoremove -y \
+ && rm -rf /var/lib/apt/lists/*
+
+FROM python AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# FFCV compiles a C++ extension against OpenCV and libjpeg-turbo, found through pkg-config.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential pkg-config python3.11-dev \
+      libopencv-dev libturbojpeg0-dev \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml constraints.txt ./
+COPY imagenet_kit ./imagenet_kit
+# The import check fails the build here rather than at the first `docker compose up`.
+RUN pip install --no-cache-dir -c constraints.txt . \
+ && python -c "import ffcv, imagenet_kit.cli"
+# The runtime stage installs exactly the packages that own the shared libraries FFCV's extension
+# loads (OpenCV core/imgproc, TurboJPEG and what they pull in) instead of naming them by hand, so it
+# gets no -dev package or compiler, and a library no package owns fails the build here.
+RUN ldd /opt/venv/lib/python3.11/site-packages/ffcv/_libffcv*.so \
+    | awk '$2 == "=>" && $3 ~ /^\// {print $3}' \
+    | xargs -n1 basename \
+    | xargs -I{} dpkg -S '*/{}' \
+    | cut -d: -f1 | sort -u > /opt/venv/apt-runtime.txt
+
+FROM python AS runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY --from=builder /opt/venv/apt-runtime.txt /tmp/apt-runtime.txt
+# make: the compose `train` service runs recipes through the Makefile.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && xargs -a /tmp/apt-runtime.txt apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/* /tmp/apt-runtime.txt
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# uid 1000 is the default user on Ubuntu EC2 hosts, so files written to bind-mounted runs/ and betons/
+# belong to that user on the host. Recipe names resolve against the directory beside the installed
+# package (imagenet_kit.config.RECIPES_DIR), so that path points at the recipes copied below.
+RUN useradd --create-home --uid 1000 --shell /bin/bash kit \
+ && install -d -o kit -g kit /workspace /workspace/runs /workspace/betons \
+ && ln -s /workspace/recipes /opt/venv/lib/python3.11/site-packages/recipes
+WORKDIR /workspace
+COPY --chown=kit:kit Makefile ./
+COPY --chown=kit:kit recipes ./recipes
+# The embedded sample (6.6 MB) lets `make mini` smoke-test a GPU host before the real data arrives.
+COPY --chown=kit:kit sample_data ./sample_data
+USER 1000:1000
+EXPOSE 7860
+# The demo listens on 0.0.0.0:7860; model loading takes a while on CPU, hence the start period.
+# Python instead of curl: no extra package, and any failure (refused, timeout, HTTP error) is an
+# uncaught exception, i.e. exit status 1, the one Docker reads as unhealthy.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=4)"]
+ENTRYPOINT ["imagenet-kit"]
+CMD ["demo", "--host", "0.0.0.0"]

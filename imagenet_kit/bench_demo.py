@@ -1,0 +1,71 @@
+"""How long the demo takes per photo on CPU: batch-1 latency of the exported predictor."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+
+from imagenet_kit.app import EXAMPLES_DIR
+from imagenet_kit.data.convert import load_rgb
+from imagenet_kit.export import ExportError, load_exported, resolve_model_dir
+from imagenet_kit.progress import console
+from imagenet_kit.runtime import environment
+
+RESULTS = Path("bench/results/demo.jsonl")
+WARMUP = 3  # first calls pay for allocator growth and oneDNN kernel selection
+
+
+def bench_demo(model_dir: Path, n: int = 50, results: Path = RESULTS, image: Path | None = None) -> dict:
+    """Time ``n`` calls of ``predict`` on one photo (after a warm-up) and append the record to ``results``.
+
+    Each call is what the demo does after decoding the upload: resize, crop, normalize, forward, top-5.
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    predictor = load_exported(model_dir)
+    image_path = Path(image) if image else sorted(EXAMPLES_DIR.glob("*.jpg"))[0]
+    photo = load_rgb(image_path)
+    for _ in range(WARMUP):
+        predictor.predict(photo)
+    times_ms = []
+    for _ in range(n):
+        start = time.perf_counter()
+        predictor.predict(photo)
+        times_ms.append((time.perf_counter() - start) * 1000)
+    p50, p95 = np.percentile(times_ms, [50, 95]).tolist()
+    record = {
+        "bench": "demo", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_dir": str(Path(model_dir).resolve()), "arch": predictor.info["arch"],
+        "res": predictor.spec["crop"], "backend": predictor.backend, "image": image_path.name,
+        "image_size": list(photo.size), "n": n, "warmup": WARMUP,
+        "p50_ms": p50, "p95_ms": p95, "mean_ms": float(np.mean(times_ms)),
+        **environment(),  # host, cpu, versions, thread count, git revision, command
+    }
+    results = Path(results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return record
+
+
+@click.command("demo")
+@click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="An export folder.  [default: the newest runs/*/export]")
+@click.option("-n", "n", default=50, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Photo to classify.  [default: the first demo example]")
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS, show_default=True,
+              help="JSON-lines file the record is appended to.")
+def bench_demo_command(model: Path | None, n: int, image: Path | None, results: Path) -> None:
+    """CPU batch-1 latency of the demo's predictor (p50/p95/mean)."""
+    try:
+        record = bench_demo(resolve_model_dir(model), n, results, image)
+    except ExportError as err:
+        raise click.ClickException(str(err)) from None
+    console.print(f"{record['arch']} ({record['backend']}, {record['res']} px) on {record['cpu']}, "
+                  f"{record['torch_threads']} threads: p50 {record['p50_ms']:.1f} ms, p95 {record['p95_ms']:.1f} ms, "
+                  f"mean {record['mean_ms']:.1f} ms over {n} calls -> {results}")

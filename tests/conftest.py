@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny betons cut from the embedded sample (real images), built once per session."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from imagenet_kit.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample_data" / "imagenette-sample"
+
+
+def _tiny_imagefolder(dst: Path, classes: int, train_per_class: int, val_per_class: int) -> Path:
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for wnid in sorted(p.name for p in (SAMPLE / split).iterdir())[:classes]:
+            (dst / split / wnid).mkdir(parents=True)
+            for f in sorted((SAMPLE / split / wnid).iterdir())[:n]:
+                shutil.copy(f, dst / split / wnid / f.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """4 classes, 8 train + 4 val real images each, converted to betons at max side 64."""
+    from imagenet_kit.data.convert import convert, scan_imagefolder
+
+    base = tmp_path_factory.mktemp("tiny")
+    root = _tiny_imagefolder(base / "images", classes=4, train_per_class=8, val_per_class=4)
+    betons = base / "betons"
+    convert(scan_imagefolder(root / "train"), betons / "tiny-train-64.beton", max_res=64, workers=1)
+    classes = [p.name for p in sorted((root / "train").iterdir())]
+    convert(scan_imagefolder(root / "val", classes), betons / "tiny-val-64.beton", max_res=64, workers=1)
+    return {"root": root, "beton_dir": betons}
+
+
+@pytest.fixture
+def tiny_config(tiny_data, tmp_path):
+    """A resnet18 run on the tiny betons: 32 px, batch 8, 2 epochs (4 steps each)."""
+    return load_config("sample", [
+        f"output_dir={tmp_path / 'runs'}", "name=tiny", f"data.beton_dir={tiny_data['beton_dir']}",
+        "data.name=tiny", "data.max_res=64", "data.workers=1", "model.arch=resnet18", "optim.lr=0.05",
+        "optim.lr_batch=8", "train.epochs=2", "train.batch_size=8", "train.min_res=32", "train.max_res=32",
+        "train.val_res=32", "train.val_batch_size=16", "train.precision=fp32", "lr_find.num_iter=12",
+    ])

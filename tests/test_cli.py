@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from imagenet_kit.cli import cli
+from tests.conftest import REPO
+
+
+def test_train_help_lists_options_with_defaults():
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert result.exit_code == 0
+    for text in ("--lr", "--epochs", "--batch-size", "--wd", "--resume", "--output-dir", "--set",
+                 "[default: sample]"):
+        assert text in result.output
+
+
+def test_unknown_override_exits_nonzero_naming_the_key():
+    result = CliRunner().invoke(cli, ["train", "--set", "train.nope=1"])
+    assert result.exit_code == 2
+    assert "train.nope" in result.output and "train.epochs" in result.output
+
+
+def test_missing_data_root_names_path_and_layout(tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--recipe", "mini", "--data", "/does/not/exist",
+                                      "--set", f"data.beton_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "/does/not/exist" in result.output and "train/<class>" in result.output
+
+
+def test_make_mini_with_missing_data_fails_with_layout(tmp_path):
+    proc = subprocess.run(["make", "-s", "mini", "DATA=/does/not/exist"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0
+    assert "/does/not/exist" in proc.stdout + proc.stderr
+    assert "val/<class>" in proc.stdout + proc.stderr
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "imagenet_kit", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("convert", "subset", "lr-find", "train", "eval", "export", "demo", "run"):
+        assert command in proc.stdout
+
+
+def test_run_end_to_end_on_a_tiny_imagefolder(tiny_data, tmp_path):
+    """convert -> LR range test -> one-cycle training -> eval -> export, then a rerun skips every stage."""
+    args = ["run", "--recipe", "sample", "--data", str(tiny_data["root"]), "--output-dir", str(tmp_path / "runs"),
+            "--name", "e2e", "--arch", "resnet18", "--epochs", "1", "-b", "8", "-j", "1",
+            "--set", f"data.beton_dir={tmp_path / 'betons'}", "--set", "data.name=e2e", "--set", "data.max_res=64",
+            "--set", "train.min_res=32", "--set", "train.max_res=32", "--set", "train.val_res=32",
+            "--set", "lr_find.num_iter=10"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "e2e"
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "lr_find.png", "lr_find.json", "schedule.png",
+                 "curves.png", "checkpoints/last.pt", "checkpoints/best.pt", "eval.json", "eval.per_class.csv",
+                 "export/model.json"):
+        assert (run / name).is_file(), name
+    report = json.loads((tmp_path / "betons" / "e2e-train-64.beton.report.json").read_text())
+    assert report["counts"]["seen"] == report["counts"]["written"] == 32
+    evaluation = json.loads((run / "eval.json").read_text())
+    last_epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert evaluation["top1"] == last_epoch["top1"]  # eval of best.pt (the only epoch) reproduces training's
+    assert evaluation["count"] == 16
+    rerun = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert rerun.exit_code == 0
+    assert "skipped" in rerun.output

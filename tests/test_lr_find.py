@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from imagenet_kit.data.loaders import normalize
+from imagenet_kit.lr_find import lr_range_test, suggest_min10, suggest_steep, suggest_valley, suggestions
+
+CPU = torch.device("cpu")
+
+
+def _batches(n=2048):
+    """A task with a known good LR range: is channel 0 brighter than channel 1 on average?"""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = (x[:, 0].float().mean((1, 2)) > x[:, 1].float().mean((1, 2))).long()
+    return [(x[i:i + 64], y[i:i + 64]) for i in range(0, n, 64)]
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+
+
+def _accuracy_after_training(lr: float, batches, steps: int = 150) -> float:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        loss = torch.nn.functional.cross_entropy(model(normalize(x, False)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return sum((model(normalize(x, False)).argmax(1) == y).sum().item() for x, y in batches) / 2048
+
+
+def test_known_good_range_of_the_synthetic_task():
+    # The premise of the next test: 150 steps reach >= 95% at 5e-3..0.2 and fail outside it.
+    batches = _batches()
+    assert _accuracy_after_training(1e-3, batches) < 0.8
+    assert _accuracy_after_training(5e-3, batches) < 0.95 < _accuracy_after_training(1e-2, batches)
+    assert _accuracy_after_training(1.0, batches) < 0.8
+
+
+@pytest.mark.parametrize("name", ["valley", "min10"])
+def test_suggestion_lands_in_the_known_good_range(name):
+    batches = _batches()
+    result = lr_range_test(_mlp(), batches, CPU, start_lr=1e-6, end_lr=10, num_iter=100, suggestion=name,
+                           channels_last=False)
+    assert result["chosen"] == name
+    assert 5e-3 < result["lr"] < 0.2
+    assert _accuracy_after_training(result["lr"], batches) >= 0.95
+    assert result["stopped_at"] < 100  # the 4x-minimum rule stopped it once the loss blew up
+
+
+def test_model_and_bn_stats_are_restored(tiny_data):
+    from imagenet_kit.data.loaders import create_train_loader
+    from imagenet_kit.model import create_model
+    model = create_model("resnet18", 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = create_train_loader(str(tiny_data["beton_dir"] / "tiny-train-64.beton"), 8, 32, CPU, 1)
+    result = lr_range_test(model, loader, CPU, start_lr=1e-4, end_lr=1.0, num_iter=8)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:  # weights, BN running mean/var and num_batches_tracked
+        assert torch.equal(before[key], after[key]), key
+    assert len(result["lrs"]) == len(result["losses"]) > 2
+    assert result["lrs"][0] == pytest.approx(1e-4)
+
+
+def test_lrs_grow_exponentially_and_losses_are_bias_corrected():
+    batches = _batches(256)
+    result = lr_range_test(_mlp(), batches, CPU, start_lr=1e-5, end_lr=1e-3, num_iter=5, channels_last=False,
+                           diverge=1e9)
+    assert result["lrs"] == pytest.approx([1e-5 * 10 ** (0.5 * i) for i in range(5)])
+    # with bias correction the first smoothed value is the first raw loss (about ln 2 for 2 classes)
+    assert result["losses"][0] == pytest.approx(0.69, abs=0.05)
+
+
+def test_suggestion_rules_on_a_hand_made_curve():
+    lrs = [10 ** (-4 + i * 0.25) for i in range(17)]  # 1e-4 .. 1
+    losses = [2.0, 2.0, 1.99, 1.95, 1.8, 1.5, 1.2, 1.0, 0.9, 0.85, 0.84, 0.9, 1.2, 2.0, 4.0, 8.0, 9.0]
+    assert suggest_min10(lrs, losses) == pytest.approx(lrs[10] / 10)
+    assert suggest_steep(lrs, losses) == pytest.approx(lrs[5])  # biggest drop per decade around index 5
+    valley = suggest_valley(lrs, losses)
+    assert lrs[3] <= valley <= lrs[8]
+    found = suggestions(lrs, losses)
+    assert set(found) == {"valley", "steep", "min10"}

@@ -1,0 +1,143 @@
+"""`imagenet-kit plan`: estimates name their sources, measured rows beat published figures, and a GPU
+without any figure is an error rather than a guess."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from imagenet_kit.config import load_config
+from imagenet_kit.plan import (REFERENCES, Throughput, estimate_plan, plan_command, resolution_for_epoch,
+                               seconds_per_image)
+
+
+def _plan(*args: str):
+    return CliRunner().invoke(plan_command, list(args))
+
+
+def _write_rows(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+T4_ROW = {"kind": "train", "device": "Tesla T4", "arch": "resnet50", "res": 160, "precision": "fp16",
+          "img_per_s": 300.0, "gpus": 1, "date": "2026-11-01T10:00:00+00:00", "command": "imagenet-kit bench train"}
+
+
+def test_h100_eight_gpus_is_an_estimate_naming_its_sources(tmp_path):
+    result = _plan("--gpu", "h100", "--gpus", "8", "--results-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "estimate" in result.output.lower()
+    assert "Estimate — sources: reference:" in result.output
+    assert "lambdal/deeplearning-benchmark" in result.output
+    assert "p5.48xlarge" in result.output  # the price's source
+    assert "figures taken at 8 GPU(s)" in result.output  # Lambda measured 8 GPUs: no scaling assumption
+
+
+def test_t4_uses_a_measured_row_and_names_it(tmp_path):
+    _write_rows(tmp_path / "results" / "bench.jsonl", [T4_ROW])
+    result = _plan("--gpu", "t4", "--gpus", "1", "--results-dir", str(tmp_path / "results"))
+    assert result.exit_code == 0, result.output
+    assert "estimate" in result.output.lower()
+    assert "sources: measured: Tesla T4 x1, 160 px, fp16" in result.output
+    assert "bench.jsonl:1" in result.output
+    assert "g4dn.xlarge" in result.output
+
+
+def test_t4_without_a_measurement_fails_and_says_how_to_get_one(tmp_path):
+    result = _plan("--gpu", "t4", "--gpus", "1", "--results-dir", str(tmp_path))
+    assert result.exit_code != 0
+    assert "no ResNet-50 training throughput for t4" in result.output
+    assert "imagenet-kit bench train" in result.output
+
+
+def test_unknown_gpu_lists_the_valid_ones():
+    result = _plan("--gpu", "v100")
+    assert result.exit_code != 0
+    for name in ("t4", "a10g", "a100", "h100"):
+        assert name in result.output
+
+
+def test_measured_row_beats_the_published_reference(tmp_path):
+    row = {**T4_ROW, "device": "NVIDIA H100 80GB HBM3", "res": 224, "img_per_s": 1000.0, "precision": "bf16"}
+    _write_rows(tmp_path / "h100.jsonl", [row])
+    plan = estimate_plan(load_config("full"), "h100", 1, results_dir=tmp_path)
+    assert plan["throughput"]["kind"] == "measured"
+    assert "NVIDIA H100 80GB HBM3" in plan["throughput"]["source"]
+    assert plan["epochs"][-1]["img_per_s"] == pytest.approx(1000.0 * (224 / 192) ** 2)
+
+
+def test_rows_of_other_gpus_archs_or_precisions_are_ignored(tmp_path):
+    _write_rows(tmp_path / "other.jsonl", [
+        {**T4_ROW, "device": "NVIDIA A100-SXM4-40GB"},
+        {**T4_ROW, "arch": "resnet18"},
+        {**T4_ROW, "precision": "fp32"},
+        {**T4_ROW, "kind": "data"},
+    ])
+    result = _plan("--gpu", "t4", "--results-dir", str(tmp_path))
+    assert result.exit_code != 0 and "no ResNet-50 training throughput" in result.output
+
+
+def test_newest_row_wins_and_a_broken_line_is_named(tmp_path):
+    _write_rows(tmp_path / "a.jsonl", [T4_ROW, {**T4_ROW, "img_per_s": 400.0, "date": "2026-12-01T00:00:00+00:00"}])
+    plan = estimate_plan(load_config("full"), "t4", 1, results_dir=tmp_path)
+    assert plan["epochs"][0]["img_per_s"] == pytest.approx(400.0)
+    (tmp_path / "b.jsonl").write_text("{not json\n")
+    result = _plan("--gpu", "t4", "--results-dir", str(tmp_path))
+    assert result.exit_code != 0 and "b.jsonl:1" in result.output
+
+
+def test_full_recipe_on_8_a100_reproduces_ffcv_epoch_times(tmp_path):
+    """The A100 reference is FFCV's own run of the schedule recipes/full.yaml copies, so training
+    time per epoch must come back as FFCV's measured 45.5 s (160 px) and 61.5 s (192 px)."""
+    cfg = load_config("full")
+    plan = estimate_plan(cfg, "a100", 8, results_dir=tmp_path, val_images=0)
+    seconds = {e["res"]: e["hours"] * 3600 for e in plan["epochs"]}
+    assert seconds[160] == pytest.approx(45.5, abs=0.2)
+    assert seconds[192] == pytest.approx(61.5, abs=0.2)
+    assert [e["res"] for e in plan["epochs"]].count(192) == 4  # epochs 13-16, as in FFCV's log
+
+
+def test_scaling_assumption_is_applied_and_labelled(tmp_path):
+    one = estimate_plan(load_config("full"), "h100", 1, results_dir=tmp_path)
+    four = estimate_plan(load_config("full"), "h100", 4, results_dir=tmp_path, efficiency=0.9)
+    assert four["epochs"][0]["img_per_s"] == pytest.approx(one["epochs"][0]["img_per_s"] * 4 * 0.9)
+    assert "assuming 90% multi-GPU efficiency" in four["throughput"]["scaling"]
+
+
+def test_cost_is_hours_times_gpus_times_price(tmp_path):
+    plan = estimate_plan(load_config("full"), "a100", 8, price_per_hour=2.0, results_dir=tmp_path)
+    assert plan["total_cost_usd"] == pytest.approx(plan["total_hours"] * 8 * 2.0)
+    assert plan["price_source"] == "--price-per-hour"
+
+
+def test_json_output_is_labelled_an_estimate(tmp_path):
+    result = _plan("--gpu", "a100", "--gpus", "8", "--json", "--results-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["estimate"] is True and len(plan["epochs"]) == 16
+    assert "libffcv/ffcv-imagenet" in plan["throughput"]["source"]
+
+
+def test_resolution_schedule_matches_the_trainer():
+    from imagenet_kit.train import resolution_for_epoch as trainer_schedule
+    for recipe in ("full", "mini", "sample"):
+        t = load_config(recipe).train
+        for epoch in range(t.epochs):
+            args = (epoch, t.min_res, t.max_res, t.start_ramp, t.end_ramp)
+            assert resolution_for_epoch(*args) == trainer_schedule(*args)
+
+
+def test_seconds_per_image_interpolates_in_pixels():
+    two = [Throughput(1, 160, 100.0), Throughput(1, 192, 50.0)]
+    assert seconds_per_image(two, 160) == pytest.approx(1 / 100)
+    assert seconds_per_image(two, 176) == pytest.approx(1 / 100 + (1 / 50 - 1 / 100) * (176**2 - 160**2)
+                                                        / (192**2 - 160**2))
+    one = [Throughput(1, 224, 2000.0)]
+    assert seconds_per_image(one, 112) == pytest.approx(1 / 2000 / 4)
+
+
+def test_every_reference_names_a_source_file():
+    for label, points in REFERENCES.values():
+        assert ".csv" in label and points

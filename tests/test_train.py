@@ -1,0 +1,126 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from imagenet_kit.checkpoint import find_resume_checkpoint, load_checkpoint
+from imagenet_kit.runtime import Runtime
+from imagenet_kit.train import DivergenceError, resolution_for_epoch, scaled_lr, train
+
+CPU = Runtime(torch.device("cpu"))
+
+
+def test_short_run_writes_the_run_folder(tiny_config):
+    result = train(tiny_config, CPU)
+    run = tiny_config.run_dir
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for key in ("train_loss", "val_loss", "top1", "top5", "lr", "img_per_s", "epoch_seconds", "peak_mem_mb"):
+        assert key in rows[-1]
+    assert 0.0 <= rows[-1]["top1"] <= rows[-1]["top5"] <= 1.0
+    assert result["top1"] == rows[-1]["top1"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    env = json.loads((run / "env.json").read_text())
+    assert {"torch", "ffcv", "device", "git", "command"} <= set(env)
+    for name in ("schedule.png", "curves.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).stat().st_size > 0, name
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step"], last["global_step"]) == (2, 0, 8)
+    assert {"optimizer", "scheduler", "scaler", "rng", "config", "classes"} <= set(last)
+    assert [c["wnid"] for c in last["classes"]][:1] == ["n01440764"]
+
+
+def test_resume_auto_continues_from_last_checkpoint(tiny_config):
+    tiny_config.train.epochs = 1
+    train(tiny_config, CPU)
+    tiny_config.train.epochs = 2  # a longer run would rebuild the schedule; resume keeps the saved one
+    state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    tiny_config.train.epochs = 1
+    result = train(tiny_config, CPU, resume="auto")  # nothing left to do: returns the saved metrics
+    assert result["epoch"] == 0
+
+
+def test_corrupt_checkpoint_is_skipped_with_warning(tiny_config, capsys):
+    train(tiny_config, CPU)
+    ckpts = tiny_config.run_dir / "checkpoints"
+    data = (ckpts / "last.pt").read_bytes()
+    (ckpts / "last.pt").write_bytes(data[: len(data) // 2])  # a torn copy
+    path, state = find_resume_checkpoint(tiny_config.run_dir)
+    assert path.name == "last.prev.pt"  # the previous good checkpoint (epoch 1)
+    assert state["epoch"] == 1
+    assert "last.pt" in capsys.readouterr().err
+
+
+def test_divergence_stops_with_step_and_lr(tiny_config):
+    tiny_config.optim.lr = 1e8
+    with pytest.raises(DivergenceError, match=r"step \d+ \(lr [0-9.e+]+\).*lower optim.lr"):
+        train(tiny_config, CPU)
+
+
+def test_max_steps_stops_mid_epoch_and_resume_finishes_at_same_step_count(tiny_config):
+    tiny_config.train.max_steps = 3
+    result = train(tiny_config, CPU)
+    assert (result["epoch"], result["step"]) == (0, 3)
+    state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["step"], state["global_step"]) == (0, 3, 3)
+    tiny_config.train.max_steps = 0
+    train(tiny_config, CPU, resume="auto")
+    final = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
+    assert (final["epoch"], final["global_step"]) == (2, 8)
+    # the resumed run redid no step: 8 = 2 epochs x 4 steps, and the schedule ended where it should
+    assert final["scheduler"]["last_epoch"] == 8
+
+
+def test_sigterm_writes_checkpoint_and_exits_zero(tiny_config):
+    cmd = [sys.executable, "-m", "imagenet_kit", "train", "--recipe", "sample",
+           *sum((["--set", f"{k}={v}"] for k, v in _flags(tiny_config).items()), []),
+           "--set", "train.epochs=200"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tiny_config.run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not metrics.exists() and time.monotonic() < deadline:  # wait until it is really training
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "--resume auto" in out
+    state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
+    assert state["global_step"] >= 4
+
+
+def _flags(cfg) -> dict:
+    return {"output_dir": cfg.output_dir, "name": cfg.name, "data.beton_dir": cfg.data.beton_dir,
+            "data.name": cfg.data.name, "data.max_res": cfg.data.max_res, "data.workers": 1,
+            "model.arch": "resnet18", "optim.lr": 0.05, "optim.lr_batch": 8, "train.batch_size": 8,
+            "train.min_res": 32, "train.max_res": 32, "train.val_res": 32, "train.precision": "fp32"}
+
+
+@pytest.mark.parametrize("epoch, res", [(0, 160), (11, 160), (12, 176), (13, 192), (15, 192)])
+def test_progressive_resizing_matches_ffcv(epoch, res):
+    assert resolution_for_epoch(epoch, 160, 192, 11, 13) == res
+
+
+def test_linear_scaling_rule():
+    assert scaled_lr(0.425, 1024, 4096) == pytest.approx(1.7)  # FFCV rn50: 1.7 at 8 x 512
+    assert scaled_lr(0.1, 256, 64) == pytest.approx(0.025)
+
+
+def test_one_real_resnet50_step_bf16():
+    from imagenet_kit.model import create_model, param_groups
+    model = create_model("resnet50", 10).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(param_groups(model, 1e-4), lr=0.1, momentum=0.9)
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    before = model.conv1.weight.detach().clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert not torch.equal(before, model.conv1.weight)
