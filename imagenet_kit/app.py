@@ -81,11 +81,11 @@ def build_app(model: Path | str | Predictor) -> gr.Blocks:
             raise gr.Error(f"Cannot classify this file: {err}") from None
         return dict(predictor.predict(image, k=5))
 
-    def classify_upload(upload: dict | None) -> dict | None:
+    def classify_upload(image: dict | None) -> dict | None:
         # Runs with preprocess=False, so this receives Gradio's file payload (already checked to be a file
         # Gradio received or cached). gr.Image's own preprocessing would PIL.Image.open the file first and
         # fail on non-images and decompression bombs with a generic error; load_rgb gives the reason.
-        return classify(upload["path"]) if upload else None
+        return classify(image["path"]) if image else None
 
     with gr.Blocks(title="imagenet-kit demo", analytics_enabled=False) as demo:
         gr.Markdown(model_card(predictor.info))

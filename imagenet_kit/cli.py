@@ -325,9 +325,9 @@ def run_command(**flags):
         return
     best = cfg.run_dir / "checkpoints" / "best.pt"
     summary, out_path = run_eval(best, beton_paths(cfg)[1], None, None, cfg.train.val_batch_size, None)
-    click.echo(f"eval: val top-1 {100 * summary['top1']:.2f}%, top-5 {100 * summary['top5']:.2f}% "
-               f"({summary['count']} images) -> {out_path}")
     _export_stage(cfg.run_dir, best)
+    click.echo(f"{cfg.name}: val top-1 {100 * summary['top1']:.2f}%, top-5 {100 * summary['top5']:.2f}% "
+               f"({summary['count']} images, {best}) -> {out_path}")
 
 
 def _convert_split(cfg: RunConfig, src: Path, beton: Path, classes_from: Path | None) -> None:

@@ -53,7 +53,7 @@ def preprocess_spec(res: int) -> dict:
 def preprocess(image: Image.Image, spec: dict) -> torch.Tensor:
     """RGB PIL image -> 1x3xHxW float tensor: shorter side to ``resize``, center crop, /255, normalize.
 
-    Open files with ``load_rgb`` (EXIF rotation, CMYK, 16-bit, alpha); ``convert`` here is a no-op for its output.
+    Open files with ``load_rgb`` (EXIF rotation, CMYK, 16-bit, alpha); ``convert`` changes nothing in its output.
     """
     image = TF.resize(image.convert("RGB"), spec["resize"], interpolation=InterpolationMode(spec["interpolation"]))
     image = TF.center_crop(image, spec["crop"])

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imagenet_kit.config import ConfigError, RunConfig, load_config
+from imagenet_kit.schedule import resolution_for_epoch
 
 TRAIN_IMAGES = 1_281_167  # ILSVRC2012 (ImageNet-1K) train split
 VAL_IMAGES = 50_000  # ILSVRC2012 validation split
@@ -82,16 +83,6 @@ NO_REFERENCE = {
     "t4": "NVIDIA DeepLearningExamples publishes T4 inference figures for ResNet-50, not training",
     "a10g": "the published figures found are for the A10, a different board",
 }
-
-
-def resolution_for_epoch(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
-    """Same schedule as imagenet_kit.train.resolution_for_epoch (tests compare them); a copy because
-    importing the training module loads FFCV and numba, seconds that a price estimate should not cost."""
-    if epoch <= start_ramp:
-        return min_res
-    if epoch >= end_ramp:
-        return max_res
-    return round(float(np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])) / 32) * 32
 
 
 def seconds_per_image(points: list[Throughput], res: int) -> float:

@@ -48,3 +48,14 @@ def schedule_trace(name: str, max_lr: float, epochs: int, steps_per_epoch: int, 
         optimizer.step()
         scheduler.step()
     return {"lr": lrs, "momentum": moms, "steps_per_epoch": steps_per_epoch}
+
+
+def resolution_for_epoch(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
+    """FFCV's progressive resizing: min_res until start_ramp, then linear to max_res at end_ramp, in
+    steps of 32 px (so cuDNN sees few distinct shapes)."""
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    res = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
+    return int(round(res / 32)) * 32

@@ -26,7 +26,7 @@ from imagenet_kit.lr_find import lr_range_test
 from imagenet_kit.model import create_model, param_groups
 from imagenet_kit.progress import console, progress_bar
 from imagenet_kit.runtime import Runtime, autocast, environment, resolve_precision, write_json
-from imagenet_kit.schedule import create_scheduler, schedule_trace
+from imagenet_kit.schedule import create_scheduler, resolution_for_epoch, schedule_trace
 
 
 class DivergenceError(RuntimeError):
@@ -37,17 +37,6 @@ def beton_paths(cfg: RunConfig) -> tuple[Path, Path]:
     base = Path(cfg.data.beton_dir)
     return (base / f"{cfg.data.name}-train-{cfg.data.max_res}.beton",
             base / f"{cfg.data.name}-val-{cfg.data.max_res}.beton")
-
-
-def resolution_for_epoch(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int) -> int:
-    """FFCV's progressive resizing: min_res until start_ramp, then linear to max_res at end_ramp, in
-    steps of 32 px (so cuDNN sees few distinct shapes)."""
-    if epoch <= start_ramp:
-        return min_res
-    if epoch >= end_ramp:
-        return max_res
-    res = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
-    return int(round(res / 32)) * 32
 
 
 def scaled_lr(lr: float, lr_batch: int, global_batch: int) -> float:

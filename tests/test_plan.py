@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from imagenet_kit.config import load_config
-from imagenet_kit.plan import (REFERENCES, Throughput, estimate_plan, plan_command, resolution_for_epoch,
+from imagenet_kit.plan import (REFERENCES, Throughput, estimate_plan, plan_command, 
                                seconds_per_image)
 
 
@@ -118,15 +118,6 @@ def test_json_output_is_labelled_an_estimate(tmp_path):
     plan = json.loads(result.output)
     assert plan["estimate"] is True and len(plan["epochs"]) == 16
     assert "libffcv/ffcv-imagenet" in plan["throughput"]["source"]
-
-
-def test_resolution_schedule_matches_the_trainer():
-    from imagenet_kit.train import resolution_for_epoch as trainer_schedule
-    for recipe in ("full", "mini", "sample"):
-        t = load_config(recipe).train
-        for epoch in range(t.epochs):
-            args = (epoch, t.min_res, t.max_res, t.start_ramp, t.end_ramp)
-            assert resolution_for_epoch(*args) == trainer_schedule(*args)
 
 
 def test_seconds_per_image_interpolates_in_pixels():

@@ -11,7 +11,8 @@ import yaml
 
 from imagenet_kit.checkpoint import find_resume_checkpoint, load_checkpoint
 from imagenet_kit.runtime import Runtime
-from imagenet_kit.train import DivergenceError, resolution_for_epoch, scaled_lr, train
+from imagenet_kit.schedule import resolution_for_epoch
+from imagenet_kit.train import DivergenceError, scaled_lr, train
 
 CPU = Runtime(torch.device("cpu"))
 
