@@ -173,6 +173,3 @@ def bench_data_command(src, res, workers, batch_size, max_res, epochs, out, resu
     max_res_list = [int(m) for m in max_res.split(",") if m.strip()]
     print_table(bench_data(src, out, res, workers, batch_size, max_res_list, epochs, results_dir))
 
-
-if __name__ == "__main__":
-    bench_data_command()

@@ -174,7 +174,7 @@ def lr_find_command(**flags):
     """LR range test on the recipe's training data; writes lr_find.json and lr_find.png in the run folder."""
     import torch
 
-    from imagenet_kit.data.loaders import create_train_loader
+    from imagenet_kit.data.loaders import create_train_loader, default_workers
     from imagenet_kit.model import create_model
     from imagenet_kit.runtime import resolve_precision
     from imagenet_kit.train import beton_paths, run_lr_find
@@ -188,7 +188,7 @@ def lr_find_command(**flags):
     model = model.to(runtime.device, memory_format=torch.channels_last)
     amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
     loader = create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size,
-                                 cfg.train.min_res, runtime.device, cfg.data.workers or torch.get_num_threads())
+                                 cfg.train.min_res, runtime.device, default_workers(cfg.data.workers))
     result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
     click.echo(f"suggested LR ({result['chosen']}): {result['lr']:.4g} -> {cfg.run_dir / 'lr_find.png'}")
 

@@ -48,7 +48,7 @@ def evaluate_checkpoint(checkpoint: dict, beton: str, device: torch.device, res:
                         flip_tta: bool | None = None, batch_size: int = 128, workers: int = 0) -> dict:
     """Evaluate a kit checkpoint on a beton with the checkpoint's own model settings."""
     from imagenet_kit.config import config_from_dict
-    from imagenet_kit.data.loaders import create_val_loader
+    from imagenet_kit.data.loaders import create_val_loader, default_workers
     from imagenet_kit.model import create_model
     from imagenet_kit.runtime import resolve_precision
 
@@ -60,7 +60,7 @@ def evaluate_checkpoint(checkpoint: dict, beton: str, device: torch.device, res:
     res = res or cfg.train.val_res
     flip_tta = cfg.train.flip_tta if flip_tta is None else flip_tta
     amp_dtype, _ = resolve_precision(cfg.train.precision, device)
-    loader = create_val_loader(beton, batch_size, res, device, workers or torch.get_num_threads())
+    loader = create_val_loader(beton, batch_size, res, device, default_workers(workers))
     result = evaluate(model, loader, len(classes), device, amp_dtype, flip_tta)
     result.update({"res": res, "flip_tta": flip_tta, "arch": cfg.model.arch, "beton": str(beton)})
     return result

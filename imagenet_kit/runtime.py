@@ -108,7 +108,8 @@ def git_revision() -> str:
 
 def environment(runtime: Runtime | None = None) -> dict:
     """Versions, hardware and code revision: what env.json and every bench result record."""
-    import ffcv
+    from importlib.metadata import version
+
     import numpy
     import torchvision
 
@@ -117,7 +118,7 @@ def environment(runtime: Runtime | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "ffcv": getattr(ffcv, "__version__", "1.0.2"),
+        "ffcv": version("ffcv"),  # ffcv.__version__ says 0.0.3rc1 in the 1.0.2 release
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
         "device": device_name(device),

@@ -20,7 +20,8 @@ from imagenet_kit import plots
 from imagenet_kit.checkpoint import find_resume_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from imagenet_kit.config import RunConfig, dump_config
 from imagenet_kit.data.convert import read_classes
-from imagenet_kit.data.loaders import create_train_loader, create_val_loader, normalize, set_resolution
+from imagenet_kit.data.loaders import (create_train_loader, create_val_loader, default_workers, normalize,
+                                       set_resolution)
 from imagenet_kit.evaluate import evaluate
 from imagenet_kit.lr_find import lr_range_test
 from imagenet_kit.model import create_model, param_groups
@@ -83,14 +84,13 @@ def train(cfg: RunConfig, runtime: Runtime, resume: str | None = None) -> dict:
     if runtime.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "env.json", environment(runtime))
 
     train_beton, val_beton = beton_paths(cfg)
     for beton in (train_beton, val_beton):
         if not beton.is_file():
             raise FileNotFoundError(f"{beton} not found: run 'imagenet-kit run' or 'imagenet-kit convert' first")
     classes = read_classes(train_beton)
-    workers = cfg.data.workers or max(1, (torch.get_num_threads() if device.type == "cpu" else 8))
+    workers = default_workers(cfg.data.workers)
 
     model = create_model(cfg.model.arch, len(classes), cfg.model.zero_init_residual, cfg.model.blurpool)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
@@ -110,6 +110,8 @@ def train(cfg: RunConfig, runtime: Runtime, resume: str | None = None) -> dict:
                                        in_memory=cfg.data.in_memory)
     val_loader = create_val_loader(str(val_beton), cfg.train.val_batch_size, cfg.train.val_res, device, workers,
                                    distributed=runtime.distributed)
+    if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one
+        write_json(run_dir / "env.json", environment(runtime))
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{train_beton}: fewer images than one batch of {cfg.train.batch_size}; "

@@ -6,15 +6,25 @@ host-to-device copy at one byte per pixel.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
+import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's reader corrupts numba's types)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CENTER_CROP_RATIO = 224 / 256  # the standard ImageNet evaluation crop
+
+
+def default_workers(workers: int) -> int:
+    """0 means one per CPU core. FFCV also sets torch's intra-op thread count to the loader's worker count
+    (ffcv/pipeline/compiler.py), so on CPU this is the training thread count too."""
+    return workers or os.cpu_count() or 1
 
 
 def _label_pipeline(device: torch.device) -> list:
