@@ -4,13 +4,15 @@ Both sides produce the same batches: uint8 3x176x176 random-resized crops (scale
 randomly flipped, shuffled, ``batch_size`` per batch with the last partial batch dropped. The baseline
 reads the original JPEGs; the kit reads betons written by ``convert`` at each ``max_res`` with its
 defaults (FFCV's ImageNet settings: half the images stored as quality-90 JPEG, half as raw pixels).
-Each loader gets one untimed warm-up pass (FFCV compiles its pipeline, the page cache fills), then
-``epochs`` timed passes. Throughput per core is images/s divided by ``workers``, the cores each side
-is given; ``cpu_cores_used`` records how many it really kept busy.
+Each loader gets one untimed warm-up pass (FFCV compiles its pipeline, workers start, the page cache
+fills), then ``epochs`` timed passes. Throughput per core is images/s divided by ``workers``, the cores
+each side is given; ``cpu_cores_used`` records how many it really kept busy.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import resource
 import socket
 import sys
@@ -23,7 +25,8 @@ import torch
 from PIL import Image
 from rich.table import Table
 
-from imagenet_kit.data.convert import Source, convert, scan_imagefolder, scan_labelled_flat
+from imagenet_kit.data.convert import (DEFAULT_COMPRESS_PROB, DEFAULT_JPEG_QUALITY, Source, convert, scan_imagefolder,
+                                       scan_labelled_flat)
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import cpu_model, environment
 
@@ -54,23 +57,24 @@ class _JpegFiles(torch.utils.data.Dataset):
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process (all threads) plus its reaped children (finished DataLoader workers)."""
+    """CPU time of this process (all threads) and of its live child processes (DataLoader workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = own.ru_utime + own.ru_stime
+    for child in multiprocessing.active_children():
+        fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
 
 
-def _timed_passes(make_loader, epochs: int) -> tuple[int, float, float]:
-    """(images, wall seconds, CPU seconds) over ``epochs`` passes of the loader ``make_loader`` returns.
-
-    The loader is dropped before CPU time is read, so DataLoader workers are reaped and counted."""
-    loader = make_loader()
+def _timed_passes(loader, epochs: int) -> tuple[int, float, float]:
+    """(images, wall seconds, CPU seconds) over ``epochs`` passes, after one untimed warm-up pass."""
+    for _ in loader:
+        pass
     cpu0, t0, images = _cpu_seconds(), time.perf_counter(), 0
     for _ in range(epochs):
         for batch in loader:
             images += len(batch[0])
     wall = time.perf_counter() - t0
-    del loader
     return images, wall, _cpu_seconds() - cpu0
 
 
@@ -80,24 +84,17 @@ def measure_baseline(items: list[tuple[Path, int]], res: int, workers: int, batc
 
     transform = transforms.Compose([transforms.RandomResizedCrop(res), transforms.RandomHorizontalFlip(),
                                     transforms.PILToTensor()])
-    dataset = _JpegFiles(items, transform)
-
-    def make_loader():
-        # persistent workers: no per-epoch process start, the baseline's best case
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                           num_workers=workers, persistent_workers=True)
-
-    _timed_passes(make_loader, 1)  # warm-up: page cache, imports in the workers
-    return _timed_passes(make_loader, epochs)
+    # Persistent workers: started once, during the warm-up, and not again each epoch (the baseline's best case).
+    loader = torch.utils.data.DataLoader(_JpegFiles(items, transform), batch_size=batch_size, shuffle=True,
+                                         drop_last=True, num_workers=workers, persistent_workers=True)
+    return _timed_passes(loader, epochs)
 
 
 def measure_ffcv(beton: Path, res: int, workers: int, batch_size: int, epochs: int) -> tuple[int, float, float]:
     from imagenet_kit.data.loaders import create_train_loader
 
-    loader = create_train_loader(str(beton), batch_size, res, torch.device("cpu"), workers)
-    for _ in loader:  # warm-up: compiles the pipeline
-        pass
-    return _timed_passes(lambda: loader, epochs)
+    # The warm-up pass also compiles FFCV's pipeline.
+    return _timed_passes(create_train_loader(str(beton), batch_size, res, torch.device("cpu"), workers), epochs)
 
 
 def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int = 64,
@@ -111,7 +108,8 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
     for max_res in max_res_list:
         betons[max_res] = out_dir / f"{src.name}-{max_res}.beton"
         # all cores: conversion is not what is measured
-        report = convert(source, betons[max_res], max_res=max_res, workers=0, force=True)
+        report = convert(source, betons[max_res], max_res, DEFAULT_JPEG_QUALITY, DEFAULT_COMPRESS_PROB, workers=0,
+                         force=True)
         unreadable |= {s["path"] for s in report["skipped"]}
     items = [(p, label) for p, label in source.items if str(p) not in unreadable]  # the betons' images
     if len(items) < batch_size:  # both loaders drop the last partial batch: nothing would be timed
@@ -121,7 +119,7 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        # Baseline first: its DataLoader forks workers, which is safest before numba starts threads.
+        # Baseline first: its DataLoader forks workers, best done before any FFCV loader thread exists.
         measured = {None: measure_baseline(items, res, workers, batch_size, epochs)}
         for max_res in max_res_list:
             measured[max_res] = measure_ffcv(betons[max_res], res, workers, batch_size, epochs)
@@ -130,10 +128,12 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
 
     common = {"kind": "data", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "host": socket.gethostname(), "cpu": cpu_model(), "versions": environment(),
-              "command": " ".join(sys.argv), "src": str(src), "n_images": len(items), "res": res,
+              "command": " ".join(sys.argv), "src": str(src.resolve()), "n_images": len(items), "res": res,
               "workers": workers, "batch_size": batch_size, "epochs": epochs}
     rates = {m: images / wall for m, (images, wall, _) in measured.items()}
     lines = [{**common, "max_res": m, "loader": "pil-torchvision" if m is None else "ffcv",
+              "compress_prob": None if m is None else DEFAULT_COMPRESS_PROB,
+              "jpeg_quality": None if m is None else DEFAULT_JPEG_QUALITY,
               "img_per_s": round(rates[m], 1), "img_per_s_per_core": round(rates[m] / workers, 1),
               "cpu_cores_used": round(cpu / wall, 2), "ratio_vs_baseline": round(rates[m] / rates[None], 3)}
              for m, (_, wall, cpu) in measured.items()]

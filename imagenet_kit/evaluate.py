@@ -26,7 +26,7 @@ def evaluate(model: torch.nn.Module, loader, num_classes: int, device: torch.dev
             logits = model(x).float()
             if flip_tta:
                 logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
-        labels = labels.long()
+        labels = labels.long().reshape(-1)
         top5 = logits.topk(min(5, num_classes), dim=1).indices
         hit1 = top5[:, 0] == labels
         sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),

@@ -67,3 +67,17 @@ def test_run_end_to_end_on_a_tiny_imagefolder(tiny_data, tmp_path):
     rerun = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert rerun.exit_code == 0
     assert "skipped" in rerun.output
+
+
+def test_make_full_without_data_explains_where_imagenet_comes_from():
+    proc = subprocess.run(["make", "-s", "full"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "DATA=/path/to/imagenet" in proc.stdout and "image-net.org" in proc.stdout
+    assert "ILSVRC2012_validation_ground_truth.txt" in proc.stdout
+
+
+def test_make_full_with_nproc_runs_torchrun():
+    proc = subprocess.run(["make", "-n", "full", "DATA=x", "NPROC=8"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "prepare --recipe full --data \"x\"" in proc.stdout  # conversion outside torchrun
+    assert "torchrun --nproc_per_node=8 -m imagenet_kit run --recipe full --data \"x\"" in proc.stdout

@@ -113,6 +113,8 @@ def load_rgb(path: Path, max_res: int | None = None) -> Image.Image:
     name, progressive JPEG, and EXIF orientation. Raises ``UnreadableImage`` with a reason otherwise.
     """
     try:
+        if not path.exists():
+            raise UnreadableImage("broken symbolic link or file removed during conversion")
         if path.stat().st_size == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():

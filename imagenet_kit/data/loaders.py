@@ -28,7 +28,10 @@ def default_workers(workers: int) -> int:
 
 
 def _label_pipeline(device: torch.device) -> list:
-    return [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+    # Squeeze after ToDevice: FFCV's ToDevice indexes shape[0], which a squeezed batch of one (the last
+    # val batch when count % batch == 1) lacks; its loader thread then dies and the main thread waits
+    # forever. A batch of one thus yields a 0-d label tensor: consumers reshape(-1).
+    return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True), Squeeze()]
 
 
 def create_train_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
