@@ -10,13 +10,14 @@ NPROC ?= 1
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps browser-deps mini full demo test bench clean
+.PHONY: help setup system-deps browser-deps mini full demo space test bench clean
 
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
 	@echo "make mini    whole workflow on the embedded sample (or DATA=root with train/ val/: mini recipe)"
 	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8]"
 	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
+	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
 	@echo "make test    the test suite"
 
 setup: $(STAMP)
@@ -57,6 +58,10 @@ endif
 
 demo: setup
 	$(KIT) demo $(if $(MODEL),--model "$(MODEL)") $(ARGS)
+
+# Without RUN the CLI takes the newest runs/*/ with export/model.json, and says what to run if there is none.
+space: setup
+	$(KIT) space $(if $(RUN),--run "$(RUN)") $(ARGS)
 
 test: setup browser-deps
 	$(PY) -m pytest -q $(ARGS)

@@ -2,6 +2,9 @@
 
 Gradio is imported inside the functions that need it: it takes seconds to import, and the CLI that
 mounts ``demo_command`` should not pay that for every other command.
+
+Inference-only (imports ``images`` and ``predict``, never training code): ``imagenet-kit space`` ships a
+byte-identical copy of this file, so a Hugging Face Space runs exactly this demo.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from urllib.parse import urlparse
 import click
 import torch
 
-from imagenet_kit.data.convert import UnreadableImage, load_rgb
-from imagenet_kit.export import ExportError, Predictor, load_exported, resolve_model_dir
+from imagenet_kit.images import UnreadableImage, load_rgb
+from imagenet_kit.predict import ExportError, Predictor, load_exported, resolve_model_dir
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -68,8 +71,8 @@ def model_card(info: dict) -> str:
             f"**Origin:** {origin}")
 
 
-def build_app(model: Path | str | Predictor) -> gr.Blocks:
-    """The demo page for an export folder (or an already loaded predictor)."""
+def build_app(model: Path | str | Predictor, examples: Path | str = EXAMPLES_DIR) -> gr.Blocks:
+    """The demo page for an export folder (or an already loaded predictor), with ``examples``/*.jpg below."""
     import gradio as gr
 
     predictor = model if isinstance(model, Predictor) else load_exported(Path(model))
@@ -99,7 +102,7 @@ def build_app(model: Path | str | Predictor) -> gr.Blocks:
               preprocess=False)
         image.clear(lambda: None, outputs=label, api_visibility="private")
         # The examples are the kit's own JPEGs, so Gradio's preprocessing (which yields their path) is safe.
-        gr.Examples(examples=[[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.jpg"))], inputs=image, outputs=label,
+        gr.Examples(examples=[[str(p)] for p in sorted(Path(examples).glob("*.jpg"))], inputs=image, outputs=label,
                     fn=classify, run_on_click=True, cache_examples=False,
                     label="Example photos (ImageNet validation-style)")
     return demo

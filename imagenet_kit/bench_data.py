@@ -10,14 +10,12 @@ each side is given; ``cpu_cores_used`` records how many it really kept busy.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import resource
 import socket
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -25,6 +23,7 @@ import torch
 from PIL import Image
 from rich.table import Table
 
+from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.data.convert import (DEFAULT_COMPRESS_PROB, DEFAULT_JPEG_QUALITY, Source, convert, scan_imagefolder,
                                        scan_labelled_flat)
 from imagenet_kit.progress import console
@@ -98,7 +97,7 @@ def measure_ffcv(beton: Path, res: int, workers: int, batch_size: int, epochs: i
 
 
 def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int = 64,
-               max_res_list=(256, 512), epochs: int = 2, results_dir="bench/results") -> dict:
+               max_res_list=(256, 512), epochs: int = 2, results_dir=RESULTS_DIR) -> dict:
     """Convert SRC at each max-res, time both loaders, append one JSON line each to RESULTS_DIR/data.jsonl.
 
     Returns ``{"baseline": record, "ffcv": [record per max-res], "results": path}``."""
@@ -126,7 +125,7 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
     finally:
         torch.set_num_threads(threads)
 
-    common = {"kind": "data", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    common = {"kind": "data", "date": utc_now(),
               "host": socket.gethostname(), "cpu": cpu_model(), "versions": environment(),
               "command": " ".join(sys.argv), "src": str(src.resolve()), "n_images": len(items), "res": res,
               "workers": workers, "batch_size": batch_size, "epochs": epochs}
@@ -137,9 +136,7 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
               "img_per_s": round(rates[m], 1), "img_per_s_per_core": round(rates[m] / workers, 1),
               "cpu_cores_used": round(cpu / wall, 2), "ratio_vs_baseline": round(rates[m] / rates[None], 3)}
              for m, (_, wall, cpu) in measured.items()]
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with open(results, "a") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
+    append_results(results, lines)
     return {"baseline": lines[0], "ffcv": lines[1:], "results": str(results)}
 
 
@@ -167,7 +164,7 @@ def print_table(result: dict) -> None:
 @click.option("--max-res", default="256,512", show_default=True, help="comma list: one beton per longest side")
 @click.option("--epochs", type=int, default=2, show_default=True, help="timed passes after one warm-up pass")
 @click.option("--out", default="betons/bench", show_default=True, help="where the betons go")
-@click.option("--results-dir", default="bench/results", show_default=True)
+@click.option("--results-dir", default=str(RESULTS_DIR), show_default=True)
 def bench_data_command(src, res, workers, batch_size, max_res, epochs, out, results_dir):
     """Images/s per core: the kit's FFCV train loader vs PIL + torchvision on the original JPEGs."""
     max_res_list = [int(m) for m in max_res.split(",") if m.strip()]

@@ -1,21 +1,20 @@
 """How long the demo takes per photo on CPU: batch-1 latency of the exported predictor."""
 from __future__ import annotations
 
-import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import numpy as np
 
 from imagenet_kit.app import EXAMPLES_DIR
-from imagenet_kit.data.convert import load_rgb
-from imagenet_kit.export import ExportError, load_exported, resolve_model_dir
+from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
+from imagenet_kit.images import load_rgb
+from imagenet_kit.predict import ExportError, load_exported, resolve_model_dir
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import environment
 
-RESULTS = Path("bench/results/demo.jsonl")
+RESULTS = RESULTS_DIR / "demo.jsonl"
 WARMUP = 3  # first calls pay for allocator growth and oneDNN kernel selection
 
 
@@ -38,17 +37,14 @@ def bench_demo(model_dir: Path, n: int = 50, results: Path = RESULTS, image: Pat
         times_ms.append((time.perf_counter() - start) * 1000)
     p50, p95 = np.percentile(times_ms, [50, 95]).tolist()
     record = {
-        "bench": "demo", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bench": "demo", "date": utc_now(),
         "model_dir": str(Path(model_dir).resolve()), "arch": predictor.info["arch"],
         "res": predictor.spec["crop"], "backend": predictor.backend, "image": image_path.name,
         "image_size": list(photo.size), "n": n, "warmup": WARMUP,
         "p50_ms": p50, "p95_ms": p95, "mean_ms": float(np.mean(times_ms)),
         **environment(),  # host, cpu, versions, thread count, git revision, command
     }
-    results = Path(results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with open(results, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append_results(results, [record])
     return record
 
 

@@ -53,6 +53,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
     "subset": "imagenet_kit.data.subset:subset_command",
     "export": "imagenet_kit.export:export_command",
     "demo": "imagenet_kit.app:demo_command",
+    "space": "imagenet_kit.space:space_command",
     "plan": "imagenet_kit.plan:plan_command",
 })
 def cli():
@@ -62,6 +63,8 @@ def cli():
 @cli.group("bench", cls=KitGroup, context_settings=CONTEXT, lazy={
     "data": "imagenet_kit.bench_data:bench_data_command",
     "demo": "imagenet_kit.bench_demo:bench_demo_command",
+    "train": "imagenet_kit.bench_train:bench_train_command",
+    "report": "imagenet_kit.results_table:report_command",
 })
 def bench():
     """Benchmarks; each appends JSON lines with hardware and command to bench/results/."""

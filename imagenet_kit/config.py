@@ -74,6 +74,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (spot instances)
     max_steps: int = 0  # stop after this many steps in total (smoke tests); 0 = no limit
+    # Reproducibility tests only: center crops instead of random ones, no flip, sequential order and
+    # torch's deterministic algorithms. FFCV's random crops draw from numba's unseeded RNG, so a normal
+    # run cannot be replayed bit for bit.
+    deterministic: bool = False
 
 
 @dataclass

@@ -114,7 +114,9 @@ def measured_throughput(results_dir: Path, gpu: str, arch: str, precision: str) 
     """Newest bench row per (GPU count, resolution) for this GPU model, arch and precision family.
 
     A row: {"kind" (or "bench"): "train", "device", "arch", "res", "precision", "img_per_s" (summed over
-    the GPUs), "gpus" (or "world_size"; default 1), "date", ...}."""
+    the GPUs), "gpus" (or "world_size"; default 1), "date", ...}. Of ``bench train``'s three modes only
+    "real" counts (the kit's step fed by its loader, as training runs); its "synthetic" and "bare" rows
+    are upper bounds and a no-kit reference."""
     wanted = {"fp32"} if precision == "fp32" else {"bf16", "fp16", "amp"}
     newest: dict[tuple[int, int], dict] = {}
     for path in sorted(Path(results_dir).glob("*.jsonl")):
@@ -125,7 +127,8 @@ def measured_throughput(results_dir: Path, gpu: str, arch: str, precision: str) 
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise PlanError(f"{path}:{number}: not a JSON line ({err.msg})") from None
-            if (row.get("kind", row.get("bench")) != "train" or row.get("arch") != arch
+            if (row.get("kind", row.get("bench")) != "train" or row.get("mode", "real") != "real"
+                    or row.get("arch") != arch
                     or row.get("precision") not in wanted
                     or not re.search(GPUS[gpu].device_pattern, str(row.get("device", "")))):
                 continue

@@ -16,8 +16,9 @@ from PIL import Image
 from torchvision.models import ResNet50_Weights
 
 from imagenet_kit.app import build_app, demo_command, launch
-from imagenet_kit.data.convert import load_rgb
-from imagenet_kit.export import export_model, load_exported
+from imagenet_kit.export import export_model
+from imagenet_kit.images import load_rgb
+from imagenet_kit.predict import load_exported
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from test_export import EXAMPLES, PHOTO, make_fake_run  # tests/ is on sys.path (pytest's rootdir-less import)

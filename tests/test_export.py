@@ -13,11 +13,11 @@ from click.testing import CliRunner
 
 from imagenet_kit import export
 from imagenet_kit.config import RunConfig
-from imagenet_kit.data.convert import load_rgb
 from imagenet_kit.data.imagenet_meta import wnid_to_name
-from imagenet_kit.export import (FILES, FORMATS, TOLERANCES, ExportError, export_command, export_model,
-                                 load_exported, preprocess, resolve_model_dir)
+from imagenet_kit.export import FORMATS, TOLERANCES, export_command, export_model
+from imagenet_kit.images import load_rgb
 from imagenet_kit.model import create_model
+from imagenet_kit.predict import FILES, ExportError, load_exported, preprocess, resolve_model_dir
 
 IMAGENETTE = ("n01440764 n02102040 n02979186 n03000684 n03028079 n03394916 n03417042 n03425413 n03445777 "
               "n03888257").split()

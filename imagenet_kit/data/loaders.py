@@ -36,20 +36,26 @@ def _label_pipeline(device: torch.device) -> list:
 
 def create_train_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
                         seed: int = 0, distributed: bool = False, in_memory: bool = True,
-                        drop_last: bool = True) -> Loader:
+                        drop_last: bool = True, deterministic: bool = False) -> Loader:
     """Random-resized-crop (scale 0.08-1, ratio 3/4-4/3) + flip, decoded by FFCV's JIT pipeline.
 
     The resolution can be changed between epochs with ``set_resolution`` (progressive resizing).
     Under torchrun (``distributed=True``) each rank reads a disjoint shard of every epoch's order.
+    ``deterministic``: center crops, no flip, sequential order (rank r of W reads samples r, r+W, ...), so
+    a run replays exactly and W ranks see the same samples per step as one process with W times the batch.
     """
-    decoder = RandomResizedCropRGBImageDecoder((res, res), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    if deterministic:
+        augment = [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO)]
+        order = OrderOption.SEQUENTIAL
+    else:
+        augment = [RandomResizedCropRGBImageDecoder((res, res), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+                   RandomHorizontalFlip()]
+        # QUASI_RANDOM saves memory when the beton is not in RAM, but FFCV does not support it distributed.
+        order = OrderOption.RANDOM if (distributed or in_memory) else OrderOption.QUASI_RANDOM
     pipelines = {
-        "image": [decoder, RandomHorizontalFlip(), ToTensor(), ToDevice(device, non_blocking=True),
-                  ToTorchImage()],
+        "image": [*augment, ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()],
         "label": _label_pipeline(device),
     }
-    # QUASI_RANDOM saves memory when the beton is not in RAM, but FFCV does not support it distributed.
-    order = OrderOption.RANDOM if (distributed or in_memory) else OrderOption.QUASI_RANDOM
     return Loader(beton, batch_size=batch_size, num_workers=workers, order=order, os_cache=in_memory,
                   drop_last=drop_last, pipelines=pipelines, distributed=distributed, seed=seed)
 

@@ -1,0 +1,104 @@
+"""Inference on an export folder: the predictor, ``preprocess`` and finding the newest export.
+
+``preprocess`` is the single implementation of ``preprocess.json``: the export's parity check, the demo,
+its benchmark and any evaluation of an export all call it, so they all see the same pixels.
+
+Inference-only: torch, torchvision and Pillow, nothing from training (no FFCV, numba, ONNX). The Hugging
+Face Space folder (``imagenet-kit space``) ships a byte-identical copy of this file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "safetensors": "model.safetensors"}
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made or trusted; the message names the file, the Δ or the missing piece."""
+
+
+def preprocess(image: Image.Image, spec: dict) -> torch.Tensor:
+    """RGB PIL image -> 1x3xHxW float tensor: shorter side to ``resize``, center crop, /255, normalize.
+
+    Open files with ``load_rgb`` (EXIF rotation, CMYK, 16-bit, alpha); ``convert`` changes nothing in its output.
+    """
+    image = TF.resize(image.convert("RGB"), spec["resize"], interpolation=InterpolationMode(spec["interpolation"]))
+    image = TF.center_crop(image, spec["crop"])
+    x = TF.pil_to_tensor(image).float().div_(255)
+    return TF.normalize(x, spec["mean"], spec["std"]).unsqueeze(0)
+
+
+class Predictor:
+    """A classifier plus the preprocessing and class names it was exported with."""
+
+    def __init__(self, model: torch.nn.Module, spec: dict, names: list[str], info: dict, backend: str):
+        self.model, self.spec, self.names, self.info, self.backend = model.eval(), spec, names, info, backend
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch)
+
+    def predict(self, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:
+        """Top-``k`` (class name, softmax probability), most likely first."""
+        probs = self.logits(preprocess(image, self.spec))[0].softmax(0)
+        top = probs.topk(min(k, len(self.names)))
+        return [(self.names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
+@contextlib.contextmanager
+def _quiet_deprecations():
+    # torch 2.9+ flags torch.jit and the TorchScript-based ONNX exporter as deprecated. Both still work and
+    # are what this export needs (the torch.export-based ONNX exporter requires onnxscript), so the
+    # warnings would only be noise in every export and demo start.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def load_exported(model_dir: Path) -> Predictor:
+    """The predictor of an export folder: TorchScript if exported, else safetensors into ``create_model``."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.json").is_file():
+        raise ExportError(f"{model_dir}: no model.json, so not a finished export; make one with 'imagenet-kit export'")
+    info = json.loads((model_dir / "model.json").read_text())
+    spec = json.loads((model_dir / "preprocess.json").read_text())
+    names = [c["name"] for c in json.loads((model_dir / "classes.json").read_text())]
+    if (model_dir / FILES["torchscript"]).is_file():
+        with _quiet_deprecations():
+            model = torch.jit.load(str(model_dir / FILES["torchscript"]), map_location="cpu")
+        return Predictor(model, spec, names, info, "torchscript")
+    if (model_dir / FILES["safetensors"]).is_file():
+        from safetensors.torch import load_file
+
+        from imagenet_kit.model import create_model  # not shipped in a Space folder, which has model.ts
+        model = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"])
+        model.load_state_dict(load_file(model_dir / FILES["safetensors"]))
+        return Predictor(model, spec, names, info, "safetensors")
+    raise ExportError(f"{model_dir}: neither {FILES['torchscript']} nor {FILES['safetensors']} to load; "
+                      "export with --format torchscript or safetensors")
+
+
+def find_latest_export(runs_dir: Path = Path("runs")) -> Path | None:
+    """The newest ``runs/*/export`` folder holding a model.json (by that file's mtime), or None."""
+    found = list(Path(runs_dir).glob("*/export/model.json"))
+    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
+
+
+def resolve_model_dir(model: Path | None, runs_dir: Path = Path("runs")) -> Path:
+    """``--model`` as given, or the newest export; the error says where it looked and what to run."""
+    if model is not None:
+        return Path(model)
+    latest = find_latest_export(runs_dir)
+    if latest is None:
+        raise ExportError(f"no exported model found: looked for {Path(runs_dir).resolve()}/*/export/model.json. "
+                          "Run 'make mini' first (it trains and exports a small model), or pass --model DIR")
+    return latest
