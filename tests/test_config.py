@@ -53,3 +53,16 @@ def test_every_recipe_loads_and_roundtrips():
 def test_missing_recipe_lists_known_ones():
     with pytest.raises(ConfigError, match="sample"):
         load_config("does-not-exist")
+
+
+def test_full_recipe_is_ffcvs_rn50_16_epochs_after_batch_scaling():
+    """libffcv/ffcv-imagenet rn50_configs/rn50_16_epochs.yaml: lr 1.7 at 8 GPUs x 512, wd 1e-4, ..."""
+    from imagenet_kit.train import scaled_lr
+    cfg = load_config("full")
+    assert scaled_lr(cfg.optim.lr, cfg.optim.lr_batch, 8 * 512) == pytest.approx(1.7)
+    assert (cfg.model.arch, cfg.model.blurpool, cfg.train.epochs) == ("resnet50", True, 16)
+    assert (cfg.optim.schedule, cfg.optim.peak_epoch) == ("linear", 2)
+    assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.label_smoothing) == (0.9, 1e-4, 0.1)
+    assert (cfg.train.min_res, cfg.train.max_res, cfg.train.start_ramp, cfg.train.end_ramp) == (160, 192, 11, 13)
+    assert (cfg.train.val_res, cfg.train.flip_tta) == (256, True)
+    assert (cfg.data.max_res, cfg.data.compress_prob, cfg.data.jpeg_quality) == (500, 0.5, 90)
