@@ -77,7 +77,9 @@ browser-deps:
 
 bench: setup
 	$(KIT) bench data --src ../shared/data/imagenet-samples
+	$(KIT) bench train $(if $(filter 0,$(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),--arch resnet50 --res 128 --batch 16 --precision bf16)
 	$(KIT) bench demo
+	$(KIT) bench report
 
 clean:
 	rm -rf runs betons test-artifacts .pytest_cache

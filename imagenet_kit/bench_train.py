@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import resource
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -41,6 +42,8 @@ DEFAULT_BETON = "betons/bench-sample-train-256.beton"
 DEFAULTS = {"cuda": {"res": "160,192,224", "batch": 256, "steps": 50, "warmup": 10},
             "cpu": {"res": "128", "batch": 16, "steps": 5, "warmup": 2}}
 MODES = ("synthetic", "real", "bare")
+# The bare reference builds torchvision.models.<arch>(), so only the kit's archs that torchvision has.
+BENCH_ARCHS = [arch for arch in ARCHS if hasattr(torchvision.models, arch)]
 
 
 def _sync(device: torch.device) -> None:
@@ -96,13 +99,11 @@ def measure_synthetic(arch, res, batch, device, precision, channels_last, compil
 def measure_real(arch, res, batch, device, precision, channels_last, compile_, steps, warmup, beton,
                  workers) -> float:
     step = _kit_step(arch, batch, warmup + steps, device, precision, channels_last, compile_)
-    threads = torch.get_num_threads()
-    loader = create_train_loader(str(beton), batch, res, device, workers)
+    batches = _endless(create_train_loader(str(beton), batch, res, device, workers))
     try:
-        batches = _endless(loader)
         return _timed(lambda: step(*next(batches)), steps, warmup, device)
     finally:
-        torch.set_num_threads(threads)  # FFCV sets it to the loader's workers; the other modes keep theirs
+        batches.close()  # stops FFCV's loader thread mid-epoch
 
 
 def measure_bare(arch, res, batch, device, precision, channels_last, compile_, steps, warmup) -> float:
@@ -152,6 +153,38 @@ def sample_beton(path=DEFAULT_BETON) -> Path:
     return path
 
 
+def _measure_all(arch, resolutions, batch, precision, compile_, channels_last, beton, beton_images, steps, warmup,
+                 workers, device) -> list[dict]:
+    resolved = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[resolve_precision(precision, device)[0]]
+    env = environment()
+    common = {"kind": "train", "host": env["host"], "device": device_name(device), "device_type": device.type,
+              "gpus": 1, "arch": arch, "batch": batch, "precision": resolved, "channels_last": channels_last,
+              "compile": compile_, "steps": steps, "warmup": warmup, "num_classes": NUM_CLASSES,
+              "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
+              "versions": env, "command": env["command"]}
+    args = dict(batch=batch, device=device, precision=precision, channels_last=channels_last, compile_=compile_,
+                steps=steps, warmup=warmup)
+    measures = {"synthetic": measure_synthetic, "real": partial(measure_real, beton=beton, workers=workers),
+                "bare": measure_bare}
+    rows = []
+    for res in resolutions:
+        measured = {}
+        for mode in MODES:
+            _free(device)
+            torch.manual_seed(0)
+            seconds = measures[mode](arch, res, **args)
+            measured[mode] = (round(steps * batch / seconds, 1), round(_peak_memory_mb(device), 1))
+        rate = {mode: img_per_s for mode, (img_per_s, _) in measured.items()}
+        overheads = {"data_overhead_pct": round(100 * (1 - rate["real"] / rate["synthetic"]), 1),
+                     "kit_overhead_pct": round(100 * (1 - rate["synthetic"] / rate["bare"]), 1)}
+        for mode, (img_per_s, peak) in measured.items():
+            rows.append({**common, "date": utc_now(), "res": res, "mode": mode, "img_per_s": img_per_s,
+                         "peak_mem_mb": peak, **overheads,
+                         **({"beton": str(beton), "beton_images": beton_images,
+                             "workers": workers} if mode == "real" else {})})
+    return rows
+
+
 def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, precision: str = "auto",
                 compile_: bool = False, channels_last: bool = True, beton=None, steps: int = 5, warmup: int = 2,
                 workers: int = 0, results_dir=RESULTS_DIR, device: torch.device | None = None) -> list[dict]:
@@ -166,36 +199,15 @@ def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, pre
                       f" the real-data mode reads: its figure includes an FFCV epoch restart every "
                       f"{beton_images // batch} step(s)")
     workers = default_workers(workers)
-    resolved = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[resolve_precision(precision, device)[0]]
-    env = environment()
-    common = {"kind": "train", "host": env["host"], "device": device_name(device), "device_type": device.type,
-              "gpus": 1, "arch": arch, "batch": batch, "precision": resolved, "channels_last": channels_last,
-              "compile": compile_, "steps": steps, "warmup": warmup, "num_classes": NUM_CLASSES,
-              "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
-              "versions": env, "command": env["command"]}
-    args = dict(batch=batch, device=device, precision=precision, channels_last=channels_last, compile_=compile_,
-                steps=steps, warmup=warmup)
-    rows = []
-    for res in resolutions:
-        measured = {}
-        for mode in MODES:
-            _free(device)
-            torch.manual_seed(0)
-            if mode == "synthetic":
-                seconds = measure_synthetic(arch, res, **args)
-            elif mode == "real":
-                seconds = measure_real(arch, res, **args, beton=beton, workers=workers)
-            else:
-                seconds = measure_bare(arch, res, **args)
-            measured[mode] = (round(steps * batch / seconds, 1), round(_peak_memory_mb(device), 1))
-        rate = {mode: img_per_s for mode, (img_per_s, _) in measured.items()}
-        overheads = {"data_overhead_pct": round(100 * (1 - rate["real"] / rate["synthetic"]), 1),
-                     "kit_overhead_pct": round(100 * (1 - rate["synthetic"] / rate["bare"]), 1)}
-        for mode, (img_per_s, peak) in measured.items():
-            rows.append({**common, "date": utc_now(), "res": res, "mode": mode, "img_per_s": img_per_s,
-                         "peak_mem_mb": peak, **overheads,
-                         **({"beton": str(beton), "beton_images": beton_images,
-                             "workers": workers} if mode == "real" else {})})
+    threads = torch.get_num_threads()
+    # Training computes with as many torch threads as loader workers (FFCV sets them on every epoch, and
+    # importing FFCV sets 1): every mode gets that many, so on CPU the modes differ only in what they time.
+    torch.set_num_threads(workers)
+    try:
+        rows = _measure_all(arch, resolutions, batch, precision, compile_, channels_last, beton, beton_images, steps,
+                            warmup, workers, device)
+    finally:
+        torch.set_num_threads(threads)
     append_results(Path(results_dir) / "train.jsonl", rows)
     return rows
 
@@ -217,7 +229,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 @click.command("train")
-@click.option("--arch", type=click.Choice(ARCHS), default="resnet50")
+@click.option("--arch", type=click.Choice(BENCH_ARCHS), default="resnet50")
 @click.option("--res", default=None, help="comma list of resolutions  [default: 160,192,224 on a GPU, 128 on CPU]")
 @click.option("-b", "--batch", type=click.IntRange(min=1), default=None,
               help="images per step  [default: 256 on a GPU, 16 on CPU]")

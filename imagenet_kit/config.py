@@ -38,6 +38,10 @@ class ModelConfig:
     zero_init_residual: bool = True  # last BN gamma of each residual block starts at 0 (Goyal et al. 2017)
     blurpool: bool = False  # anti-aliased strided convs, as FFCV's rn50 configs use
     channels_last: bool = True
+    # Starting weights of a fresh run (a resumed one takes its checkpoint's): "" = random; "torchvision" =
+    # torchvision's published ImageNet weights for the arch; or a kit checkpoint (.pt) or export folder.
+    # Everything but the head is loaded; head rows are kept by class WNID (init_weights.py).
+    init: str = ""
 
 
 @dataclass
@@ -56,6 +60,7 @@ class OptimConfig:
     peak_epoch: float = 2.0  # linear: epoch where the LR peaks (FFCV's lr_peak_epoch)
     step_epochs: int = 30  # step: epochs between decays
     step_gamma: float = 0.1  # step: decay factor
+    head_lr_mult: float = 1.0  # the head's LR = this x the backbone's, all along the schedule (fine-tuning)
 
 
 @dataclass
@@ -74,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (spot instances)
     max_steps: int = 0  # stop after this many steps in total (smoke tests); 0 = no limit
+    freeze_epochs: int = 0  # fine-tuning: only the head trains for this many epochs, then everything
     # Reproducibility tests only: center crops instead of random ones, no flip, sequential order and
     # torch's deterministic algorithms. FFCV's random crops draw from numba's unseeded RNG, so a normal
     # run cannot be replayed bit for bit.
@@ -228,6 +234,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
     if cfg.train.batch_size < 1:
         raise ConfigError("train.batch_size must be at least 1")
+    if cfg.train.freeze_epochs < 0:
+        raise ConfigError("train.freeze_epochs must not be negative")
+    if not cfg.optim.head_lr_mult > 0:
+        raise ConfigError(f"optim.head_lr_mult must be positive, got {cfg.optim.head_lr_mult}")
 
 
 def config_from_dict(tree: dict) -> RunConfig:

@@ -1,4 +1,5 @@
-"""Model factory: torchvision ResNets with the training tricks of FFCV's ImageNet recipe."""
+"""Model factory: torchvision ResNets (and the kit's pre-activation ResNet-50) with the training tricks of
+FFCV's ImageNet recipe."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +7,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+from imagenet_kit.resnet_v2 import resnet50v2
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2")
+HEAD = "fc"  # every arch's classifier; fine-tuning replaces it, freezes all else around it, scales its LR
 
 
 class BlurPoolConv2d(nn.Module):
@@ -37,24 +41,36 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
     """A randomly initialised ResNet. Weights are never downloaded here."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes,
-                                              zero_init_residual=zero_init_residual)
+    if arch == "resnet50v2":
+        model = resnet50v2(num_classes, zero_init_residual)
+    else:
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes,
+                                                  zero_init_residual=zero_init_residual)
     if blurpool:
         _apply_blurpool(model)
     return model
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two SGD groups: weight decay on conv/linear weights only.
+def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict]:
+    """SGD groups: weight decay on conv/linear weights only; with ``head_lr_mult`` != 1 the head gets two
+    groups of its own, marked ``lr_mult`` (the schedules scale their LR by it: discriminative fine-tuning).
 
     Chosen by module type, not by parameter name: FFCV's ``'bn' in name`` filter misses the BatchNorm
-    inside each ``downsample`` branch (``layer1.0.downsample.1.weight``) and decays it.
+    inside each ``downsample`` branch (``layer1.0.downsample.1.weight``) and decays it. Without a head
+    multiplier there are exactly two groups, as in checkpoints written before it existed.
     """
-    decay, no_decay = [], []
-    for module in model.modules():
+    split_head = head_lr_mult != 1.0
+    groups = {(head, no_decay): [] for head in (False, True) for no_decay in (False, True)}
+    for module_name, module in model.named_modules():
+        in_head = split_head and module_name.partition(".")[0] == HEAD
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             is_norm = isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
-            (no_decay if is_norm or name == "bias" else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[in_head, is_norm or name == "bias"].append(param)
+    result = [{"params": groups[False, False], "weight_decay": weight_decay},
+              {"params": groups[False, True], "weight_decay": 0.0}]
+    if split_head:
+        result += [{"params": groups[True, False], "weight_decay": weight_decay, "lr_mult": head_lr_mult},
+                   {"params": groups[True, True], "weight_decay": 0.0, "lr_mult": head_lr_mult}]
+    return result

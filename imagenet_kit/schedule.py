@@ -18,15 +18,19 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float,
     - ``linear``: FFCV's ImageNet schedule: linear from ``1e-4 * max_lr`` up to ``max_lr`` at
       ``peak_epoch``, then linear to 0 at the last step. Momentum is constant.
     - ``step``: ``max_lr * step_gamma ** (epoch // step_epochs)``.
+
+    A param group with an ``lr_mult`` key (the head's, see ``model.param_groups``) follows the same curve
+    scaled by it.
     """
     total = epochs * steps_per_epoch
+    peaks = [max_lr * group.get("lr_mult", 1.0) for group in optimizer.param_groups]
     if name == "onecycle":
-        return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=pct_start,
+        return OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct_start,
                           div_factor=div_factor, final_div_factor=final_div_factor,
                           base_momentum=base_momentum, max_momentum=max_momentum, cycle_momentum=True)
-    for group in optimizer.param_groups:
-        group["lr"] = max_lr
-        group["initial_lr"] = max_lr
+    for group, peak in zip(optimizer.param_groups, peaks):
+        group["lr"] = peak
+        group["initial_lr"] = peak
     if name == "linear":
         xs = [0.0, peak_epoch * steps_per_epoch, float(total)]
         ys = [1e-4, 1.0, 0.0]

@@ -71,6 +71,8 @@ def build_space(run_dir: Path, out: Path | None = None, license_id: str = "other
     """Write the Space folder for ``run_dir`` (default ``run_dir/space``); return its path and sizes."""
     run_dir = Path(run_dir)
     export_dir = run_dir / "export"
+    if (run_dir / "model.json").is_file() and not (export_dir / "model.json").is_file():
+        run_dir, export_dir = run_dir.parent, run_dir  # given the export folder itself
     if not (export_dir / "model.json").is_file():
         raise SpaceError(f"{export_dir}: no model.json, so no finished export in this run folder; "
                          f"make one with 'imagenet-kit export --checkpoint {run_dir}'")
@@ -91,6 +93,9 @@ def build_space(run_dir: Path, out: Path | None = None, license_id: str = "other
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built next to ``out`` and swapped in at the end: a refused or failed build leaves the old folder alone.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the Space folder's mode
     try:
         (tmp / "model").mkdir()
         for name in MODEL_FILES:
@@ -193,7 +198,7 @@ def model_card(run_dir: Path, info: dict, classes: list[dict], spec: dict) -> st
     shown = ", ".join(names[:20]) + (f", … ({n - 20} more in model/classes.json)" if n > 20 else "")
     data = info.get("data") or "unknown"
 
-    arch = (f"torchvision {info['arch']}, trained from scratch (random init), {n}-way classifier head, "
+    arch = (f"{info['arch']}{_start(cfg)}, {n}-way classifier head, "
             f"{spec['crop']}×{spec['crop']} px input (shorter side resized to {spec['resize']}, center crop)")
     if info.get("blurpool"):
         arch += ", BlurPool before strided convolutions"
@@ -232,8 +237,8 @@ def model_card(run_dir: Path, info: dict, classes: list[dict], spec: dict) -> st
         "",
         f"- It knows only these {n} classes. Every photo gets one of them, also a photo of none of them; "
         "the scores are softmax over these classes, not a calibrated confidence.",
-        f"- Trained on {data}, a small sample: expect the accuracy above at best, and lower on photos unlike "
-        "ImageNet's (drawings, close-ups, several objects, unusual viewpoints).",
+        f"- {_margin(evaluation)}Expect lower accuracy on photos unlike the training data's (drawings, close-ups, "
+        "several objects, unusual viewpoints).",
         f"- It sees one center crop at {spec['crop']} px: an object near the border may be cut off.",
         "- ImageNet photos carry their collection's biases. This is a demo of a training kit, not a production "
         "model: do not use it for decisions about people, safety or anything that matters.",
@@ -259,6 +264,28 @@ def _hardware(env: dict | None) -> str:
         parts.append(f"{env['cpu_count']} CPU cores")
     parts.append(f"torch {env.get('torch', '?')}")
     return ", ".join(parts) + " (env.json)"
+
+
+def _start(cfg: dict | None) -> str:
+    """Where training started from, as config.yaml says (model.init: "" random, "torchvision", or a path)."""
+    if not cfg:
+        return ""
+    init = (cfg.get("model") or {}).get("init") or ""
+    if not init:
+        return ", trained from scratch (random init)"
+    if init == "torchvision":
+        return ", fine-tuned from torchvision's published ImageNet weights"
+    return f", fine-tuned from `{Path(init).name}`"
+
+
+def _margin(evaluation: dict | None) -> str:
+    """How far the measured top-1 can be from the truth: a 95% normal interval on the validation count."""
+    if not evaluation or not evaluation.get("count"):
+        return "Its accuracy was not measured on held-out images. "
+    p, count = evaluation["top1"], evaluation["count"]
+    margin = 1.96 * (p * (1 - p) / count) ** 0.5
+    return (f"Validated on {count} images only: the top-1 above is known to about ±{100 * margin:.1f} points "
+            "(95%). ")
 
 
 def _recipe(run_dir: Path, cfg: dict | None, env: dict | None) -> str:
@@ -295,7 +322,8 @@ def _peak_lr(run_dir: Path) -> float | None:
 
 @click.command("space")
 @click.option("--run", "run", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A run folder with an export.  [default: the newest runs/*/ with export/model.json]")
+              help="A run folder with an export (or the export folder).  [default: the newest runs/*/ with "
+                   "export/model.json]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder.  [default: RUN/space]")
 @click.option("--license", "license_id", default="other", show_default=True,

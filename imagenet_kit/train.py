@@ -23,6 +23,7 @@ from imagenet_kit.data.convert import read_classes
 from imagenet_kit.data.loaders import (create_train_loader, create_val_loader, default_workers, normalize,
                                        set_resolution)
 from imagenet_kit.evaluate import evaluate
+from imagenet_kit.init_weights import freeze_backbone, init_model
 from imagenet_kit.lr_find import lr_range_test
 from imagenet_kit.model import create_model, param_groups
 from imagenet_kit.progress import console, progress_bar
@@ -102,6 +103,10 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
     workers = default_workers(cfg.data.workers)
 
     model = create_model(cfg.model.arch, len(classes), cfg.model.zero_init_residual, cfg.model.blurpool)
+    if state is None and cfg.model.init:  # fine-tuning; a resumed run's weights come from its checkpoint
+        message = init_model(model, cfg.model, classes)
+        if runtime.is_main:
+            console.print(message)
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     amp_dtype, use_scaler = resolve_precision(cfg.train.precision, device)
@@ -126,8 +131,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
         raise ValueError(f"{train_beton}: fewer images than one batch of {cfg.train.batch_size}; "
                          "lower train.batch_size")
 
-    optimizer = torch.optim.SGD(param_groups(model, cfg.optim.weight_decay), lr=max_lr,
-                                momentum=cfg.optim.momentum)
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
+    optimizer = torch.optim.SGD(groups, lr=max_lr, momentum=cfg.optim.momentum)
     schedule_args = dict(pct_start=cfg.optim.pct_start, div_factor=cfg.optim.div_factor,
                          final_div_factor=cfg.optim.final_div_factor, base_momentum=cfg.optim.base_momentum,
                          max_momentum=cfg.optim.max_momentum, peak_epoch=cfg.optim.peak_epoch,
@@ -159,8 +164,10 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
 
     ddp_model = model
     if runtime.distributed:
+        # A frozen backbone yields no gradients; DDP must be told to expect parameters without any.
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.train.freeze_epochs > 0)
     step_model = torch.compile(ddp_model) if cfg.train.compile else ddp_model
 
     def checkpoint(epoch: int, step: int, metrics: dict | None, name: str = "last.pt",
@@ -187,6 +194,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
             set_resolution(train_loader, res)
             train_loader.next_epoch = epoch  # FFCV's order is a function of (seed, epoch): resume-stable
             step_model.train()
+            if cfg.train.freeze_epochs:
+                freeze_backbone(model, frozen=epoch < cfg.train.freeze_epochs)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             steps_done, images_seen = 0, 0
             if resumed_partial and skip_steps:

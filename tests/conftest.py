@@ -35,12 +35,17 @@ def tiny_data(tmp_path_factory) -> dict:
     return {"root": root, "beton_dir": betons}
 
 
-@pytest.fixture
-def tiny_config(tiny_data, tmp_path):
-    """A resnet18 run on the tiny betons: 32 px, batch 8, 2 epochs (4 steps each)."""
-    return load_config("sample", [
-        f"output_dir={tmp_path / 'runs'}", "name=tiny", f"data.beton_dir={tiny_data['beton_dir']}",
+def tiny_overrides(tiny_data: dict, output_dir: Path) -> list[str]:
+    """tiny_config's settings, for fixtures of a wider scope that train a run of their own."""
+    return [
+        f"output_dir={output_dir}", "name=tiny", f"data.beton_dir={tiny_data['beton_dir']}",
         "data.name=tiny", "data.max_res=64", "data.workers=1", "model.arch=resnet18", "optim.lr=0.05",
         "optim.lr_batch=8", "train.epochs=2", "train.batch_size=8", "train.min_res=32", "train.max_res=32",
         "train.val_res=32", "train.val_batch_size=16", "train.precision=fp32", "lr_find.num_iter=12",
-    ])
+    ]
+
+
+@pytest.fixture
+def tiny_config(tiny_data, tmp_path):
+    """A resnet18 run on the tiny betons: 32 px, batch 8, 2 epochs (4 steps each)."""
+    return load_config("sample", tiny_overrides(tiny_data, tmp_path / "runs"))

@@ -27,13 +27,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "imagenet_kit" / "examples"
 PHOTO = EXAMPLES / "n07873807_pizza.jpg"
 
 
-def make_fake_run(root: Path) -> Path:
-    """``root/run`` as training leaves it: checkpoints/best.pt of a random resnet18 for the 10 Imagenette
-    classes, evaluated at 64 px. Shared by the export, app and bench tests."""
+def make_fake_run(root: Path, arch: str = "resnet18") -> Path:
+    """``root/run`` as training leaves it: checkpoints/best.pt of a random ``arch`` for the 10 Imagenette
+    classes, evaluated at 64 px. Shared by the export, app, bench, resnet50v2 and fine-tuning tests."""
     torch.manual_seed(0)
     cfg = RunConfig(name="fake")
-    cfg.model.arch, cfg.train.val_res, cfg.data.name = "resnet18", 64, "imagenette-sample"
-    model = create_model("resnet18", len(IMAGENETTE))
+    cfg.model.arch, cfg.train.val_res, cfg.data.name = arch, 64, "imagenette-sample"
+    model = create_model(arch, len(IMAGENETTE))
     with torch.no_grad():
         # Default init gives near-uniform probabilities (top-1 a near tie); a larger head makes the random
         # model decisive and image-dependent, and puts logits on the scale of a trained model's.

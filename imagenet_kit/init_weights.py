@@ -1,0 +1,116 @@
+"""Fine-tuning: a fresh run's starting weights (``model.init``) and the head-only epochs (``train.freeze_epochs``).
+
+A source is torchvision's published ImageNet-1K weights for the arch, a kit checkpoint (.pt) or an export
+folder (model.safetensors with its model.json and classes.json). Everything but the head is copied bit for
+bit and must fit the model exactly (same arch, same blurpool). The head starts from its fresh
+initialisation, and each class the source also knows, matched by WNID and not by index, gets the source's
+row (weight and bias): a checkpoint of the same classes gives back its whole head, one trained on other
+classes of ImageNet gives the shared ones a head start whatever their order.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from imagenet_kit.checkpoint import load_checkpoint
+from imagenet_kit.config import ConfigError, ModelConfig
+from imagenet_kit.data.imagenet_meta import imagenet_classes
+from imagenet_kit.model import HEAD
+
+
+class InitError(ConfigError):
+    """``model.init`` names weights that cannot be had or do not fit; the message says which and why."""
+
+
+def init_model(model: nn.Module, cfg: ModelConfig, classes: list[dict]) -> str:
+    """Load ``cfg.init`` into ``model`` (built for ``classes``) as described above; returns a summary line."""
+    state, source_classes = _load_source(cfg)
+    prefix = f"{HEAD}."
+    backbone = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    what = f"model.init={cfg.init}: does not fit {_describe(cfg.arch, cfg.blurpool)}"
+    try:
+        result = model.load_state_dict(backbone, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise InitError(f"{what}: {err}") from None
+    # strict=False only to leave the head out; any other gap is an error.
+    missing = [k for k in result.missing_keys if not k.startswith(prefix)]
+    if missing or result.unexpected_keys:
+        raise InitError(f"{what}: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+    head = getattr(model, HEAD)
+    source_rows = {c["wnid"]: i for i, c in enumerate(source_classes)}
+    copied = 0
+    with torch.no_grad():
+        for row, c in enumerate(classes):
+            if c["wnid"] in source_rows:
+                head.weight[row] = state[f"{prefix}weight"][source_rows[c["wnid"]]]
+                head.bias[row] = state[f"{prefix}bias"][source_rows[c["wnid"]]]
+                copied += 1
+    return (f"model.init: {len(backbone)} backbone tensors from {cfg.init}; head rows of {copied} of "
+            f"{len(classes)} classes copied by WNID, {len(classes) - copied} fresh")
+
+
+def _load_source(cfg: ModelConfig) -> tuple[dict, list[dict]]:
+    """(state dict, classes in output order) of ``cfg.init``, checked to be for ``cfg``'s model."""
+    if cfg.init == "torchvision":
+        return _torchvision_weights(cfg), imagenet_classes()
+    path = Path(cfg.init)
+    if path.is_dir():
+        if not (path / "model.json").is_file() or not (path / "model.safetensors").is_file():
+            raise InitError(f"model.init={cfg.init}: not a finished export with model.safetensors "
+                            "(imagenet-kit export --format safetensors writes one)")
+        from safetensors.torch import load_file
+        info = json.loads((path / "model.json").read_text())
+        state, classes = load_file(path / "model.safetensors"), json.loads((path / "classes.json").read_text())
+        arch, blurpool = info["arch"], info["blurpool"]
+    elif path.is_file():
+        checkpoint = load_checkpoint(path)
+        state, classes = checkpoint["model"], checkpoint["classes"]
+        arch, blurpool = checkpoint["config"]["model"]["arch"], checkpoint["config"]["model"]["blurpool"]
+    else:
+        raise InitError(f"model.init={cfg.init}: no such file or folder; give '' (random), 'torchvision', "
+                        "a kit checkpoint (.pt) or an export folder")
+    if (arch, blurpool) != (cfg.arch, cfg.blurpool):
+        raise InitError(f"model.init={cfg.init}: holds {_describe(arch, blurpool)} weights, this run trains "
+                        f"{_describe(cfg.arch, cfg.blurpool)}")
+    return state, classes
+
+
+def _describe(arch: str, blurpool: bool) -> str:
+    return f"{arch} with blurpool" if blurpool else arch
+
+
+def _torchvision_weights(cfg: ModelConfig) -> dict:
+    import torchvision
+
+    if cfg.blurpool:  # the blur changes what every strided conv sees: those weights would not mean the same
+        raise InitError("model.init=torchvision: torchvision's weights were trained without blurpool; "
+                        "set model.blurpool=false")
+    try:
+        weights = torchvision.models.get_model_weights(cfg.arch).DEFAULT
+    except ValueError:
+        raise InitError(f"model.init=torchvision: torchvision publishes no weights for {cfg.arch}; train it "
+                        "with the kit and give that checkpoint instead") from None
+    try:
+        return weights.get_state_dict(progress=False, weights_only=True)
+    except OSError as err:  # URLError, DNS failure, timeout: no internet here
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        raise InitError(f"model.init=torchvision: cannot download {weights} from {weights.url} ({err}). "
+                        f"Offline: fetch that file elsewhere and place it at {cached}") from None
+
+
+def freeze_backbone(model: nn.Module, frozen: bool) -> None:
+    """Stop (or restart) training everything but the head. Frozen BatchNorms also run in eval mode: the
+    head then trains on fixed features, and the backbone, running statistics included, stays bit for bit
+    what it was. Call after ``model.train()``, which puts them back in training mode."""
+    for name, module in model.named_modules():
+        if name.partition(".")[0] == HEAD:
+            continue
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(not frozen)
+        if frozen and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()

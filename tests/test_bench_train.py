@@ -1,0 +1,43 @@
+"""`imagenet-kit bench train` on a tiny beton: three modes per resolution, overheads from the measured img/s."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from imagenet_kit.bench_train import bench_train_command
+
+KEYS = {"kind", "date", "host", "device", "device_type", "gpus", "arch", "res", "batch", "precision",
+        "channels_last", "compile", "mode", "img_per_s", "peak_mem_mb", "data_overhead_pct", "kit_overhead_pct",
+        "versions", "command"}
+
+
+def test_bench_train_writes_three_modes_per_resolution(tiny_data, tmp_path):
+    results = tmp_path / "results"
+    run = CliRunner().invoke(bench_train_command, [
+        "--arch", "resnet18", "--res", "32", "--batch", "4", "--steps", "2", "--warmup", "1", "--precision", "fp32",
+        "--beton", str(tiny_data["beton_dir"] / "tiny-train-64.beton"), "-j", "1", "--results-dir", str(results)])
+    assert run.exit_code == 0, run.output
+    assert "kit" in run.output and "data path" in run.output  # the table's overhead column
+
+    rows = [json.loads(line) for line in (results / "train.jsonl").read_text().splitlines()]
+    assert [(r["res"], r["mode"]) for r in rows] == [(32, "synthetic"), (32, "real"), (32, "bare")]
+    rate = {r["mode"]: r["img_per_s"] for r in rows}
+    for r in rows:
+        assert KEYS <= r.keys(), KEYS - r.keys()
+        assert (r["kind"], r["arch"], r["batch"], r["precision"], r["gpus"]) == ("train", "resnet18", 4, "fp32", 1)
+        assert r["img_per_s"] > 0 and r["peak_mem_mb"] > 0 and r["versions"]["torch"]
+        # overheads are rounded to 0.1 % from the img/s values as stored
+        assert r["data_overhead_pct"] == pytest.approx(100 * (1 - rate["real"] / rate["synthetic"]), abs=0.051)
+        assert r["kit_overhead_pct"] == pytest.approx(100 * (1 - rate["synthetic"] / rate["bare"]), abs=0.051)
+    real = rows[1]
+    assert (real["beton_images"], real["workers"]) == (32, 1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only without a GPU")
+def test_fp16_on_cpu_is_a_usage_error(tmp_path):
+    run = CliRunner().invoke(bench_train_command, ["--precision", "fp16", "--results-dir", str(tmp_path)])
+    assert run.exit_code == 2 and "fp16 autocast needs a CUDA GPU" in run.output
+    assert not (tmp_path / "train.jsonl").exists()

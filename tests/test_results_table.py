@@ -1,0 +1,93 @@
+"""`imagenet-kit bench report`: one README row per result line, hardware and command on each; only the
+marked README block changes, and a second run changes nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from imagenet_kit.results_table import (BEGIN, END, GPU_PENDING, ReportError, load_rows, replace_block,
+                                        report_command, results_markdown)
+
+TRAIN = {"kind": "train", "date": "2026-12-01T10:00:00+00:00", "arch": "resnet50", "res": 160, "batch": 256,
+         "precision": "bf16", "channels_last": True, "compile": False, "gpus": 1, "img_per_s": 2890.4,
+         "peak_mem_mb": 21000.0, "data_overhead_pct": 3.2, "kit_overhead_pct": 1.5, "mode": "real",
+         "beton": "betons/bench-sample-train-256.beton", "versions": {"torch_threads": 16}}
+GPU_ROW = {**TRAIN, "device": "NVIDIA H100 80GB HBM3", "device_type": "cuda",
+           "command": "imagenet-kit bench train --res 160"}
+CPU_ROW = {**TRAIN, "date": "2026-11-30T09:00:00+00:00", "device": "AMD EPYC 9R14", "device_type": "cpu",
+           "res": 128, "batch": 16, "mode": "bare", "img_per_s": 21.7, "versions": {"torch_threads": 2},
+           "command": "imagenet-kit bench train --arch resnet50 --res 128 --batch 16 --precision bf16"}
+DEMO_ROW = {"bench": "demo", "date": "2026-11-26T02:30:27+00:00", "arch": "resnet18", "res": 128,
+            "backend": "torchscript", "p50_ms": 20.75, "p95_ms": 21.24, "cpu": "AMD EPYC", "torch_threads": 1,
+            "command": "imagenet-kit bench demo"}
+
+
+def _write(results, name, rows):
+    results.mkdir(exist_ok=True)
+    (results / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in rows[1:]]  # without the header
+
+
+def test_a_row_per_measurement_with_hardware_and_command(tmp_path):
+    _write(tmp_path, "train.jsonl", [GPU_ROW, CPU_ROW])
+    _write(tmp_path, "demo.jsonl", [DEMO_ROW])
+    markdown = results_markdown(load_rows(tmp_path))
+    rows = _table_rows(markdown)
+    assert len(rows) == 3
+    gpu, cpu, demo = rows  # training rows first, then file order
+    assert "2,890.4 img/s" in gpu[1] and "data-path overhead +3.2%" in gpu[1] and "peak GPU memory" in gpu[1]
+    assert gpu[2:] == ["NVIDIA H100 80GB HBM3", f"`{GPU_ROW['command']}`", "2026-12-01"]
+    assert "plain PyTorch" in cpu[0] and "128 px, batch 16, bf16" in cpu[0] and "peak process RSS" in cpu[1]
+    assert cpu[2:] == ["AMD EPYC 9R14, 2 threads", f"`{CPU_ROW['command']}`", "2026-11-30"]
+    assert demo[1] == "p50 20.8 ms, p95 21.2 ms" and demo[2] == "AMD EPYC, 1 thread"
+    assert GPU_PENDING not in markdown  # one row ran on a CUDA device
+
+
+def test_gpu_pending_only_without_a_gpu_row(tmp_path):
+    _write(tmp_path, "train.jsonl", [CPU_ROW])
+    markdown = results_markdown(load_rows(tmp_path))
+    assert len(_table_rows(markdown)) == 1 and markdown.rstrip().endswith(GPU_PENDING)
+
+
+def test_unreadable_unknown_or_incomplete_lines_are_errors_naming_the_line(tmp_path):
+    _write(tmp_path, "a.jsonl", [CPU_ROW, {**CPU_ROW, "kind": "mystery"}])
+    with pytest.raises(ReportError, match="a.jsonl:2: no README row format for kind 'mystery'"):
+        load_rows(tmp_path)
+    _write(tmp_path, "a.jsonl", [{k: v for k, v in CPU_ROW.items() if k != "img_per_s"}])
+    with pytest.raises(ReportError, match="a.jsonl:1: a train row needs the field 'img_per_s'"):
+        results_markdown(load_rows(tmp_path))
+    (tmp_path / "a.jsonl").write_text("{not json\n")
+    with pytest.raises(ReportError, match="a.jsonl:1: not a JSON line"):
+        load_rows(tmp_path)
+
+
+def test_readme_rewrite_touches_only_the_block_and_is_idempotent(tmp_path):
+    results = tmp_path / "results"
+    _write(results, "train.jsonl", [CPU_ROW])
+    readme = tmp_path / "README.md"
+    before, after = "# Kit\n\n## Results\n\nhand-written | table\n\n", "\nReference numbers from others\n"
+    readme.write_text(f"{before}{BEGIN}\nstale table\n{END}{after}")
+    args = ["--results-dir", str(results), "--readme", str(readme)]
+
+    run = CliRunner().invoke(report_command, args)
+    assert run.exit_code == 0 and "table rewritten" in run.output, run.output
+    text = readme.read_text()
+    assert text.startswith(f"{before}{BEGIN}\n") and text.endswith(f"\n{END}{after}")
+    assert "stale table" not in text and CPU_ROW["command"] in text and GPU_PENDING in text
+
+    run = CliRunner().invoke(report_command, args)
+    assert run.exit_code == 0 and "already up to date" in run.output
+    assert readme.read_text() == text
+
+
+def test_missing_markers_are_refused(tmp_path):
+    with pytest.raises(ReportError, match="results:begin"):
+        replace_block("# no markers\n", "table")
+    with pytest.raises(ReportError):
+        replace_block(f"{END}\n{BEGIN}\n", "table")
