@@ -288,6 +288,7 @@ def prepare(cfg: RunConfig) -> None:
     from imagenet_kit.train import beton_paths
     train_beton, val_beton = beton_paths(cfg)
     if train_beton.is_file() and val_beton.is_file():
+        _check_beton_source(cfg, train_beton)
         console.print(f"convert: skipped, {train_beton} and {val_beton} exist")
         return
     if not cfg.data.root:
@@ -297,6 +298,18 @@ def prepare(cfg: RunConfig) -> None:
     check_imagefolder_root(root)
     _convert_split(cfg, root / "train", train_beton, None)
     _convert_split(cfg, root / "val", val_beton, train_beton)
+
+
+def _check_beton_source(cfg: RunConfig, beton: Path) -> None:
+    """Betons are found by data.name; refuse ones converted from another root rather than train on them."""
+    report = Path(f"{beton}.report.json")
+    if not cfg.data.root or not report.is_file():
+        return
+    source = Path(json.loads(report.read_text())["source"]).resolve()
+    wanted = (Path(cfg.data.root) / "train").resolve()
+    if source != wanted:
+        raise ConfigError(f"{beton} was converted from {source}, not {wanted}. Give this dataset its own name "
+                          f"(--set data.name=...) or delete the old betons")
 
 
 @cli.command("run")

@@ -81,3 +81,18 @@ def test_make_full_with_nproc_runs_torchrun():
     assert proc.returncode == 0
     assert "prepare --recipe full --data \"x\"" in proc.stdout  # conversion outside torchrun
     assert "torchrun --nproc_per_node=8 -m imagenet_kit run --recipe full --data \"x\"" in proc.stdout
+
+
+def test_betons_of_another_root_are_refused(tiny_data, tmp_path):
+    import shutil
+    betons = tmp_path / "betons"
+    shutil.copytree(tiny_data["beton_dir"], betons)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data["root"], other)
+    result = CliRunner().invoke(cli, ["prepare", "--data", str(other), "--set", f"data.beton_dir={betons}",
+                                      "--set", "data.name=tiny", "--set", "data.max_res=64"])
+    assert result.exit_code == 2
+    assert "data.name" in result.output and str(other / "train") in result.output.replace("\n", "")
+    same = CliRunner().invoke(cli, ["prepare", "--data", str(tiny_data["root"]), "--set", f"data.beton_dir={betons}",
+                                    "--set", "data.name=tiny", "--set", "data.max_res=64"])
+    assert same.exit_code == 0 and "skipped" in same.output
