@@ -78,6 +78,7 @@ class TrainConfig:
     flip_tta: bool = True  # average logits of the image and its mirror at evaluation
     seed: int = 0
     checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (spot instances)
+    tensorboard: bool = False  # also log each epoch's metrics to <run>/tensorboard (needs `pip install tensorboard`)
     max_steps: int = 0  # stop after this many steps in total (smoke tests); 0 = no limit
     freeze_epochs: int = 0  # fine-tuning: only the head trains for this many epochs, then everything
     # Reproducibility tests only: center crops instead of random ones, no flip, sequential order and

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from imagenet_kit import plots
 from imagenet_kit.checkpoint import find_resume_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from imagenet_kit.config import RunConfig, dump_config
+from imagenet_kit.config import ConfigError, RunConfig, dump_config
 from imagenet_kit.data.convert import read_classes
 from imagenet_kit.data.loaders import (create_train_loader, create_val_loader, default_workers, normalize,
                                        set_resolution)
@@ -251,6 +251,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
                 with open(metrics_path, "a") as handle:
                     handle.write(json.dumps(last_metrics) + "\n")
                 plots.plot_curves(history, run_dir / "curves.png")
+                if cfg.train.tensorboard:
+                    _log_tensorboard(run_dir, last_metrics)
                 console.print(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f}  "
                               f"val loss {val['loss']:.4f}  top-1 {100 * val['top1']:.2f}%  "
                               f"top-5 {100 * val['top5']:.2f}%  {last_metrics['img_per_s']:.1f} img/s")
@@ -306,6 +308,17 @@ def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype) -> dict:
     console.print(f"LR range test: {', '.join(f'{k} {v:.3g}' for k, v in result['suggestions'].items())}; "
                   f"using {result['chosen']} = {result['lr']:.3g} as the peak LR")
     return result
+
+
+def _log_tensorboard(run_dir: Path, metrics: dict) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+    # One short-lived writer per epoch: nothing stays open across a kill, and resumed runs append.
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for key in ("train_loss", "val_loss", "top1", "top5", "lr", "img_per_s", "res"):
+            writer.add_scalar(key, metrics[key], metrics["epoch"] + 1)
 
 
 def _say_stopped(say: bool, epoch: int, step: int) -> None:

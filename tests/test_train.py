@@ -127,3 +127,14 @@ def test_one_real_resnet50_step_bf16():
     opt.step()
     assert torch.isfinite(loss)
     assert not torch.equal(before, model.conv1.weight)
+
+
+def test_tensorboard_logs_every_epoch(tiny_config):
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tiny_config.train.tensorboard = True
+    train(tiny_config, CPU)
+    events = EventAccumulator(str(tiny_config.run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("top1")] == [1, 2]
+    assert {"train_loss", "val_loss", "lr", "img_per_s"} <= set(events.Tags()["scalars"])
