@@ -73,6 +73,7 @@ class TrainConfig:
     max_res: int = 192  # ... and from end_ramp on, rounded to multiples of 32 in between
     start_ramp: int = 11
     end_ramp: int = 13
+    min_scale: float = 0.08  # smallest crop area of random-resized-crop; short schedules like 0.35 (fastai)
     val_res: int = 256
     val_batch_size: int = 256
     flip_tta: bool = True  # average logits of the image and its mirror at evaluation

@@ -121,7 +121,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
 
     train_loader = create_train_loader(str(train_beton), cfg.train.batch_size, cfg.train.min_res, device, workers,
                                        seed=cfg.train.seed, distributed=runtime.distributed,
-                                       in_memory=cfg.data.in_memory, deterministic=cfg.train.deterministic)
+                                       in_memory=cfg.data.in_memory, deterministic=cfg.train.deterministic,
+                                       min_scale=cfg.train.min_scale)
     val_loader = create_val_loader(str(val_beton), cfg.train.val_batch_size, cfg.train.val_res, device, workers,
                                    distributed=runtime.distributed)
     if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one

@@ -36,8 +36,8 @@ def _label_pipeline(device: torch.device) -> list:
 
 def create_train_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
                         seed: int = 0, distributed: bool = False, in_memory: bool = True,
-                        drop_last: bool = True, deterministic: bool = False) -> Loader:
-    """Random-resized-crop (scale 0.08-1, ratio 3/4-4/3) + flip, decoded by FFCV's JIT pipeline.
+                        drop_last: bool = True, deterministic: bool = False, min_scale: float = 0.08) -> Loader:
+    """Random-resized-crop (area scale ``min_scale``-1, ratio 3/4-4/3) + flip, decoded by FFCV's JIT pipeline.
 
     The resolution can be changed between epochs with ``set_resolution`` (progressive resizing).
     Under torchrun (``distributed=True``) each rank reads a disjoint shard of every epoch's order.
@@ -48,7 +48,7 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
         augment = [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO)]
         order = OrderOption.SEQUENTIAL
     else:
-        augment = [RandomResizedCropRGBImageDecoder((res, res), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+        augment = [RandomResizedCropRGBImageDecoder((res, res), scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3)),
                    RandomHorizontalFlip()]
         # QUASI_RANDOM saves memory when the beton is not in RAM, but FFCV does not support it distributed.
         order = OrderOption.RANDOM if (distributed or in_memory) else OrderOption.QUASI_RANDOM
