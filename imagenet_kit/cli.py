@@ -63,6 +63,7 @@ def cli():
 @cli.group("bench", cls=KitGroup, context_settings=CONTEXT, lazy={
     "data": "imagenet_kit.bench_data:bench_data_command",
     "demo": "imagenet_kit.bench_demo:bench_demo_command",
+    "run": "imagenet_kit.bench_run:bench_run_command",
     "train": "imagenet_kit.bench_train:bench_train_command",
     "report": "imagenet_kit.results_table:report_command",
 })

@@ -16,7 +16,7 @@ from imagenet_kit.progress import console
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 GPU_PENDING = "GPU figures are pending: no GPU has been available to the kit's sessions yet."
-KIND_ORDER = ("train", "data", "demo")  # training throughput first: it is what the plan command needs
+KIND_ORDER = ("accuracy", "train", "data", "demo")  # training throughput first: it is what the plan command needs
 
 
 class ReportError(ValueError):
@@ -83,7 +83,18 @@ def _demo_row(r: dict) -> tuple[str, str, str]:
     return what, value, f"{r['cpu']}, {_count(r['torch_threads'], 'thread')}"
 
 
-ROW_FORMATS = {"train": _train_row, "data": _data_row, "demo": _demo_row}
+def _accuracy_row(r: dict) -> tuple[str, str, str]:
+    res = "→".join(str(x) for x in r["train_res"])
+    what = (f"val top-1 / top-5 after {r['epochs']} epochs: {r['arch']} on {r['data']}, {res} px train, "
+            f"{r['val_res']} px eval{' + flip TTA' if r['flip_tta'] else ''}, batch {r['batch']}, "
+            f"{r['schedule']} LR {r['lr']}")
+    value = (f"{100 * r['top1']:.2f}% / {100 * r['top5']:.2f}% (best {100 * r['best_top1']:.2f}% at epoch "
+             f"{r['best_epoch']}); {r['train_minutes']:.0f} min of training")
+    hardware = r["device"] + (f" ×{r['world_size']}" if r["world_size"] > 1 else "")
+    return what, value, hardware + f", {_count(r['torch_threads'], 'thread')}"
+
+
+ROW_FORMATS = {"accuracy": _accuracy_row, "train": _train_row, "data": _data_row, "demo": _demo_row}
 
 
 def _cell(text: str) -> str:

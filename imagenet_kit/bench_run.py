@@ -1,0 +1,50 @@
+"""``imagenet-kit bench run RUN``: record a finished training run's accuracy as a bench result line.
+
+The line carries what a reader needs to trust the number: the recipe's key settings, the final and best
+epoch metrics, training time, the hardware from the run's env.json and the command that made the run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
+from imagenet_kit.progress import console
+
+
+def run_record(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        raise click.ClickException(f"{metrics_path} not found: is {run_dir} a finished run folder?")
+    epochs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    env = json.loads((run_dir / "env.json").read_text())
+    if len(epochs) < cfg["train"]["epochs"]:
+        raise click.ClickException(f"{run_dir}: {len(epochs)} of {cfg['train']['epochs']} epochs logged; "
+                                   "record finished runs only")
+    last, best = epochs[-1], max(epochs, key=lambda m: m["top1"])
+    return {
+        "kind": "accuracy", "date": utc_now(), "run": run_dir.name, "data": cfg["data"]["name"],
+        "arch": cfg["model"]["arch"], "epochs": cfg["train"]["epochs"], "batch": cfg["train"]["batch_size"],
+        "train_res": sorted({m["res"] for m in epochs}), "val_res": cfg["train"]["val_res"],
+        "flip_tta": cfg["train"]["flip_tta"], "lr": cfg["optim"]["lr"], "schedule": cfg["optim"]["schedule"],
+        "top1": last["top1"], "top5": last["top5"], "best_top1": best["top1"], "best_epoch": best["epoch"] + 1,
+        "train_minutes": sum(m["epoch_seconds"] for m in epochs) / 60,
+        "device": env["device"], "world_size": env["world_size"], "torch_threads": env["torch_threads"],
+        "git": env["git"], "command": env["command"], "per_epoch_top1": [m["top1"] for m in epochs],
+    }
+
+
+@click.command("run")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
+def bench_run_command(run_dir: Path, results_dir: Path) -> None:
+    """Append RUN_DIR's final accuracy (and settings, time, hardware) to bench/results/accuracy.jsonl."""
+    record = run_record(run_dir)
+    path = append_results(results_dir / "accuracy.jsonl", [record])
+    console.print(f"{record['run']}: top-1 {100 * record['top1']:.2f}% after {record['epochs']} epochs "
+                  f"({record['train_minutes']:.0f} min on {record['device']}) -> {path}")

@@ -1,0 +1,29 @@
+import json
+
+import torch
+from click.testing import CliRunner
+
+from imagenet_kit.bench_run import bench_run_command
+from imagenet_kit.results_table import load_rows, results_markdown
+from imagenet_kit.runtime import Runtime
+from imagenet_kit.train import train
+
+
+def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
+    result = train(tiny_config, Runtime(torch.device("cpu")))
+    results = tmp_path / "results"
+    out = CliRunner().invoke(bench_run_command, [str(tiny_config.run_dir), "--results-dir", str(results)])
+    assert out.exit_code == 0, out.output
+    record = json.loads((results / "accuracy.jsonl").read_text())
+    assert record["top1"] == result["top1"] and record["epochs"] == 2 and record["arch"] == "resnet18"
+    assert len(record["per_epoch_top1"]) == 2 and record["train_res"] == [32]
+    table = results_markdown(load_rows(results))
+    assert f"{100 * result['top1']:.2f}%" in table and "resnet18 on tiny" in table
+
+
+def test_an_unfinished_run_is_refused(tiny_config, tmp_path):
+    tiny_config.train.max_steps = 2
+    train(tiny_config, Runtime(torch.device("cpu")))
+    (tiny_config.run_dir / "metrics.jsonl").write_text("")
+    out = CliRunner().invoke(bench_run_command, [str(tiny_config.run_dir), "--results-dir", str(tmp_path)])
+    assert out.exit_code != 0 and "finished" in out.output
