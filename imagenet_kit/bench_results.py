@@ -7,6 +7,7 @@ the README's table.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,3 +26,17 @@ def append_results(path: Path, records: list[dict]) -> Path:
     with open(path, "a") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in records)
     return path
+
+
+def read_results(results_dir: Path) -> Iterator[tuple[Path, int, dict]]:
+    """(file, line number, row) for every result line under ``results_dir``, files in name order.
+
+    A line that is not JSON raises ValueError naming the file and line."""
+    for path in sorted(Path(results_dir).glob("*.jsonl")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                yield path, number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON line ({err.msg})") from None

@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from imagenet_kit.bench_results import RESULTS_DIR, read_results
 from imagenet_kit.config import ConfigError, RunConfig, load_config
 from imagenet_kit.schedule import resolution_for_epoch
 
@@ -24,7 +25,6 @@ TRAIN_IMAGES = 1_281_167  # ILSVRC2012 (ImageNet-1K) train split
 VAL_IMAGES = 50_000  # ILSVRC2012 validation split
 DEFAULT_EFFICIENCY = 0.9  # multi-GPU scaling assumed where no figure exists at the requested GPU count
 FORWARD_SHARE = 1 / 3  # a forward pass costs ~1/3 of a training step (the backward pass ~2 forwards)
-RESULTS_DIR = Path("bench/results")
 
 
 class PlanError(ValueError):
@@ -119,26 +119,23 @@ def measured_throughput(results_dir: Path, gpu: str, arch: str, precision: str) 
     are upper bounds and a no-kit reference."""
     wanted = {"fp32"} if precision == "fp32" else {"bf16", "fp16", "amp"}
     newest: dict[tuple[int, int], dict] = {}
-    for path in sorted(Path(results_dir).glob("*.jsonl")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PlanError(f"{path}:{number}: not a JSON line ({err.msg})") from None
-            if (row.get("kind", row.get("bench")) != "train" or row.get("mode", "real") != "real"
-                    or row.get("arch") != arch
-                    or row.get("precision") not in wanted
-                    or not re.search(GPUS[gpu].device_pattern, str(row.get("device", "")))):
-                continue
-            try:
-                key = (int(row.get("gpus", row.get("world_size", 1))), int(row["res"]))
-                row["img_per_s"] = float(row["img_per_s"])
-            except (KeyError, TypeError, ValueError):
-                raise PlanError(f"{path}:{number}: a train row needs numeric res and img_per_s") from None
-            if key not in newest or str(row.get("date", "")) >= str(newest[key].get("date", "")):
-                newest[key] = {**row, "_where": f"{path.name}:{number}"}
+    try:
+        rows = list(read_results(results_dir))
+    except ValueError as err:
+        raise PlanError(str(err)) from None
+    for path, number, row in rows:
+        if (row.get("kind", row.get("bench")) != "train" or row.get("mode", "real") != "real"
+                or row.get("arch") != arch
+                or row.get("precision") not in wanted
+                or not re.search(GPUS[gpu].device_pattern, str(row.get("device", "")))):
+            continue
+        try:
+            key = (int(row.get("gpus", row.get("world_size", 1))), int(row["res"]))
+            row["img_per_s"] = float(row["img_per_s"])
+        except (KeyError, TypeError, ValueError):
+            raise PlanError(f"{path}:{number}: a train row needs numeric res and img_per_s") from None
+        if key not in newest or str(row.get("date", "")) >= str(newest[key].get("date", "")):
+            newest[key] = {**row, "_where": f"{path.name}:{number}"}
     points = [Throughput(g, r, row["img_per_s"]) for (g, r), row in sorted(newest.items())]
     label = "; ".join(f"{row['device']} x{g}, {r} px, {row['precision']}, {row.get('date', 'undated')} "
                       f"({row['_where']})" for (g, r), row in sorted(newest.items()))

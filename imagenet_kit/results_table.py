@@ -6,12 +6,11 @@ between two HTML comments in README.md; only that block is rewritten, and rewrit
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from imagenet_kit.bench_results import RESULTS_DIR
+from imagenet_kit.bench_results import RESULTS_DIR, read_results
 from imagenet_kit.progress import console
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -26,19 +25,16 @@ class ReportError(ValueError):
 def load_rows(results_dir: Path) -> list[dict]:
     """Every result line of every RESULTS_DIR/*.jsonl, grouped by kind in KIND_ORDER, in file order within one."""
     rows = []
-    for path in sorted(Path(results_dir).glob("*.jsonl")):
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ReportError(f"{path}:{number}: not a JSON line ({err.msg})") from None
-            kind = row.get("kind", row.get("bench"))  # bench demo names its kind "bench"
-            if kind not in KIND_ORDER:
-                raise ReportError(f"{path}:{number}: no README row format for kind '{kind}'; add one to "
-                                  f"imagenet_kit/results_table.py")
-            rows.append({**row, "kind": kind, "_where": f"{path}:{number}"})
+    try:
+        lines = list(read_results(results_dir))
+    except ValueError as err:
+        raise ReportError(str(err)) from None
+    for path, number, row in lines:
+        kind = row.get("kind", row.get("bench"))  # bench demo names its kind "bench"
+        if kind not in KIND_ORDER:
+            raise ReportError(f"{path}:{number}: no README row format for kind '{kind}'; add one to "
+                              f"imagenet_kit/results_table.py")
+        rows.append({**row, "kind": kind, "_where": f"{path}:{number}"})
     return sorted(rows, key=lambda r: KIND_ORDER.index(r["kind"]))
 
 
