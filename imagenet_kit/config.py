@@ -48,7 +48,9 @@ class ModelConfig:
 class OptimConfig:
     lr: Any = 0.1  # peak LR at batch `lr_batch`; "auto" runs the LR range test first
     lr_batch: int = 256  # linear scaling rule: lr applies to this global batch, scaled to the real one
+    optimizer: str = "sgd"  # sgd | adamw (torch's, decoupled weight decay; `momentum` is its beta1)
     momentum: float = 0.9
+    beta2: float = 0.99  # adamw only: decay of the squared-gradient average
     weight_decay: float = 5e-5  # never applied to BatchNorm weights or biases
     label_smoothing: float = 0.1
     schedule: str = "onecycle"  # onecycle | linear | step
@@ -227,6 +229,7 @@ def validate(cfg: RunConfig) -> None:
     choices = {
         "train.precision": (cfg.train.precision, ("auto", "fp32", "fp16", "bf16")),
         "optim.schedule": (cfg.optim.schedule, ("onecycle", "linear", "step")),
+        "optim.optimizer": (cfg.optim.optimizer, ("sgd", "adamw")),
         "lr_find.suggestion": (cfg.lr_find.suggestion, ("valley", "steep", "min10")),
     }
     for key, (value, allowed) in choices.items():

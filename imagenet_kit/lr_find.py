@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from imagenet_kit.data.loaders import normalize
-from imagenet_kit.model import param_groups
+from imagenet_kit.model import create_optimizer, param_groups
 from imagenet_kit.runtime import autocast
 
 # Like torch-lr-finder's defaults: the first points are dominated by the initial noise of the EMA and the
@@ -59,7 +59,8 @@ def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
 
 
 def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-                  label_smoothing: float = 0.0, momentum: float = 0.9, weight_decay: float = 0.0,
+                  label_smoothing: float = 0.0, optimizer_name: str = "sgd", momentum: float = 0.9,
+                  beta2: float = 0.99, weight_decay: float = 0.0,
                   start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100, smooth: float = 0.98,
                   diverge: float = 4.0, suggestion: str = "valley", channels_last: bool = True) -> dict:
     """Run the test on ``batches`` (an iterable of (uint8 images, labels), re-iterated if short).
@@ -69,7 +70,7 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
     if num_iter < 2:
         raise ValueError("lr_find.num_iter must be at least 2")
     saved = copy.deepcopy(model.state_dict())  # includes BatchNorm running stats
-    optimizer = torch.optim.SGD(param_groups(model, weight_decay), lr=start_lr, momentum=momentum)
+    optimizer = create_optimizer(param_groups(model, weight_decay), optimizer_name, start_lr, momentum, beta2)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))
     lrs, losses = [], []

@@ -51,6 +51,23 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
     return model
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
+                     beta2: float = 0.99) -> torch.optim.Optimizer:
+    """torch's SGD (heavy-ball momentum) or AdamW over ``groups`` (from ``param_groups``).
+
+    For AdamW ``momentum`` is beta1, so OneCycleLR's momentum cycling moves it the same way it moves
+    SGD's momentum, and the weight decay in the groups is decoupled (scaled by the LR, as torch does).
+    """
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2))
+    raise ValueError(f"unknown optimizer '{name}' (optim.optimizer); choose one of {', '.join(OPTIMIZERS)}")
+
+
 def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict]:
     """SGD groups: weight decay on conv/linear weights only; with ``head_lr_mult`` != 1 the head gets two
     groups of its own, marked ``lr_mult`` (the schedules scale their LR by it: discriminative fine-tuning).

@@ -2,7 +2,8 @@
 
 Throughput comes from rows that ``imagenet-kit bench train`` measured on the same GPU model
 (bench/results/*.jsonl) or, failing that, from a published ResNet-50 training figure named in the
-output. A GPU with neither is an error, never a guess.
+output; for the T4, which has none, from a published figure of another GPU scaled by the two
+datasheets, labelled "derived". A GPU with none of these is an error.
 """
 from __future__ import annotations
 
@@ -71,7 +72,18 @@ class Throughput:
 # H100: lambdal/deeplearning-benchmark pytorch/pytorch-train-throughput-fp16.csv (commit 0551cb70),
 # column resnet50 of rows "H100 80GB SXM5" and "8x H100 80GB SXM5": NVIDIA DeepLearningExamples'
 # ResNet-50 v1.5 with AMP at 224 px.
+# T4: no ResNet-50 training figure is published (NVIDIA's DeepLearningExamples list T4 inference only;
+# Lambda's CSVs have no T4 row). Derived from the same Lambda CSV's row "LambdaCloud A10" (resnet50
+# 638 img/s, AMP, 224 px) x 0.52, the smaller of the T4/A10 datasheet ratios: FP16 tensor-core peak
+# 65 / 125 TFLOPS = 0.52 and memory bandwidth 320 / 600 GB/s = 0.53 (NVIDIA T4 and A10 datasheets).
+T4_FROM_A10 = 65 / 125
 REFERENCES = {
+    "t4": (("not measured: Lambda's A10 figure, 638 img/s (lambdal/deeplearning-benchmark "
+            "pytorch/pytorch-train-throughput-fp16.csv, row 'LambdaCloud A10': NVIDIA DeepLearningExamples "
+            "ResNet-50 v1.5, AMP, 224 px) x 0.52, the T4/A10 ratio of FP16 tensor-core peak (65 vs 125 TFLOPS) "
+            "and memory bandwidth (320 vs 600 GB/s) in NVIDIA's T4 and A10 datasheets. The 70 W T4 often runs "
+            "below its peak clocks, so this is likely optimistic: measure with `imagenet-kit bench train`"),
+           (Throughput(1, 224, 638.0 * T4_FROM_A10),)),
     "a100": (("FFCV's 16-epoch ResNet-50 run on 8x A100 (libffcv/ffcv-imagenet assets/agg.csv, "
               "fp16 AMP, FFCV loader)"),
              (Throughput(8, 160, 28074.0), Throughput(8, 192, 20774.0))),
@@ -79,8 +91,8 @@ REFERENCES = {
               "pytorch/pytorch-train-throughput-fp16.csv: NVIDIA DeepLearningExamples ResNet-50 v1.5, AMP, 224 px)"),
              (Throughput(1, 224, 2616.0), Throughput(8, 224, 20728.0))),
 }
+DERIVED = {"t4"}  # references computed from another GPU's figure, labelled "derived" in every output
 NO_REFERENCE = {
-    "t4": "NVIDIA DeepLearningExamples publishes T4 inference figures for ResNet-50, not training",
     "a10g": "the published figures found are for the A10, a different board",
 }
 
@@ -160,7 +172,7 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
         if cfg.model.arch != "resnet50":
             raise PlanError(f"the published references are for resnet50, the recipe trains {cfg.model.arch}; "
                             f"measure it with `imagenet-kit bench train`")
-        kind, (source, points) = "reference", REFERENCES[gpu]
+        kind, (source, points) = "derived" if gpu in DERIVED else "reference", REFERENCES[gpu]
     points, scaling = scale_to_gpus(points, gpus, efficiency)
 
     global_batch = cfg.train.batch_size * gpus

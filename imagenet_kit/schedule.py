@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from imagenet_kit.model import create_optimizer
+
 SCHEDULES = ("onecycle", "linear", "step")
 
 
@@ -41,14 +43,16 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float,
 
 
 def schedule_trace(name: str, max_lr: float, epochs: int, steps_per_epoch: int, **kwargs) -> dict:
-    """LR and momentum at every step, from a throwaway optimizer (for plots and tests)."""
+    """LR and momentum (AdamW: beta1) at every step, from a throwaway optimizer (for plots and tests)."""
     param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=max_lr, momentum=kwargs.pop("momentum", 0.9))
+    optimizer = create_optimizer([{"params": [param]}], kwargs.pop("optimizer", "sgd"), max_lr,
+                                 kwargs.pop("momentum", 0.9))
     scheduler = create_scheduler(optimizer, name, max_lr, epochs, steps_per_epoch, **kwargs)
     lrs, moms = [], []
     for _ in range(epochs * steps_per_epoch):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        moms.append(optimizer.param_groups[0]["momentum"])
+        group = optimizer.param_groups[0]
+        lrs.append(group["lr"])
+        moms.append(group["betas"][0] if "betas" in group else group["momentum"])
         optimizer.step()
         scheduler.step()
     return {"lr": lrs, "momentum": moms, "steps_per_epoch": steps_per_epoch}

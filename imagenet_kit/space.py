@@ -300,7 +300,9 @@ def _recipe(run_dir: Path, cfg: dict | None, env: dict | None) -> str:
     batch = f"batch {train['batch_size']}" + (f"×{world} processes" if world > 1 else "")
     res = (f"progressive resizing {train['min_res']}→{train['max_res']} px" if train["min_res"] != train["max_res"]
            else f"{train['max_res']} px")
-    text = (f"{train['epochs']} epochs, {batch}, SGD (momentum {optim['momentum']}, weight decay "
+    optimizer = (f"AdamW (betas {optim['momentum']}, {optim['beta2']}" if optim.get("optimizer") == "adamw"
+                 else f"SGD (momentum {optim['momentum']}")
+    text = (f"{train['epochs']} epochs, {batch}, {optimizer}, weight decay "
             f"{optim['weight_decay']:g}, label smoothing {optim['label_smoothing']}), {optim['schedule']} schedule, "
             f"{lr}, {res}, precision {train['precision']}, FFCV data loading.")
     if env and env.get("command"):

@@ -31,6 +31,7 @@ def test_unknown_recipe_key_names_file_and_key(tmp_path):
     ("train.epochs=abc", "train.epochs: expected int"),
     ("train.epochs=2.5", "train.epochs: expected int"),
     ("train.precision=fp8", "train.precision"),
+    ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of sgd, adamw"),
     ("model.channels_last=maybe", "model.channels_last: expected bool"),
     ("epochs", "section.key=value"),
 ])

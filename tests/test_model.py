@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from imagenet_kit.model import BlurPoolConv2d, create_model, param_groups
+from imagenet_kit.model import BlurPoolConv2d, create_model, create_optimizer, param_groups
 
 
 @pytest.mark.parametrize("arch, params_m", [("resnet18", 11.69), ("resnet50", 25.56)])
@@ -41,3 +41,24 @@ def test_blurpool_wraps_strided_convs_only():
 def test_unknown_arch():
     with pytest.raises(ValueError, match="resnet50"):
         create_model("vgg16", 10)
+
+
+def test_adamw_keeps_the_no_decay_groups_and_uses_momentum_as_beta1():
+    model = create_model("resnet18", 10)
+    optimizer = create_optimizer(param_groups(model, 0.05), "adamw", lr=3e-3, momentum=0.9, beta2=0.99)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.99) and optimizer.param_groups[0]["lr"] == 3e-3
+    # Decoupled decay: a weight with zero gradient shrinks by lr * wd per step, a BN weight not at all.
+    conv, bn = model.conv1.weight, model.bn1.weight
+    before_conv, before_bn = conv.detach().clone(), bn.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    torch.testing.assert_close(conv.detach(), before_conv * (1 - 3e-3 * 0.05))
+    torch.testing.assert_close(bn.detach(), before_bn)
+
+
+def test_unknown_optimizer_names_the_key():
+    with pytest.raises(ValueError, match=r"optim.optimizer.*sgd, adamw"):
+        create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], "lamb")

@@ -45,10 +45,23 @@ def test_t4_uses_a_measured_row_and_names_it(tmp_path):
     assert "g4dn.xlarge" in result.output
 
 
-def test_t4_without_a_measurement_fails_and_says_how_to_get_one(tmp_path):
+def test_t4_without_a_measurement_is_a_derived_estimate_naming_its_sources(tmp_path):
     result = _plan("--gpu", "t4", "--gpus", "1", "--results-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "Estimate — sources: derived: not measured: Lambda's A10 figure" in result.output
+    for words in ("lambdal/deeplearning-benchmark", "LambdaCloud A10", "datasheets", "likely optimistic",
+                  "imagenet-kit bench train", "g4dn.xlarge"):
+        assert words in result.output, words
+    plan = estimate_plan(load_config("full"), "t4", 1, results_dir=tmp_path)
+    assert plan["throughput"]["kind"] == "derived"
+    assert plan["throughput"]["points"] == [{"gpus": 1, "res": 224, "img_per_s": pytest.approx(638 * 0.52)}]
+    assert plan["epochs"][0]["img_per_s"] == pytest.approx(638 * 0.52 * (224 / 160) ** 2)  # full: 160 px first
+
+
+def test_a10g_without_a_measurement_fails_and_says_how_to_get_one(tmp_path):
+    result = _plan("--gpu", "a10g", "--gpus", "1", "--results-dir", str(tmp_path))
     assert result.exit_code != 0
-    assert "no ResNet-50 training throughput for t4" in result.output
+    assert "no ResNet-50 training throughput for a10g" in result.output
     assert "imagenet-kit bench train" in result.output
 
 
@@ -75,8 +88,7 @@ def test_rows_of_other_gpus_archs_or_precisions_are_ignored(tmp_path):
         {**T4_ROW, "precision": "fp32"},
         {**T4_ROW, "kind": "data"},
     ])
-    result = _plan("--gpu", "t4", "--results-dir", str(tmp_path))
-    assert result.exit_code != 0 and "no ResNet-50 training throughput" in result.output
+    assert estimate_plan(load_config("full"), "t4", 1, results_dir=tmp_path)["throughput"]["kind"] == "derived"
 
 
 def test_newest_row_wins_and_a_broken_line_is_named(tmp_path):

@@ -17,6 +17,12 @@ def test_onecycle_pins_lr_and_momentum():
     assert max(t["lr"]) == pytest.approx(1.0)
 
 
+def test_onecycle_cycles_adamw_beta1_like_sgd_momentum():
+    t = schedule_trace("onecycle", 4e-3, 10, 10, optimizer="adamw", momentum=0.9, pct_start=0.25)
+    assert t["lr"][0] == pytest.approx(4e-3 / 25) and t["lr"][24] == pytest.approx(4e-3)
+    assert (t["momentum"][0], t["momentum"][24]) == (pytest.approx(0.95), pytest.approx(0.85))
+
+
 def test_linear_matches_ffcv_schedule():
     # FFCV: 1e-4*lr at epoch 0, lr at peak_epoch 2, 0 at the end; stepped per iteration.
     t = schedule_trace("linear", 1.7, 16, 100, peak_epoch=2)

@@ -140,6 +140,7 @@ def test_readme_has_the_spaces_header_and_a_model_card(folder, run):
     epochs = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
     for words in ("resnet18", "10 classes", "imagenette-sample", "**59.0%** top-1", "91.0% top-5",
                   "40 validation images", env["device"], f"torch {env['torch']}", f"{epochs} epochs", "peak LR 0.17",
+                  "SGD (momentum 0.9, weight decay",
                   "trained from scratch", "tench", "## Limits", "only these 10 classes",
                   "top-1 above is known to about ±", "not a production"):
         assert words in card, words

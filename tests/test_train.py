@@ -146,3 +146,18 @@ def test_tensorboard_logs_every_epoch(tiny_config):
     events.Reload()
     assert [e.step for e in events.Scalars("top1")] == [1, 2]
     assert {"train_loss", "val_loss", "lr", "img_per_s"} <= set(events.Tags()["scalars"])
+
+
+def test_adamw_run_checkpoints_adam_state_and_resumes(tiny_config):
+    tiny_config.optim.optimizer, tiny_config.optim.lr, tiny_config.optim.weight_decay = "adamw", 3e-3, 0.01
+    tiny_config.train.max_steps = 3
+    train(tiny_config, CPU)
+    state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
+    assert state["config"]["optim"]["optimizer"] == "adamw"
+    adam_state = next(iter(state["optimizer"]["state"].values()))
+    assert {"exp_avg", "exp_avg_sq"} <= set(adam_state) and int(adam_state["step"]) == 3
+    tiny_config.train.max_steps = 0
+    result = train(tiny_config, CPU, resume="auto")
+    assert result["epoch"] == 1  # 0-based: the second and last epoch, finished from step 3
+    final = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
+    assert int(next(iter(final["optimizer"]["state"].values()))["step"]) == 8  # 2 epochs x 4 steps
