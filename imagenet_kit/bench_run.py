@@ -32,6 +32,7 @@ def run_record(run_dir: Path) -> dict:
         "arch": cfg["model"]["arch"], "epochs": cfg["train"]["epochs"], "batch": cfg["train"]["batch_size"],
         "train_res": sorted({m["res"] for m in epochs}), "val_res": cfg["train"]["val_res"],
         "flip_tta": cfg["train"]["flip_tta"], "lr": cfg["optim"]["lr"], "schedule": cfg["optim"]["schedule"],
+        "optimizer": cfg["optim"].get("optimizer", "sgd"), "lr_batch": cfg["optim"]["lr_batch"],
         "top1": last["top1"], "top5": last["top5"], "best_top1": best["top1"], "best_epoch": best["epoch"] + 1,
         "train_minutes": sum(m["epoch_seconds"] for m in epochs) / 60,
         "device": env["device"], "world_size": env["world_size"], "torch_threads": env["torch_threads"],

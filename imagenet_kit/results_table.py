@@ -83,7 +83,8 @@ def _accuracy_row(r: dict) -> tuple[str, str, str]:
     res = "→".join(str(x) for x in r["train_res"])
     what = (f"val top-1 / top-5 after {r['epochs']} epochs: {r['arch']} on {r['data']}, {res} px train, "
             f"{r['val_res']} px eval{' + flip TTA' if r['flip_tta'] else ''}, batch {r['batch']}, "
-            f"{r['schedule']} LR {r['lr']}")
+            # rows from before AdamW were SGD with the LR given per 256 images
+            f"{r.get('optimizer', 'sgd')} {r['schedule']} LR {r['lr']} per {r.get('lr_batch', 256)} images")
     value = (f"{100 * r['top1']:.2f}% / {100 * r['top5']:.2f}% (best {100 * r['best_top1']:.2f}% at epoch "
              f"{r['best_epoch']}); {r['train_minutes']:.0f} min of training")
     hardware = r["device"] + (f" ×{r['world_size']}" if r["world_size"] > 1 else "")
