@@ -39,8 +39,10 @@ def suggest_valley(lrs: list[float], losses: list[float]) -> float:
 
 
 def suggest_steep(lrs: list[float], losses: list[float]) -> float:
-    """Where the loss falls fastest per decade of LR."""
-    slope = np.gradient(np.asarray(losses), np.log10(np.asarray(lrs)))
+    """Where the loss falls fastest per decade of LR, up to the lowest loss: past it the run has blown up,
+    and a loss coming down from the blow-up (as a 10-class loss does when it saturates) is no good LR."""
+    stop = max(int(np.argmin(losses)) + 1, min(2, len(losses)))
+    slope = np.gradient(np.asarray(losses[:stop]), np.log10(np.asarray(lrs[:stop])))
     return float(lrs[int(np.argmin(slope))])
 
 

@@ -85,3 +85,10 @@ def test_suggestion_rules_on_a_hand_made_curve():
     assert lrs[3] <= valley <= lrs[8]
     found = suggestions(lrs, losses)
     assert set(found) == {"valley", "steep", "min10"}
+
+
+def test_steep_ignores_the_fall_after_a_blow_up():
+    # ResNet-50 on Imagenette: flat, a dip, a blow-up to ~4.7, then the saturated loss drifts down steeply.
+    lrs = [10 ** (-3 + i * 0.25) for i in range(17)]  # 1e-3 .. 10
+    losses = [2.3, 2.3, 2.2, 1.9, 1.85, 1.84, 2.6, 3.5, 4.7, 4.7, 4.0, 3.0, 2.9, 2.9, 2.9, 2.9, 2.9]
+    assert suggest_steep(lrs, losses) == pytest.approx(lrs[2])  # before the minimum (index 5), not at 10
