@@ -44,6 +44,9 @@ class ModelConfig:
     init: str = ""
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass
 class OptimConfig:
     lr: Any = 0.1  # peak LR at batch `lr_batch`; "auto" runs the LR range test first
@@ -229,7 +232,7 @@ def validate(cfg: RunConfig) -> None:
     choices = {
         "train.precision": (cfg.train.precision, ("auto", "fp32", "fp16", "bf16")),
         "optim.schedule": (cfg.optim.schedule, ("onecycle", "linear", "step")),
-        "optim.optimizer": (cfg.optim.optimizer, ("sgd", "adamw")),
+        "optim.optimizer": (cfg.optim.optimizer, OPTIMIZERS),
         "lr_find.suggestion": (cfg.lr_find.suggestion, ("valley", "steep", "min10")),
     }
     for key, (value, allowed) in choices.items():

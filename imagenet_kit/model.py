@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from imagenet_kit.config import OPTIMIZERS
 from imagenet_kit.resnet_v2 import resnet50v2
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2")
@@ -49,9 +50,6 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
     if blurpool:
         _apply_blurpool(model)
     return model
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,

@@ -42,11 +42,11 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float,
     raise ValueError(f"unknown schedule '{name}'; choose one of {', '.join(SCHEDULES)}")
 
 
-def schedule_trace(name: str, max_lr: float, epochs: int, steps_per_epoch: int, **kwargs) -> dict:
+def schedule_trace(name: str, max_lr: float, epochs: int, steps_per_epoch: int, *, optimizer_name: str = "sgd",
+                   momentum: float = 0.9, **kwargs) -> dict:
     """LR and momentum (AdamW: beta1) at every step, from a throwaway optimizer (for plots and tests)."""
     param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = create_optimizer([{"params": [param]}], kwargs.pop("optimizer", "sgd"), max_lr,
-                                 kwargs.pop("momentum", 0.9))
+    optimizer = create_optimizer([{"params": [param]}], optimizer_name, max_lr, momentum)
     scheduler = create_scheduler(optimizer, name, max_lr, epochs, steps_per_epoch, **kwargs)
     lrs, moms = [], []
     for _ in range(epochs * steps_per_epoch):

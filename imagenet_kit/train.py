@@ -158,7 +158,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
             set_rng_state(state["rng"])
     elif runtime.is_main:
         trace = schedule_trace(cfg.optim.schedule, max_lr, cfg.train.epochs, steps_per_epoch,
-                               optimizer=cfg.optim.optimizer, momentum=cfg.optim.momentum, **schedule_args)
+                               optimizer_name=cfg.optim.optimizer, momentum=cfg.optim.momentum,
+                               **schedule_args)
         plots.plot_schedule(trace, run_dir / "schedule.png",
                             f"{cfg.optim.schedule} schedule, peak LR {max_lr:.3g} "
                             f"(global batch {global_batch}, {steps_per_epoch} steps/epoch)")

@@ -18,7 +18,7 @@ def test_onecycle_pins_lr_and_momentum():
 
 
 def test_onecycle_cycles_adamw_beta1_like_sgd_momentum():
-    t = schedule_trace("onecycle", 4e-3, 10, 10, optimizer="adamw", momentum=0.9, pct_start=0.25)
+    t = schedule_trace("onecycle", 4e-3, 10, 10, optimizer_name="adamw", momentum=0.9, pct_start=0.25)
     assert t["lr"][0] == pytest.approx(4e-3 / 25) and t["lr"][24] == pytest.approx(4e-3)
     assert (t["momentum"][0], t["momentum"][24]) == (pytest.approx(0.95), pytest.approx(0.85))
 
