@@ -1,5 +1,5 @@
-"""Model factory: torchvision ResNets (and the kit's pre-activation ResNet-50) with the training tricks of
-FFCV's ImageNet recipe."""
+"""Model factory: torchvision ResNets (and the kit's pre-activation ResNet-50 and ResNet-50-D) with the training
+tricks of FFCV's ImageNet recipe."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 from imagenet_kit.config import OPTIMIZERS
 from imagenet_kit.resnet_v2 import resnet50v2
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet50d")
 HEAD = "fc"  # every arch's classifier; fine-tuning replaces it, freezes all else around it, scales its LR
 
 
@@ -37,6 +37,32 @@ def _apply_blurpool(module: nn.Module) -> None:
             _apply_blurpool(child)
 
 
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # torchvision's ResNet init
+    return [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+def _to_resnet_d(model: torchvision.models.ResNet) -> None:
+    """ResNet-D (He et al. 2019, "Bag of Tricks", Fig. 2; fastai's xresnet, timm's resnet50d) from torchvision's
+    ResNet, whose bottlenecks already stride on the 3x3 conv.
+
+    The 7x7 stem conv becomes three 3x3 convs (32, 32, 64 channels): the same stride and receptive field
+    for less compute per output. Each strided projection shortcut averages 2x2 first and then runs its 1x1
+    conv at stride 1, so it no longer drops three quarters of its input. The stem keeps torchvision's bn1,
+    relu and max pool after the new convs, so at 224 px the shapes of every stage are unchanged.
+    """
+    stem = [*_conv_bn_relu(3, 32, stride=2), *_conv_bn_relu(32, 32), *_conv_bn_relu(32, 64)]
+    model.conv1 = nn.Sequential(*stem[:-2])  # the last conv's BN and ReLU are torchvision's bn1, relu
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        shortcut = stage[0].downsample
+        if shortcut is None or shortcut[0].stride == (1, 1):
+            continue
+        conv, bn = shortcut
+        conv.stride = (1, 1)
+        stage[0].downsample = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False), conv, bn)
+
+
 def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
                  blurpool: bool = False) -> nn.Module:
     """A randomly initialised ResNet. Weights are never downloaded here."""
@@ -44,6 +70,10 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
         raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
     if arch == "resnet50v2":
         model = resnet50v2(num_classes, zero_init_residual)
+    elif arch == "resnet50d":
+        model = torchvision.models.resnet50(weights=None, num_classes=num_classes,
+                                            zero_init_residual=zero_init_residual)
+        _to_resnet_d(model)
     else:
         model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes,
                                                   zero_init_residual=zero_init_residual)

@@ -4,7 +4,7 @@ import torch
 from imagenet_kit.model import BlurPoolConv2d, create_model, create_optimizer, param_groups
 
 
-@pytest.mark.parametrize("arch, params_m", [("resnet18", 11.69), ("resnet50", 25.56)])
+@pytest.mark.parametrize("arch, params_m", [("resnet18", 11.69), ("resnet50", 25.56), ("resnet50d", 25.58)])
 def test_parameter_counts_match_torchvision(arch, params_m):
     model = create_model(arch, 1000)
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, abs=0.01)
@@ -36,6 +36,29 @@ def test_blurpool_wraps_strided_convs_only():
     assert not isinstance(model.conv1, BlurPoolConv2d)
     out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 10)
+
+
+def test_resnet50d_has_the_deep_stem_and_average_pooled_shortcuts():
+    model = create_model("resnet50d", 10)
+    stem_convs = [m for m in model.conv1 if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in stem_convs] == [
+        (3, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1))]
+    assert model.layer1[0].downsample[0].stride == (1, 1)  # stage 1 does not downsample: left as is
+    for stage in (model.layer2, model.layer3, model.layer4):
+        pool, conv, _ = stage[0].downsample
+        assert isinstance(pool, torch.nn.AvgPool2d) and conv.stride == (1, 1) and conv.kernel_size == (1, 1)
+    # Same stage shapes as resnet50 at a size that is not a multiple of 32 (ceil_mode pooling).
+    x = torch.randn(1, 3, 100, 100)
+    features = {}
+    for arch, net in (("resnet50", create_model("resnet50", 10)), ("resnet50d", model)):
+        net.eval()
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        features[arch] = [tuple((h := stage(h)).shape) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    assert features["resnet50d"] == features["resnet50"] == [(1, 256, 25, 25), (1, 512, 13, 13), (1, 1024, 7, 7),
+                                                             (1, 2048, 4, 4)]
+    # zero-init still empties every residual branch, and the new stem convs get torchvision's init.
+    assert torch.count_nonzero(model.layer4[2].bn3.weight) == 0
+    assert stem_convs[1].weight.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.1)
 
 
 def test_unknown_arch():
