@@ -179,7 +179,7 @@ def lr_find_command(**flags):
     import torch
 
     from imagenet_kit.data.loaders import create_train_loader, default_workers
-    from imagenet_kit.model import create_model
+    from imagenet_kit.model import model_from_config
     from imagenet_kit.runtime import resolve_precision
     from imagenet_kit.train import beton_paths, run_lr_find
 
@@ -188,7 +188,7 @@ def lr_find_command(**flags):
     train_beton, _ = beton_paths(cfg)
     _require_betons(cfg)
     classes = read_classes(train_beton)
-    model = create_model(cfg.model.arch, len(classes), cfg.model.zero_init_residual, cfg.model.blurpool)
+    model = model_from_config(cfg.model, len(classes))
     model = model.to(runtime.device, memory_format=torch.channels_last)
     amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
     loader = create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size,

@@ -42,21 +42,26 @@ class ModelConfig:
     # torchvision's published ImageNet weights for the arch; or a kit checkpoint (.pt) or export folder.
     # Everything but the head is loaded; head rows are kept by class WNID (init_weights.py).
     init: str = ""
+    activation: str = "relu"  # relu | mish (Misra 2019, the fastai Imagenette leaderboard's choice)
 
 
-OPTIMIZERS = ("sgd", "adamw")
+ACTIVATIONS = ("relu", "mish")
+OPTIMIZERS = ("sgd", "adamw", "radam")
+SCHEDULES = ("onecycle", "linear", "step", "flat_cos")
 
 
 @dataclass
 class OptimConfig:
     lr: Any = 0.1  # peak LR at batch `lr_batch`; "auto" runs the LR range test first
     lr_batch: int = 256  # linear scaling rule: lr applies to this global batch, scaled to the real one
-    optimizer: str = "sgd"  # sgd | adamw (torch's, decoupled weight decay; `momentum` is its beta1)
+    # sgd | adamw | radam (torch's; both Adams decay decoupled, `momentum` is their beta1). RAdam's
+    # rectification is a built-in warm-up, so it suits a schedule that starts at the peak (flat_cos).
+    optimizer: str = "sgd"
     momentum: float = 0.9
-    beta2: float = 0.99  # adamw only: decay of the squared-gradient average
+    beta2: float = 0.99  # adamw/radam: decay of the squared-gradient average
     weight_decay: float = 5e-5  # never applied to BatchNorm weights or biases
     label_smoothing: float = 0.1
-    schedule: str = "onecycle"  # onecycle | linear | step
+    schedule: str = "onecycle"  # onecycle | linear | step | flat_cos
     pct_start: float = 0.25  # onecycle: share of steps spent warming up
     div_factor: float = 25.0  # onecycle: initial lr = peak / div_factor
     final_div_factor: float = 1e4  # onecycle: final lr = initial lr / final_div_factor
@@ -65,6 +70,7 @@ class OptimConfig:
     peak_epoch: float = 2.0  # linear: epoch where the LR peaks (FFCV's lr_peak_epoch)
     step_epochs: int = 30  # step: epochs between decays
     step_gamma: float = 0.1  # step: decay factor
+    flat_fraction: float = 0.75  # flat_cos: share of steps at the peak LR before the cosine decay to 0
     head_lr_mult: float = 1.0  # the head's LR = this x the backbone's, all along the schedule (fine-tuning)
 
 
@@ -231,8 +237,9 @@ def load_config(recipe: str | None = None, overrides: typing.Iterable[str] = ())
 def validate(cfg: RunConfig) -> None:
     choices = {
         "train.precision": (cfg.train.precision, ("auto", "fp32", "fp16", "bf16")),
-        "optim.schedule": (cfg.optim.schedule, ("onecycle", "linear", "step")),
+        "optim.schedule": (cfg.optim.schedule, SCHEDULES),
         "optim.optimizer": (cfg.optim.optimizer, OPTIMIZERS),
+        "model.activation": (cfg.model.activation, ACTIVATIONS),
         "lr_find.suggestion": (cfg.lr_find.suggestion, ("valley", "steep", "min10")),
     }
     for key, (value, allowed) in choices.items():

@@ -49,12 +49,12 @@ def evaluate_checkpoint(checkpoint: dict, beton: str, device: torch.device, res:
     """Evaluate a kit checkpoint on a beton with the checkpoint's own model settings."""
     from imagenet_kit.config import config_from_dict
     from imagenet_kit.data.loaders import create_val_loader, default_workers
-    from imagenet_kit.model import create_model
+    from imagenet_kit.model import model_from_config
     from imagenet_kit.runtime import resolve_precision
 
     cfg = config_from_dict(checkpoint["config"])
     classes = checkpoint["classes"]
-    model = create_model(cfg.model.arch, len(classes), cfg.model.zero_init_residual, cfg.model.blurpool)
+    model = model_from_config(cfg.model, len(classes))
     model.load_state_dict(checkpoint["model"])
     model = model.to(device=device, memory_format=torch.channels_last)
     res = res or cfg.train.val_res

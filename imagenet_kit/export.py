@@ -18,7 +18,7 @@ from imagenet_kit.checkpoint import CheckpointError, load_checkpoint
 from imagenet_kit.config import ConfigError, config_from_dict
 from imagenet_kit.data.loaders import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from imagenet_kit.images import UnreadableImage, load_rgb
-from imagenet_kit.model import create_model
+from imagenet_kit.model import create_model, model_from_config
 from imagenet_kit.predict import FILES, ExportError, _quiet_deprecations, preprocess
 from imagenet_kit.predict import Predictor, find_latest_export, load_exported, resolve_model_dir  # noqa: F401 (API)
 from imagenet_kit.progress import console
@@ -93,7 +93,8 @@ def _export_safetensors(model, path: Path, batch: torch.Tensor, info: dict) -> t
     # The live module's state dict, not the checkpoint's: the checkpoint may hold channels_last tensors,
     # which safetensors refuses; load_state_dict copied them into this model's contiguous parameters.
     save_file(model.state_dict(), str(path), metadata={"arch": info["arch"], "num_classes": str(info["num_classes"])})
-    reloaded = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"]).eval()
+    reloaded = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"],
+                            activation=info["activation"]).eval()
     reloaded.load_state_dict(load_file(path))
     with torch.inference_mode():
         return reloaded(batch)
@@ -116,7 +117,7 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
     cfg = config_from_dict(state["config"])
     res = res or cfg.train.val_res
     classes = state["classes"]
-    model = create_model(cfg.model.arch, len(classes), cfg.model.zero_init_residual, cfg.model.blurpool)
+    model = model_from_config(cfg.model, len(classes))
     model.load_state_dict(state["model"])
     model.eval()
     spec = preprocess_spec(res)
@@ -127,7 +128,8 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
     metrics = state.get("metrics") or {}
     env = environment()
     info = {
-        "arch": cfg.model.arch, "num_classes": len(classes), "blurpool": cfg.model.blurpool, "res": res,
+        "arch": cfg.model.arch, "num_classes": len(classes), "blurpool": cfg.model.blurpool,
+        "activation": cfg.model.activation, "res": res,
         "run": cfg.name, "data": cfg.data.name,
         # Measured by training's own evaluation (FFCV center crop at train.val_res, flip TTA if set).
         "top1": metrics.get("top1"), "top5": metrics.get("top5"), "epoch": metrics.get("epoch"),

@@ -31,7 +31,7 @@ def init_model(model: nn.Module, cfg: ModelConfig, classes: list[dict]) -> str:
     state, source_classes = _load_source(cfg)
     prefix = f"{HEAD}."
     backbone = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    what = f"model.init={cfg.init}: does not fit {_describe(cfg.arch, cfg.blurpool)}"
+    what = f"model.init={cfg.init}: does not fit {_describe(cfg.arch, cfg.blurpool, cfg.activation)}"
     try:
         result = model.load_state_dict(backbone, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -66,22 +66,24 @@ def _load_source(cfg: ModelConfig) -> tuple[dict, list[dict]]:
         from safetensors.torch import load_file
         info = json.loads((path / "model.json").read_text())
         state, classes = load_file(path / "model.safetensors"), json.loads((path / "classes.json").read_text())
-        arch, blurpool = info["arch"], info["blurpool"]
+        arch, blurpool, activation = info["arch"], info["blurpool"], info.get("activation", "relu")
     elif path.is_file():
         checkpoint = load_checkpoint(path)
         state, classes = checkpoint["model"], checkpoint["classes"]
-        arch, blurpool = checkpoint["config"]["model"]["arch"], checkpoint["config"]["model"]["blurpool"]
+        source = checkpoint["config"]["model"]
+        arch, blurpool, activation = source["arch"], source["blurpool"], source.get("activation", "relu")
     else:
         raise InitError(f"model.init={cfg.init}: no such file or folder; give '' (random), 'torchvision', "
                         "a kit checkpoint (.pt) or an export folder")
-    if (arch, blurpool) != (cfg.arch, cfg.blurpool):
-        raise InitError(f"model.init={cfg.init}: holds {_describe(arch, blurpool)} weights, this run trains "
-                        f"{_describe(cfg.arch, cfg.blurpool)}")
+    if (arch, blurpool, activation) != (cfg.arch, cfg.blurpool, cfg.activation):
+        raise InitError(f"model.init={cfg.init}: holds {_describe(arch, blurpool, activation)} weights, this run "
+                        f"trains {_describe(cfg.arch, cfg.blurpool, cfg.activation)}")
     return state, classes
 
 
-def _describe(arch: str, blurpool: bool) -> str:
-    return f"{arch} with blurpool" if blurpool else arch
+def _describe(arch: str, blurpool: bool, activation: str) -> str:
+    extras = [name for name, used in (("blurpool", blurpool), ("mish", activation == "mish")) if used]
+    return f"{arch} with {' and '.join(extras)}" if extras else arch
 
 
 def _torchvision_weights(cfg: ModelConfig) -> dict:
@@ -90,6 +92,9 @@ def _torchvision_weights(cfg: ModelConfig) -> dict:
     if cfg.blurpool:  # the blur changes what every strided conv sees: those weights would not mean the same
         raise InitError("model.init=torchvision: torchvision's weights were trained without blurpool; "
                         "set model.blurpool=false")
+    if cfg.activation != "relu":
+        raise InitError("model.init=torchvision: torchvision's weights were trained with ReLU; "
+                        "set model.activation=relu")
     try:
         weights = torchvision.models.get_model_weights(cfg.arch).DEFAULT
     except ValueError:

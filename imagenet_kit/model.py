@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from imagenet_kit.config import OPTIMIZERS
+from imagenet_kit.config import ACTIVATIONS, OPTIMIZERS, ModelConfig
 from imagenet_kit.resnet_v2 import resnet50v2
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet50d")
@@ -63,11 +63,24 @@ def _to_resnet_d(model: torchvision.models.ResNet) -> None:
         stage[0].downsample = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False), conv, bn)
 
 
+def _use_mish(module: nn.Module) -> None:
+    # Every ReLU is a module attribute in these ResNets (torchvision's blocks reuse one per block), so
+    # swapping the modules swaps every activation; torch's Mish is a drop-in, stateless like ReLU.
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, nn.Mish(inplace=child.inplace))
+        else:
+            _use_mish(child)
+
+
 def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
-                 blurpool: bool = False) -> nn.Module:
+                 blurpool: bool = False, activation: str = "relu") -> nn.Module:
     """A randomly initialised ResNet. Weights are never downloaded here."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{activation}' (model.activation); choose one of "
+                         f"{', '.join(ACTIVATIONS)}")
     if arch == "resnet50v2":
         model = resnet50v2(num_classes, zero_init_residual)
     elif arch == "resnet50d":
@@ -79,20 +92,29 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
                                                   zero_init_residual=zero_init_residual)
     if blurpool:
         _apply_blurpool(model)
+    if activation == "mish":
+        _use_mish(model)
     return model
+
+
+def model_from_config(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The run's model: ``create_model`` with the ``model:`` section of its config."""
+    return create_model(cfg.arch, num_classes, cfg.zero_init_residual, cfg.blurpool, cfg.activation)
 
 
 def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
                      beta2: float = 0.99) -> torch.optim.Optimizer:
-    """torch's SGD (heavy-ball momentum) or AdamW over ``groups`` (from ``param_groups``).
+    """torch's SGD (heavy-ball momentum), AdamW or RAdam over ``groups`` (from ``param_groups``).
 
-    For AdamW ``momentum`` is beta1, so OneCycleLR's momentum cycling moves it the same way it moves
+    For the Adams ``momentum`` is beta1, so OneCycleLR's momentum cycling moves it the same way it moves
     SGD's momentum, and the weight decay in the groups is decoupled (scaled by the LR, as torch does).
     """
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2))
+    if name == "radam":
+        return torch.optim.RAdam(groups, lr=lr, betas=(momentum, beta2), decoupled_weight_decay=True)
     raise ValueError(f"unknown optimizer '{name}' (optim.optimizer); choose one of {', '.join(OPTIMIZERS)}")
 
 

@@ -80,7 +80,9 @@ def load_exported(model_dir: Path) -> Predictor:
         from safetensors.torch import load_file
 
         from imagenet_kit.model import create_model  # not shipped in a Space folder, which has model.ts
-        model = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"])
+        # exports from before model.activation existed have no key: they are ReLU models
+        model = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"],
+                             activation=info.get("activation", "relu"))
         model.load_state_dict(load_file(model_dir / FILES["safetensors"]))
         return Predictor(model, spec, names, info, "safetensors")
     raise ExportError(f"{model_dir}: neither {FILES['torchscript']} nor {FILES['safetensors']} to load; "

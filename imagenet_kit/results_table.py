@@ -81,7 +81,8 @@ def _demo_row(r: dict) -> tuple[str, str, str]:
 
 def _accuracy_row(r: dict) -> tuple[str, str, str]:
     res = "→".join(str(x) for x in r["train_res"])
-    what = (f"val top-1 / top-5 after {r['epochs']} epochs: {r['arch']} on {r['data']}, {res} px train, "
+    arch = r["arch"] + (f" ({r['activation']})" if r.get("activation", "relu") != "relu" else "")
+    what = (f"val top-1 / top-5 after {r['epochs']} epochs: {arch} on {r['data']}, {res} px train, "
             f"{r['val_res']} px eval{' + flip TTA' if r['flip_tta'] else ''}, batch {r['batch']}, "
             # rows from before AdamW were SGD with the LR given per 256 images
             f"{r.get('optimizer', 'sgd')} {r['schedule']} LR {r['lr']} per {r.get('lr_batch', 256)} images")

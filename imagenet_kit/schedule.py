@@ -1,25 +1,30 @@
 """LR schedules, all stepped once per iteration (batch), so a mid-epoch resume lands on the same value."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from imagenet_kit.config import SCHEDULES
 from imagenet_kit.model import create_optimizer
-
-SCHEDULES = ("onecycle", "linear", "step")
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float, epochs: int,
                      steps_per_epoch: int, pct_start: float = 0.25, div_factor: float = 25.0,
                      final_div_factor: float = 1e4, base_momentum: float = 0.85, max_momentum: float = 0.95,
-                     peak_epoch: float = 2.0, step_epochs: int = 30, step_gamma: float = 0.1) -> LRScheduler:
+                     peak_epoch: float = 2.0, step_epochs: int = 30, step_gamma: float = 0.1,
+                     flat_fraction: float = 0.75) -> LRScheduler:
     """Build the named schedule for ``epochs * steps_per_epoch`` optimizer steps.
 
     - ``onecycle``: torch's OneCycleLR (Smith 2018), cosine annealing, momentum cycled inversely.
     - ``linear``: FFCV's ImageNet schedule: linear from ``1e-4 * max_lr`` up to ``max_lr`` at
       ``peak_epoch``, then linear to 0 at the last step. Momentum is constant.
     - ``step``: ``max_lr * step_gamma ** (epoch // step_epochs)``.
+    - ``flat_cos``: fastai's ``fit_flat_cos``: ``max_lr`` for the first ``flat_fraction`` of the steps,
+      then half a cosine down to 0 at the last step. No warm-up: pair it with RAdam, whose rectified
+      update is small while its variance estimate is young (fastai uses Ranger, RAdam + Lookahead).
 
     A param group with an ``lr_mult`` key (the head's, see ``model.param_groups``) follows the same curve
     scaled by it.
@@ -37,6 +42,10 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float,
         xs = [0.0, peak_epoch * steps_per_epoch, float(total)]
         ys = [1e-4, 1.0, 0.0]
         return LambdaLR(optimizer, lambda step: float(np.interp(step, xs, ys)))
+    if name == "flat_cos":
+        flat = flat_fraction * total
+        return LambdaLR(optimizer, lambda step: 1.0 if step < flat else
+                        0.5 * (1 + math.cos(math.pi * (step - flat) / max(1.0, total - flat))))
     if name == "step":
         return LambdaLR(optimizer, lambda step: step_gamma ** ((step // steps_per_epoch) // step_epochs))
     raise ValueError(f"unknown schedule '{name}'; choose one of {', '.join(SCHEDULES)}")

@@ -202,6 +202,8 @@ def model_card(run_dir: Path, info: dict, classes: list[dict], spec: dict) -> st
             f"{spec['crop']}×{spec['crop']} px input (shorter side resized to {spec['resize']}, center crop)")
     if info.get("blurpool"):
         arch += ", BlurPool before strided convolutions"
+    if info.get("activation", "relu") != "relu":
+        arch += f", {info['activation'].capitalize()} activations"
     arch += ". Served as TorchScript (`model/model.ts`), checked against the PyTorch model at export."
 
     if evaluation:

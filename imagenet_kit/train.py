@@ -25,7 +25,7 @@ from imagenet_kit.data.loaders import (create_train_loader, create_val_loader, d
 from imagenet_kit.evaluate import evaluate
 from imagenet_kit.init_weights import freeze_backbone, init_model
 from imagenet_kit.lr_find import lr_range_test
-from imagenet_kit.model import create_model, create_optimizer, param_groups
+from imagenet_kit.model import create_optimizer, model_from_config, param_groups
 from imagenet_kit.progress import console, progress_bar
 from imagenet_kit.runtime import Runtime, autocast, environment, resolve_precision, write_json
 from imagenet_kit.schedule import create_scheduler, resolution_for_epoch, schedule_trace
@@ -102,7 +102,7 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
     classes = read_classes(train_beton)
     workers = default_workers(cfg.data.workers)
 
-    model = create_model(cfg.model.arch, len(classes), cfg.model.zero_init_residual, cfg.model.blurpool)
+    model = model_from_config(cfg.model, len(classes))
     if state is None and cfg.model.init:  # fine-tuning; a resumed run's weights come from its checkpoint
         message = init_model(model, cfg.model, classes)
         if runtime.is_main:
@@ -137,7 +137,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
     schedule_args = dict(pct_start=cfg.optim.pct_start, div_factor=cfg.optim.div_factor,
                          final_div_factor=cfg.optim.final_div_factor, base_momentum=cfg.optim.base_momentum,
                          max_momentum=cfg.optim.max_momentum, peak_epoch=cfg.optim.peak_epoch,
-                         step_epochs=cfg.optim.step_epochs, step_gamma=cfg.optim.step_gamma)
+                         step_epochs=cfg.optim.step_epochs, step_gamma=cfg.optim.step_gamma,
+                         flat_fraction=cfg.optim.flat_fraction)
     scheduler = create_scheduler(optimizer, cfg.optim.schedule, max_lr, cfg.train.epochs, steps_per_epoch,
                                  **schedule_args)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)

@@ -17,7 +17,8 @@ def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
     record = json.loads((results / "accuracy.jsonl").read_text())
     assert record["top1"] == result["top1"] and record["epochs"] == 2 and record["arch"] == "resnet18"
     assert len(record["per_epoch_top1"]) == 2 and record["train_res"] == [32]
-    assert (record["optimizer"], record["schedule"]) == ("sgd", tiny_config.optim.schedule)
+    assert (record["optimizer"], record["schedule"], record["activation"]) == ("sgd", tiny_config.optim.schedule,
+                                                                              "relu")
     table = results_markdown(load_rows(results))
     assert f"{100 * result['top1']:.2f}%" in table and "resnet18 on tiny" in table
     optim = tiny_config.optim

@@ -31,7 +31,9 @@ def test_unknown_recipe_key_names_file_and_key(tmp_path):
     ("train.epochs=abc", "train.epochs: expected int"),
     ("train.epochs=2.5", "train.epochs: expected int"),
     ("train.precision=fp8", "train.precision"),
-    ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of sgd, adamw"),
+    ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of sgd, adamw, radam"),
+    ("optim.schedule=cosine", "optim.schedule: 'cosine' is not one of onecycle, linear, step, flat_cos"),
+    ("model.activation=gelu", "model.activation: 'gelu' is not one of relu, mish"),
     ("model.channels_last=maybe", "model.channels_last: expected bool"),
     ("epochs", "section.key=value"),
 ])

@@ -27,13 +27,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "imagenet_kit" / "examples"
 PHOTO = EXAMPLES / "n07873807_pizza.jpg"
 
 
-def make_fake_run(root: Path, arch: str = "resnet18") -> Path:
+def make_fake_run(root: Path, arch: str = "resnet18", activation: str = "relu") -> Path:
     """``root/run`` as training leaves it: checkpoints/best.pt of a random ``arch`` for the 10 Imagenette
     classes, evaluated at 64 px. Shared by the export, app, bench, resnet50v2 and fine-tuning tests."""
     torch.manual_seed(0)
     cfg = RunConfig(name="fake")
-    cfg.model.arch, cfg.train.val_res, cfg.data.name = arch, 64, "imagenette-sample"
-    model = create_model(arch, len(IMAGENETTE))
+    cfg.model.arch, cfg.model.activation, cfg.train.val_res, cfg.data.name = arch, activation, 64, "imagenette-sample"
+    model = create_model(arch, len(IMAGENETTE), activation=activation)
     with torch.no_grad():
         # Default init gives near-uniform probabilities (top-1 a near tie); a larger head makes the random
         # model decisive and image-dependent, and puts logits on the scale of a trained model's.
@@ -142,6 +142,20 @@ def test_safetensors_only_export_loads_into_create_model(exported, tmp_path):
     got, expected = predictor.predict(image), load_exported(out).predict(image)
     assert [name for name, _ in got] == [name for name, _ in expected]
     assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-6)
+
+
+def test_mish_model_exports_and_reloads_with_its_activation(tmp_path):
+    run = make_fake_run(tmp_path, activation="mish")
+    info = export_model(run / "checkpoints" / "best.pt", tmp_path / "out", formats=("safetensors",))
+    assert info["activation"] == "mish"
+    eager = create_model("resnet18", len(IMAGENETTE), activation="mish").eval()
+    eager.load_state_dict(torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"])
+    predictor = load_exported(tmp_path / "out")
+    image = load_rgb(PHOTO)
+    with torch.inference_mode():
+        probs = eager(preprocess(image, predictor.spec)).softmax(-1)[0]
+    top = probs.topk(3)
+    assert [p for _, p in predictor.predict(image, k=3)] == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
 def test_parity_failure_raises_and_leaves_no_model_json(exported, tmp_path, monkeypatch):

@@ -153,6 +153,15 @@ def test_unusable_sources_are_clear_errors(tmp_path, monkeypatch, arch, blurpool
                    class_table(TARGET))
 
 
+def test_activation_must_match_the_source(tmp_path):
+    with pytest.raises(InitError, match="trained with ReLU; set model.activation=relu"):
+        init_model(create_model("resnet18", 4, activation="mish"),
+                   ModelConfig(arch="resnet18", activation="mish", init="torchvision"), class_table(TARGET))
+    source = str(make_fake_run(tmp_path, activation="mish") / "checkpoints" / "best.pt")
+    with pytest.raises(InitError, match="holds resnet18 with mish weights, this run trains resnet18$"):
+        init_model(create_model("resnet18", 4), ModelConfig(arch="resnet18", init=source), class_table(TARGET))
+
+
 def test_freeze_epochs_trains_only_the_head_in_epoch_one(tiny_config, source):
     tiny_config.model.init, tiny_config.train.freeze_epochs = str(source), 1
     train(tiny_config, CPU)

@@ -82,6 +82,34 @@ def test_adamw_keeps_the_no_decay_groups_and_uses_momentum_as_beta1():
     torch.testing.assert_close(bn.detach(), before_bn)
 
 
+def test_radam_decays_decoupled_and_cycles_beta1():
+    model = create_model("resnet18", 10)
+    optimizer = create_optimizer(param_groups(model, 0.01), "radam", lr=8e-3, momentum=0.95, beta2=0.99)
+    assert isinstance(optimizer, torch.optim.RAdam) and optimizer.param_groups[0]["decoupled_weight_decay"]
+    assert optimizer.param_groups[0]["betas"] == (0.95, 0.99)
+    conv = model.conv1.weight
+    before = conv.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # zero gradient: only the decoupled decay moves the weight
+    torch.testing.assert_close(conv.detach(), before * (1 - 8e-3 * 0.01))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50d", "resnet50v2"])
+def test_mish_replaces_every_relu(arch):
+    torch.manual_seed(0)
+    relu = create_model(arch, 10).eval()
+    mish = create_model(arch, 10, activation="mish").eval()
+    assert not any(isinstance(m, torch.nn.ReLU) for m in mish.modules())
+    assert any(isinstance(m, torch.nn.Mish) for m in mish.modules())
+    mish.load_state_dict(relu.state_dict())  # same parameters: only the nonlinearity differs
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(relu(x), mish(x))
+    with pytest.raises(ValueError, match=r"model.activation.*relu, mish"):
+        create_model(arch, 10, activation="gelu")
+
+
 def test_unknown_optimizer_names_the_key():
-    with pytest.raises(ValueError, match=r"optim.optimizer.*sgd, adamw"):
+    with pytest.raises(ValueError, match=r"optim.optimizer.*sgd, adamw, radam"):
         create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], "lamb")

@@ -49,6 +49,23 @@ def test_a_row_per_measurement_with_hardware_and_command(tmp_path):
     assert GPU_PENDING not in markdown  # one row ran on a CUDA device
 
 
+ACCURACY = {"kind": "accuracy", "date": "2026-11-26T08:00:00+00:00", "run": "r", "data": "imagenette2",
+            "arch": "resnet50d", "epochs": 5, "batch": 64, "train_res": [128], "val_res": 160, "flip_tta": True,
+            "lr": 0.008, "schedule": "flat_cos", "optimizer": "radam", "lr_batch": 64, "top1": 0.8, "top5": 0.98,
+            "best_top1": 0.8, "best_epoch": 5, "train_minutes": 25.0, "device": "AMD EPYC", "world_size": 1,
+            "torch_threads": 2, "command": "imagenet-kit run --recipe imagenette"}
+
+
+@pytest.mark.parametrize("extra, arch", [({}, "resnet50d on"), ({"activation": "relu"}, "resnet50d on"),
+                                         ({"activation": "mish"}, "resnet50d (mish) on")])
+def test_accuracy_rows_name_a_non_relu_activation(tmp_path, extra, arch):
+    _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, **extra}])
+    (what, value, hardware, command, date), = _table_rows(results_markdown(load_rows(tmp_path)))
+    assert what == (f"val top-1 / top-5 after 5 epochs: {arch} imagenette2, 128 px train, 160 px eval + flip TTA, "
+                    "batch 64, radam flat_cos LR 0.008 per 64 images")
+    assert value.startswith("80.00% / 98.00%") and hardware == "AMD EPYC, 2 threads"
+
+
 def test_gpu_pending_only_without_a_gpu_row(tmp_path):
     _write(tmp_path, "train.jsonl", [CPU_ROW])
     markdown = results_markdown(load_rows(tmp_path))

@@ -41,7 +41,16 @@ def test_step_schedule():
     assert t["lr"][35] == pytest.approx(0.001)
 
 
-@pytest.mark.parametrize("name", ["onecycle", "linear", "step"])
+def test_flat_cos_matches_fastai_fit_flat_cos():
+    # 2 epochs x 10 steps, 75% flat: the peak through step 15, then half a cosine over the last 5 steps.
+    t = schedule_trace("flat_cos", 0.01, 2, 10, optimizer_name="radam", momentum=0.95, flat_fraction=0.75)
+    assert t["lr"][:16] == [pytest.approx(0.01)] * 16
+    assert t["lr"][17] == pytest.approx(0.01 * 0.5 * (1 + 0.30901699))  # cos(2/5 pi)
+    assert t["lr"][19] == pytest.approx(0.01 * 0.5 * (1 - 0.80901699))  # cos(4/5 pi)
+    assert set(t["momentum"]) == {0.95}  # RAdam's beta1 stays put
+
+
+@pytest.mark.parametrize("name", ["onecycle", "linear", "step", "flat_cos"])
 def test_resume_restores_schedule_position(name):
     def make():
         p = torch.nn.Parameter(torch.zeros(1))
