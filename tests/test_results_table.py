@@ -56,14 +56,18 @@ ACCURACY = {"kind": "accuracy", "date": "2026-11-26T08:00:00+00:00", "run": "r",
             "torch_threads": 2, "command": "imagenet-kit run --recipe imagenette"}
 
 
-@pytest.mark.parametrize("extra, arch", [({}, "resnet50d on"), ({"activation": "relu"}, "resnet50d on"),
-                                         ({"activation": "mish"}, "resnet50d (mish) on")])
-def test_accuracy_rows_name_a_non_relu_activation(tmp_path, extra, arch):
+@pytest.mark.parametrize("extra, arch, at", [
+    ({}, "resnet50d on", ""),
+    ({"activation": "relu", "git": "0123456789abcdef"}, "resnet50d on", " at 0123456"),
+    ({"activation": "mish", "git": "0123456789abcdef-dirty"}, "resnet50d (mish) on", " at 0123456 + uncommitted changes"),
+])
+def test_accuracy_rows_name_a_non_relu_activation_and_the_commit(tmp_path, extra, arch, at):
     _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, **extra}])
     (what, value, hardware, command, date), = _table_rows(results_markdown(load_rows(tmp_path)))
     assert what == (f"val top-1 / top-5 after 5 epochs: {arch} imagenette2, 128 px train, 160 px eval + flip TTA, "
                     "batch 64, radam flat_cos LR 0.008 per 64 images")
     assert value.startswith("80.00% / 98.00%") and hardware == "AMD EPYC, 2 threads"
+    assert command == "`imagenet-kit run --recipe imagenette`" + at
 
 
 def test_gpu_pending_only_without_a_gpu_row(tmp_path):
