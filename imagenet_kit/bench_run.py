@@ -29,7 +29,8 @@ def run_record(run_dir: Path) -> dict:
     last, best = epochs[-1], max(epochs, key=lambda m: m["top1"])
     return {
         "kind": "accuracy", "date": utc_now(), "run": run_dir.name, "data": cfg["data"]["name"],
-        "arch": cfg["model"]["arch"], "activation": cfg["model"].get("activation", "relu"), "epochs": cfg["train"]["epochs"], "batch": cfg["train"]["batch_size"],
+        "arch": cfg["model"]["arch"], "activation": cfg["model"].get("activation", "relu"),
+        "epochs": cfg["train"]["epochs"], "batch": cfg["train"]["batch_size"],
         "train_res": sorted({m["res"] for m in epochs}), "val_res": cfg["train"]["val_res"],
         "flip_tta": cfg["train"]["flip_tta"], "lr": cfg["optim"]["lr"], "schedule": cfg["optim"]["schedule"],
         "optimizer": cfg["optim"].get("optimizer", "sgd"), "lr_batch": cfg["optim"]["lr_batch"],

@@ -18,7 +18,7 @@ from imagenet_kit.checkpoint import CheckpointError, load_checkpoint
 from imagenet_kit.config import ConfigError, config_from_dict
 from imagenet_kit.data.loaders import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from imagenet_kit.images import UnreadableImage, load_rgb
-from imagenet_kit.model import create_model, model_from_config
+from imagenet_kit.model import model_from_config, model_from_export_info
 from imagenet_kit.predict import FILES, ExportError, _quiet_deprecations, preprocess
 from imagenet_kit.predict import Predictor, find_latest_export, load_exported, resolve_model_dir  # noqa: F401 (API)
 from imagenet_kit.progress import console
@@ -93,8 +93,7 @@ def _export_safetensors(model, path: Path, batch: torch.Tensor, info: dict) -> t
     # The live module's state dict, not the checkpoint's: the checkpoint may hold channels_last tensors,
     # which safetensors refuses; load_state_dict copied them into this model's contiguous parameters.
     save_file(model.state_dict(), str(path), metadata={"arch": info["arch"], "num_classes": str(info["num_classes"])})
-    reloaded = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"],
-                            activation=info["activation"]).eval()
+    reloaded = model_from_export_info(info).eval()
     reloaded.load_state_dict(load_file(path))
     with torch.inference_mode():
         return reloaded(batch)

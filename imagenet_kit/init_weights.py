@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from imagenet_kit.checkpoint import load_checkpoint
-from imagenet_kit.config import ConfigError, ModelConfig
+from imagenet_kit.config import ConfigError, ModelConfig, config_from_dict
 from imagenet_kit.data.imagenet_meta import imagenet_classes
 from imagenet_kit.model import HEAD
 
@@ -70,8 +70,8 @@ def _load_source(cfg: ModelConfig) -> tuple[dict, list[dict]]:
     elif path.is_file():
         checkpoint = load_checkpoint(path)
         state, classes = checkpoint["model"], checkpoint["classes"]
-        source = checkpoint["config"]["model"]
-        arch, blurpool, activation = source["arch"], source["blurpool"], source.get("activation", "relu")
+        source = config_from_dict(checkpoint["config"]).model  # fills keys older checkpoints lack
+        arch, blurpool, activation = source.arch, source.blurpool, source.activation
     else:
         raise InitError(f"model.init={cfg.init}: no such file or folder; give '' (random), 'torchvision', "
                         "a kit checkpoint (.pt) or an export folder")

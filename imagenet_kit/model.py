@@ -102,6 +102,12 @@ def model_from_config(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return create_model(cfg.arch, num_classes, cfg.zero_init_residual, cfg.blurpool, cfg.activation)
 
 
+def model_from_export_info(info: dict) -> nn.Module:
+    """The model an export's model.json describes (exports from before model.activation are ReLU models)."""
+    return create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"],
+                        activation=info.get("activation", "relu"))
+
+
 def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
                      beta2: float = 0.99) -> torch.optim.Optimizer:
     """torch's SGD (heavy-ball momentum), AdamW or RAdam over ``groups`` (from ``param_groups``).

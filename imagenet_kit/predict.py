@@ -79,10 +79,8 @@ def load_exported(model_dir: Path) -> Predictor:
     if (model_dir / FILES["safetensors"]).is_file():
         from safetensors.torch import load_file
 
-        from imagenet_kit.model import create_model  # not shipped in a Space folder, which has model.ts
-        # exports from before model.activation existed have no key: they are ReLU models
-        model = create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"],
-                             activation=info.get("activation", "relu"))
+        from imagenet_kit.model import model_from_export_info  # not shipped in a Space folder (model.ts)
+        model = model_from_export_info(info)
         model.load_state_dict(load_file(model_dir / FILES["safetensors"]))
         return Predictor(model, spec, names, info, "safetensors")
     raise ExportError(f"{model_dir}: neither {FILES['torchscript']} nor {FILES['safetensors']} to load; "

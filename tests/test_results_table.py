@@ -59,7 +59,8 @@ ACCURACY = {"kind": "accuracy", "date": "2026-11-26T08:00:00+00:00", "run": "r",
 @pytest.mark.parametrize("extra, arch, at", [
     ({}, "resnet50d on", ""),
     ({"activation": "relu", "git": "0123456789abcdef"}, "resnet50d on", " at 0123456"),
-    ({"activation": "mish", "git": "0123456789abcdef-dirty"}, "resnet50d (mish) on", " at 0123456 + uncommitted changes"),
+    ({"activation": "mish", "git": "0123456789abcdef-dirty"}, "resnet50d (mish) on",
+     " at 0123456 + uncommitted changes"),
 ])
 def test_accuracy_rows_name_a_non_relu_activation_and_the_commit(tmp_path, extra, arch, at):
     _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, **extra}])
