@@ -193,7 +193,8 @@ def lr_find_command(**flags):
     model = model.to(runtime.device, memory_format=torch.channels_last)
     amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
     loader = create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size,
-                                 cfg.train.min_res, runtime.device, default_workers(cfg.data.workers))
+                                 cfg.train.min_res, runtime.device, default_workers(cfg.data.workers),
+                                 min_scale=cfg.train.min_scale, crop=cfg.train.crop)
     result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
     click.echo(f"suggested LR ({result['chosen']}): {result['lr']:.4g} -> {cfg.run_dir / 'lr_find.png'}")
 

@@ -48,6 +48,7 @@ class ModelConfig:
 ACTIVATIONS = ("relu", "mish")
 OPTIMIZERS = ("sgd", "adamw", "radam")
 SCHEDULES = ("onecycle", "linear", "step", "flat_cos")
+TRAIN_CROPS = ("random_resized", "random_square")
 
 
 @dataclass
@@ -84,8 +85,15 @@ class TrainConfig:
     max_res: int = 192  # ... and from end_ramp on, rounded to multiples of 32 in between
     start_ramp: int = 11
     end_ramp: int = 13
+    # random_resized: Inception-style random-resized crops (area min_scale-1, aspect 3/4-4/3), the ImageNet norm.
+    # random_square: the whole shorter side as a square at a random position, no zoom (fastai's Resize(size)
+    # on training images); it fits far faster, which wins when there are only a few epochs.
+    crop: str = "random_resized"
     min_scale: float = 0.08  # smallest crop area of random-resized-crop; short schedules like 0.35 (fastai)
     val_res: int = 256
+    # Evaluation center crop: this share of the shorter side, resized to val_res (224/256 is the ImageNet
+    # standard; 1.0 matches random_square training, which never zooms in).
+    val_crop_ratio: float = 0.875
     val_batch_size: int = 256
     flip_tta: bool = True  # average logits of the image and its mirror at evaluation
     seed: int = 0
@@ -240,6 +248,7 @@ def validate(cfg: RunConfig) -> None:
         "optim.schedule": (cfg.optim.schedule, SCHEDULES),
         "optim.optimizer": (cfg.optim.optimizer, OPTIMIZERS),
         "model.activation": (cfg.model.activation, ACTIVATIONS),
+        "train.crop": (cfg.train.crop, TRAIN_CROPS),
         "lr_find.suggestion": (cfg.lr_find.suggestion, ("valley", "steep", "min10")),
     }
     for key, (value, allowed) in choices.items():
@@ -247,6 +256,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     if cfg.train.min_res > cfg.train.max_res:
         raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
+    if not 0 < cfg.train.val_crop_ratio <= 1:
+        raise ConfigError(f"train.val_crop_ratio must be in (0, 1], got {cfg.train.val_crop_ratio}")
     if cfg.train.batch_size < 1:
         raise ConfigError("train.batch_size must be at least 1")
     if cfg.train.freeze_epochs < 0:

@@ -60,7 +60,8 @@ def evaluate_checkpoint(checkpoint: dict, beton: str, device: torch.device, res:
     res = res or cfg.train.val_res
     flip_tta = cfg.train.flip_tta if flip_tta is None else flip_tta
     amp_dtype, _ = resolve_precision(cfg.train.precision, device)
-    loader = create_val_loader(beton, batch_size, res, device, default_workers(workers))
+    loader = create_val_loader(beton, batch_size, res, device, default_workers(workers),
+                               crop_ratio=cfg.train.val_crop_ratio)
     result = evaluate(model, loader, len(classes), device, amp_dtype, flip_tta)
     result.update({"res": res, "flip_tta": flip_tta, "arch": cfg.model.arch, "beton": str(beton)})
     return result

@@ -122,9 +122,9 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
     train_loader = create_train_loader(str(train_beton), cfg.train.batch_size, cfg.train.min_res, device, workers,
                                        seed=cfg.train.seed, distributed=runtime.distributed,
                                        in_memory=cfg.data.in_memory, deterministic=cfg.train.deterministic,
-                                       min_scale=cfg.train.min_scale)
+                                       min_scale=cfg.train.min_scale, crop=cfg.train.crop)
     val_loader = create_val_loader(str(val_beton), cfg.train.val_batch_size, cfg.train.val_res, device, workers,
-                                   distributed=runtime.distributed)
+                                   distributed=runtime.distributed, crop_ratio=cfg.train.val_crop_ratio)
     if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one
         write_json(run_dir / "env.json", environment(runtime))
     steps_per_epoch = len(train_loader)
@@ -290,7 +290,7 @@ def _auto_lr(cfg: RunConfig, runtime: Runtime, model, train_beton: Path, amp_dty
     if runtime.is_main:
         batch = cfg.lr_find.batch_size or cfg.train.batch_size
         loader = create_train_loader(str(train_beton), batch, cfg.train.min_res, runtime.device, workers,
-                                     seed=cfg.train.seed + 1)
+                                     seed=cfg.train.seed + 1, min_scale=cfg.train.min_scale, crop=cfg.train.crop)
         result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
         lr[0] = result["lr"]
     if runtime.distributed:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
+                                   ResizedCropRGBImageDecoder)
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
@@ -19,6 +21,30 @@ import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's r
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CENTER_CROP_RATIO = 224 / 256  # the standard ImageNet evaluation crop
+
+
+def random_square_crop(height: int, width: int, _scale, ratio: float) -> tuple[int, int, int, int]:
+    """A square of side ``ratio`` x the shorter side at a uniformly random position: (top, left, h, w).
+
+    FFCV compiles it with numba inside the decoder, so ``np.random`` here is numba's per-thread generator,
+    the one FFCV's own random crops draw from."""
+    side = int(ratio * min(height, width))
+    top = np.random.randint(0, height - side + 1)
+    left = np.random.randint(0, width - side + 1)
+    return top, left, side, side
+
+
+class RandomSquareCropRGBImageDecoder(ResizedCropRGBImageDecoder):
+    """fastai's ``Resize(size)`` on training images: the whole shorter side, randomly placed, no zoom."""
+
+    def __init__(self, output_size: tuple[int, int], ratio: float = 1.0):
+        super().__init__(output_size)
+        self.scale = None
+        self.ratio = ratio
+
+    @property
+    def get_crop_generator(self):
+        return random_square_crop
 
 
 def default_workers(workers: int) -> int:
@@ -36,8 +62,9 @@ def _label_pipeline(device: torch.device) -> list:
 
 def create_train_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
                         seed: int = 0, distributed: bool = False, in_memory: bool = True,
-                        drop_last: bool = True, deterministic: bool = False, min_scale: float = 0.08) -> Loader:
-    """Random-resized-crop (area scale ``min_scale``-1, ratio 3/4-4/3) + flip, decoded by FFCV's JIT pipeline.
+                        drop_last: bool = True, deterministic: bool = False, min_scale: float = 0.08,
+                        crop: str = "random_resized") -> Loader:
+    """Random crops (``crop``: see TrainConfig.crop) + flip, decoded by FFCV's JIT pipeline.
 
     The resolution can be changed between epochs with ``set_resolution`` (progressive resizing).
     Under torchrun (``distributed=True``) each rank reads a disjoint shard of every epoch's order.
@@ -48,8 +75,13 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
         augment = [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO)]
         order = OrderOption.SEQUENTIAL
     else:
-        augment = [RandomResizedCropRGBImageDecoder((res, res), scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3)),
-                   RandomHorizontalFlip()]
+        if crop == "random_square":
+            decoder = RandomSquareCropRGBImageDecoder((res, res))
+        elif crop == "random_resized":
+            decoder = RandomResizedCropRGBImageDecoder((res, res), scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3))
+        else:
+            raise ValueError(f"crop {crop!r} is not one of random_resized, random_square")
+        augment = [decoder, RandomHorizontalFlip()]
         # QUASI_RANDOM saves memory when the beton is not in RAM, but FFCV does not support it distributed.
         order = OrderOption.RANDOM if (distributed or in_memory) else OrderOption.QUASI_RANDOM
     pipelines = {
@@ -61,10 +93,10 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
 
 
 def create_val_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
-                      distributed: bool = False) -> Loader:
-    """Center crop keeping 224/256 of the shorter side, resized to ``res``; sequential order."""
+                      distributed: bool = False, crop_ratio: float = CENTER_CROP_RATIO) -> Loader:
+    """Center crop keeping ``crop_ratio`` of the shorter side, resized to ``res``; sequential order."""
     pipelines = {
-        "image": [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO), ToTensor(),
+        "image": [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio), ToTensor(),
                   ToDevice(device, non_blocking=True), ToTorchImage()],
         "label": _label_pipeline(device),
     }
