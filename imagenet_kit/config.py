@@ -60,6 +60,10 @@ class OptimConfig:
     optimizer: str = "sgd"
     momentum: float = 0.9
     beta2: float = 0.99  # adamw/radam: decay of the squared-gradient average
+    # Lookahead around the optimizer (fastai's Ranger = RAdam + lookahead_k 6, alpha 0.5): every k steps the
+    # slow weights move alpha of the way to the fast ones and the fast ones restart there. 0 = off.
+    lookahead_k: int = 0
+    lookahead_alpha: float = 0.5
     weight_decay: float = 5e-5  # never applied to BatchNorm weights or biases
     label_smoothing: float = 0.1
     schedule: str = "onecycle"  # onecycle | linear | step | flat_cos
@@ -256,6 +260,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     if cfg.train.min_res > cfg.train.max_res:
         raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
+    if cfg.optim.lookahead_k < 0:
+        raise ConfigError(f"optim.lookahead_k must be 0 (off) or a step count, got {cfg.optim.lookahead_k}")
+    if not 0 < cfg.optim.lookahead_alpha <= 1:
+        raise ConfigError(f"optim.lookahead_alpha must be in (0, 1], got {cfg.optim.lookahead_alpha}")
     if not 0 < cfg.train.val_crop_ratio <= 1:
         raise ConfigError(f"train.val_crop_ratio must be in (0, 1], got {cfg.train.val_crop_ratio}")
     if cfg.train.batch_size < 1:

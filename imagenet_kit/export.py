@@ -34,9 +34,10 @@ PARITY_IMAGES = 8
 SAMPLE_VAL = Path(__file__).resolve().parent.parent / "sample_data" / "imagenette-sample" / "val"
 
 
-def preprocess_spec(res: int) -> dict:
-    """preprocess.json for evaluation at ``res``: the standard ImageNet resize-then-center-crop (224 of 256)."""
-    return {"resize": int(round(res / CENTER_CROP_RATIO)), "crop": res, "mean": list(IMAGENET_MEAN),
+def preprocess_spec(res: int, crop_ratio: float = CENTER_CROP_RATIO) -> dict:
+    """preprocess.json for evaluation at ``res``: resize the shorter side, then center-crop ``crop_ratio`` of it
+    (the run's train.val_crop_ratio, so predictions see what validation saw; ImageNet's standard is 224 of 256)."""
+    return {"resize": int(round(res / crop_ratio)), "crop": res, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "interpolation": "bilinear",
             "input": "RGB float NCHW /255 then normalized"}
 
@@ -119,7 +120,7 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
     model = model_from_config(cfg.model, len(classes))
     model.load_state_dict(state["model"])
     model.eval()
-    spec = preprocess_spec(res)
+    spec = preprocess_spec(res, cfg.train.val_crop_ratio)
     batch, batch_source = _parity_batch(spec, sample_images)
     with torch.inference_mode():
         expected = model(batch)

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from imagenet_kit.config import ACTIVATIONS, OPTIMIZERS, ModelConfig
+from imagenet_kit.lookahead import Lookahead
 from imagenet_kit.resnet_v2 import resnet50v2
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet50d")
@@ -109,19 +110,22 @@ def model_from_export_info(info: dict) -> nn.Module:
 
 
 def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
-                     beta2: float = 0.99) -> torch.optim.Optimizer:
-    """torch's SGD (heavy-ball momentum), AdamW or RAdam over ``groups`` (from ``param_groups``).
+                     beta2: float = 0.99, lookahead_k: int = 0, lookahead_alpha: float = 0.5) -> torch.optim.Optimizer:
+    """torch's SGD (heavy-ball momentum), AdamW or RAdam over ``groups`` (from ``param_groups``), inside a
+    ``Lookahead`` when ``lookahead_k`` > 0.
 
     For the Adams ``momentum`` is beta1, so OneCycleLR's momentum cycling moves it the same way it moves
     SGD's momentum, and the weight decay in the groups is decoupled (scaled by the LR, as torch does).
     """
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2))
-    if name == "radam":
-        return torch.optim.RAdam(groups, lr=lr, betas=(momentum, beta2), decoupled_weight_decay=True)
-    raise ValueError(f"unknown optimizer '{name}' (optim.optimizer); choose one of {', '.join(OPTIMIZERS)}")
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    elif name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2))
+    elif name == "radam":
+        optimizer = torch.optim.RAdam(groups, lr=lr, betas=(momentum, beta2), decoupled_weight_decay=True)
+    else:
+        raise ValueError(f"unknown optimizer '{name}' (optim.optimizer); choose one of {', '.join(OPTIMIZERS)}")
+    return Lookahead(optimizer, lookahead_k, lookahead_alpha) if lookahead_k else optimizer
 
 
 def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict]:

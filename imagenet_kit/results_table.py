@@ -82,8 +82,12 @@ def _demo_row(r: dict) -> tuple[str, str, str]:
 def _accuracy_row(r: dict) -> tuple[str, str, str]:
     res = "→".join(str(x) for x in r["train_res"])
     arch = r["arch"] + (f" ({r['activation']})" if r.get("activation", "relu") != "relu" else "")
-    what = (f"val top-1 / top-5 after {r['epochs']} epochs: {arch} on {r['data']}, {res} px train, "
-            f"{r['val_res']} px eval{' + flip TTA' if r['flip_tta'] else ''}, batch {r['batch']}, "
+    # rows from before train.crop and train.val_crop_ratio existed used these defaults
+    crops = ", random-square crops" if r.get("crop", "random_resized") == "random_square" else ""
+    ratio = r.get("val_crop_ratio", 0.875)
+    eval_crop = "" if ratio == 0.875 else f" ({ratio:g} of the shorter side)"
+    what = (f"val top-1 / top-5 after {r['epochs']} epochs: {arch} on {r['data']}, {res} px train{crops}, "
+            f"{r['val_res']} px eval{eval_crop}{' + flip TTA' if r['flip_tta'] else ''}, batch {r['batch']}, "
             # rows from before AdamW were SGD with the LR given per 256 images
             f"{r.get('optimizer', 'sgd')} {r['schedule']} LR {r['lr']} per {r.get('lr_batch', 256)} images")
     value = (f"{100 * r['top1']:.2f}% / {100 * r['top5']:.2f}% (best {100 * r['best_top1']:.2f}% at epoch "

@@ -133,7 +133,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
                          "lower train.batch_size")
 
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
-    optimizer = create_optimizer(groups, cfg.optim.optimizer, max_lr, cfg.optim.momentum, cfg.optim.beta2)
+    optimizer = create_optimizer(groups, cfg.optim.optimizer, max_lr, cfg.optim.momentum, cfg.optim.beta2,
+                                 cfg.optim.lookahead_k, cfg.optim.lookahead_alpha)
     schedule_args = dict(pct_start=cfg.optim.pct_start, div_factor=cfg.optim.div_factor,
                          final_div_factor=cfg.optim.final_div_factor, base_momentum=cfg.optim.base_momentum,
                          max_momentum=cfg.optim.max_momentum, peak_epoch=cfg.optim.peak_epoch,
@@ -303,6 +304,7 @@ def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype) -> dict:
     f = cfg.lr_find
     result = lr_range_test(model, loader, device, amp_dtype=amp_dtype, label_smoothing=cfg.optim.label_smoothing,
                            optimizer_name=cfg.optim.optimizer, momentum=cfg.optim.momentum, beta2=cfg.optim.beta2,
+                           lookahead_k=cfg.optim.lookahead_k, lookahead_alpha=cfg.optim.lookahead_alpha,
                            weight_decay=cfg.optim.weight_decay, start_lr=f.start_lr,
                            end_lr=f.end_lr, num_iter=f.num_iter, smooth=f.smooth, diverge=f.diverge,
                            suggestion=f.suggestion, channels_last=cfg.model.channels_last)

@@ -10,6 +10,7 @@ from imagenet_kit.train import train
 
 
 def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
+    tiny_config.train.crop, tiny_config.train.val_crop_ratio = "random_square", 1.0  # trains with them too
     result = train(tiny_config, Runtime(torch.device("cpu")))
     results = tmp_path / "results"
     out = CliRunner().invoke(bench_run_command, [str(tiny_config.run_dir), "--results-dir", str(results)])
@@ -19,6 +20,7 @@ def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
     assert len(record["per_epoch_top1"]) == 2 and record["train_res"] == [32]
     assert (record["optimizer"], record["schedule"], record["activation"]) == ("sgd", tiny_config.optim.schedule,
                                                                               "relu")
+    assert (record["crop"], record["min_scale"], record["val_crop_ratio"]) == ("random_square", 0.08, 1.0)
     table = results_markdown(load_rows(results))
     assert f"{100 * result['top1']:.2f}%" in table and "resnet18 on tiny" in table
     optim = tiny_config.optim

@@ -158,6 +158,17 @@ def test_mish_model_exports_and_reloads_with_its_activation(tmp_path):
     assert [p for _, p in predictor.predict(image, k=3)] == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
+def test_preprocess_crops_the_share_of_the_shorter_side_that_validation_used(tmp_path):
+    run = make_fake_run(tmp_path)
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    state["config"]["train"]["val_crop_ratio"] = 1.0  # a random_square run validates on the whole shorter side
+    torch.save(state, run / "checkpoints" / "best.pt")
+    export_model(run / "checkpoints" / "best.pt", tmp_path / "out", formats=("safetensors",))
+    spec = json.loads((tmp_path / "out" / "preprocess.json").read_text())
+    assert (spec["resize"], spec["crop"]) == (64, 64)
+    assert load_exported(tmp_path / "out").spec == spec
+
+
 def test_parity_failure_raises_and_leaves_no_model_json(exported, tmp_path, monkeypatch):
     run, _, _ = exported
     monkeypatch.setitem(TOLERANCES, "torchscript", -1)

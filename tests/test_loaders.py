@@ -1,6 +1,9 @@
+import numpy as np
+import pytest
 import torch
 
-from imagenet_kit.data.loaders import create_train_loader, create_val_loader, normalize, set_resolution
+from imagenet_kit.data.loaders import (create_train_loader, create_val_loader, normalize, random_square_crop,
+                                       set_resolution)
 
 CPU = torch.device("cpu")
 
@@ -41,3 +44,61 @@ def test_val_loader_keeps_every_image_and_normalize_is_imagenet_stats(tiny_data)
     x = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture(scope="module")
+def gradient_beton(tmp_path_factory) -> str:
+    """Eight copies of a 64x32 (wide) picture whose red channel is the column and green the row, as raw pixels."""
+    from PIL import Image
+
+    from imagenet_kit.data.convert import convert, scan_imagefolder
+
+    base = tmp_path_factory.mktemp("gradient")
+    cols, rows = np.meshgrid(np.arange(64), np.arange(32))
+    pixels = np.stack([cols * 4, rows * 8, np.zeros_like(cols)], axis=-1).astype(np.uint8)
+    (base / "images" / "n0").mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(pixels).save(base / "images" / "n0" / f"{i}.png")
+    beton = base / "gradient.beton"
+    convert(scan_imagefolder(base / "images"), beton, max_res=64, compress_prob=0.0, workers=1)
+    return str(beton)
+
+
+def test_random_square_crop_spans_the_shorter_side_at_random_positions():
+    tops_lefts = {random_square_crop(60, 100, None, 1.0)[:2] for _ in range(400)}
+    assert {top for top, _ in tops_lefts} == {0}  # the full height, every time
+    assert {left for _, left in tops_lefts} == set(range(41))  # every placement of a 60-wide square in 100
+    assert random_square_crop(60, 100, None, 1.0)[2:] == (60, 60)
+    assert random_square_crop(100, 60, None, 0.5)[2:] == (30, 30)
+
+
+def test_random_square_training_crops_never_zoom(gradient_beton):
+    loader = create_train_loader(gradient_beton, 8, 32, CPU, 1, crop="random_square")
+    lefts = []
+    for _ in range(8):  # 64 draws of 33 placements: both ends turn up bar a 1e-4 chance
+        for images, _ in loader:
+            green, red = images[:, 1].float(), images[:, 0].float()
+            # every crop holds the whole height (rows 0..31: green 0..248) at its native scale 1:1 ...
+            assert torch.allclose(green[:, 0].mean(1), torch.zeros(8), atol=8)
+            assert torch.allclose(green[:, -1].mean(1), torch.full((8,), 248.0), atol=8)
+            # ... and 32 of the 64 columns (red spans 31 x 4 = 124 across the crop, flipped or not)
+            assert torch.allclose((red[:, :, -1] - red[:, :, 0]).abs().mean(1), torch.full((8,), 124.0), atol=8)
+            lefts += red.amin(dim=(1, 2)).tolist()
+    assert min(lefts) < 20 and max(lefts) > 110  # the square moves across the picture
+
+
+def test_val_crop_ratio_sets_the_share_of_the_shorter_side(gradient_beton):
+    def rows_and_columns(ratio):
+        images, _ = next(iter(create_val_loader(gradient_beton, 8, 16, CPU, 1, crop_ratio=ratio)))
+        green, red = images[0, 1].float(), images[0, 0].float()
+        return green[:, 0].max() - green[:, 0].min(), red[0].max() - red[0].min()
+
+    full_rows, full_cols = rows_and_columns(1.0)
+    half_rows, half_cols = rows_and_columns(0.5)
+    assert full_rows > 220 and full_cols > 110  # all 32 rows, the middle 32 of 64 columns
+    assert 100 < half_rows < 140 and 50 < half_cols < 70  # the middle 16 rows and columns
+
+
+def test_unknown_train_crop_is_refused(tiny_data):
+    with pytest.raises(ValueError, match="random_square"):
+        create_train_loader(_train_beton(tiny_data), 8, 32, CPU, 1, crop="center")
