@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import resource
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.data.convert import (DEFAULT_COMPRESS_PROB, DEFAULT_JPEG_QUALITY, Source, convert, scan_imagefolder,
                                        scan_labelled_flat)
 from imagenet_kit.progress import console
-from imagenet_kit.runtime import cpu_model, environment
+from imagenet_kit.runtime import command_line, cpu_model, environment
 
 PSEUDO_CLASS = "images"  # a flat folder's one class: labels play no part in throughput
 
@@ -127,7 +126,7 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
 
     common = {"kind": "data", "date": utc_now(),
               "host": socket.gethostname(), "cpu": cpu_model(), "versions": environment(),
-              "command": " ".join(sys.argv), "src": str(src.resolve()), "n_images": len(items), "res": res,
+              "command": command_line(), "src": str(src.resolve()), "n_images": len(items), "res": res,
               "workers": workers, "batch_size": batch_size, "epochs": epochs}
     rates = {m: images / wall for m, (images, wall, _) in measured.items()}
     lines = [{**common, "max_res": m, "loader": "pil-torchvision" if m is None else "ffcv",

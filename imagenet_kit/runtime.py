@@ -86,6 +86,15 @@ def device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """How this process was started, as a user would retype it: `imagenet-kit run ...`, or
+    `python -m imagenet_kit run ...` (torchrun's form), whose argv[0] is the package's __main__.py."""
+    argv = sys.argv if argv is None else argv
+    program = Path(argv[0])
+    name = "python -m imagenet_kit" if program.name == "__main__.py" else program.name
+    return " ".join([name, *argv[1:]])
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -129,7 +138,7 @@ def environment(runtime: Runtime | None = None) -> dict:
         "host": socket.gethostname(),
         "world_size": runtime.world_size if runtime else 1,
         "git": git_revision(),
-        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "command": command_line(),
     }
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from imagenet_kit.checkpoint import find_resume_checkpoint, load_checkpoint
-from imagenet_kit.runtime import Runtime
+from imagenet_kit.runtime import Runtime, command_line
 from imagenet_kit.schedule import resolution_for_epoch
 from imagenet_kit.train import DivergenceError, scaled_lr, train
 
@@ -36,6 +36,14 @@ def test_short_run_writes_the_run_folder(tiny_config):
     assert (last["epoch"], last["step"], last["global_step"]) == (2, 0, 8)
     assert {"optimizer", "scheduler", "scaler", "rng", "config", "classes"} <= set(last)
     assert [c["wnid"] for c in last["classes"]][:1] == ["n01440764"]
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["/work/.venv/bin/imagenet-kit", "run", "--recipe", "mini"], "imagenet-kit run --recipe mini"),
+    (["/work/imagenet_kit/__main__.py", "train", "--epochs", "2"], "python -m imagenet_kit train --epochs 2"),
+])
+def test_env_command_is_what_a_user_would_retype(argv, command):
+    assert command_line(argv) == command
 
 
 def test_resume_auto_continues_from_last_checkpoint(tiny_config):
