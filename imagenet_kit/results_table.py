@@ -85,7 +85,7 @@ def _accuracy_row(r: dict) -> tuple[str, str, str]:
     # rows from before train.crop and train.val_crop_ratio existed used these defaults
     crops = ", random-square crops" if r.get("crop", "random_resized") == "random_square" else ""
     ratio = r.get("val_crop_ratio", 0.875)
-    eval_crop = "" if ratio == 0.875 else f" ({ratio:g} of the shorter side)"
+    eval_crop = {0.875: "", 1.0: " (whole shorter side)"}.get(ratio, f" ({ratio:g} of the shorter side)")
     what = (f"val top-1 / top-5 after {r['epochs']} epochs: {arch} on {r['data']}, {res} px train{crops}, "
             f"{r['val_res']} px eval{eval_crop}{' + flip TTA' if r['flip_tta'] else ''}, batch {r['batch']}, "
             # rows from before AdamW were SGD with the LR given per 256 images

@@ -71,10 +71,12 @@ def test_accuracy_rows_name_a_non_relu_activation_and_the_commit(tmp_path, extra
     assert command == "`imagenet-kit run --recipe imagenette`" + at
 
 
-def test_accuracy_rows_name_random_square_crops_and_a_non_standard_eval_crop(tmp_path):
-    _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, "crop": "random_square", "val_crop_ratio": 1.0, "val_res": 128}])
+@pytest.mark.parametrize("ratio, shown", [(1.0, " (whole shorter side)"), (0.8, " (0.8 of the shorter side)"),
+                                           (0.875, "")])
+def test_accuracy_rows_name_random_square_crops_and_a_non_standard_eval_crop(tmp_path, ratio, shown):
+    _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, "crop": "random_square", "val_crop_ratio": ratio, "val_res": 128}])
     (what, *_), = _table_rows(results_markdown(load_rows(tmp_path)))
-    assert ("128 px train, random-square crops, 128 px eval (1 of the shorter side) + flip TTA, batch 64" in what)
+    assert f"128 px train, random-square crops, 128 px eval{shown} + flip TTA, batch 64" in what
 
 
 def test_gpu_pending_only_without_a_gpu_row(tmp_path):
