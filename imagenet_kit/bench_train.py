@@ -29,7 +29,7 @@ from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.config import RECIPES_DIR, OptimConfig
 from imagenet_kit.data.convert import convert, scan_imagefolder
 from imagenet_kit.data.loaders import beton_num_samples, create_train_loader, default_workers
-from imagenet_kit.model import ARCHS, create_model, create_optimizer, param_groups
+from imagenet_kit.model import ARCHS, create_model, create_optimizer, optimizer_settings, param_groups
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import device_name, environment, resolve_precision
 from imagenet_kit.schedule import create_scheduler
@@ -72,7 +72,7 @@ def _kit_step(arch: str, batch: int, total_steps: int, device: torch.device, pre
     model = create_model(arch, NUM_CLASSES).to(device=device, memory_format=memory_format)
     optim = OptimConfig()
     max_lr = scaled_lr(optim.lr, optim.lr_batch, batch)
-    optimizer = create_optimizer(param_groups(model, optim.weight_decay), optim.optimizer, max_lr, optim.momentum)
+    optimizer = create_optimizer(param_groups(model, optim.weight_decay), lr=max_lr, **optimizer_settings(optim))
     # One "epoch" of exactly the steps run: OneCycleLR refuses to step past its total.
     scheduler = create_scheduler(optimizer, optim.schedule, max_lr, 1, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)

@@ -60,6 +60,7 @@ class OptimConfig:
     optimizer: str = "sgd"
     momentum: float = 0.9
     beta2: float = 0.99  # adamw/radam: decay of the squared-gradient average
+    eps: float = 1e-8  # adamw/radam: added to the gradient RMS (torch's default; fastai's Ranger uses 1e-5 to 1e-6)
     # Lookahead around the optimizer (fastai's Ranger = RAdam + lookahead_k 6, alpha 0.5): every k steps the
     # slow weights move alpha of the way to the fast ones and the fast ones restart there. 0 = off.
     lookahead_k: int = 0

@@ -61,19 +61,18 @@ def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
 
 
 def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-                  label_smoothing: float = 0.0, optimizer_name: str = "sgd", momentum: float = 0.9,
-                  beta2: float = 0.99, weight_decay: float = 0.0, lookahead_k: int = 0, lookahead_alpha: float = 0.5,
+                  label_smoothing: float = 0.0, optimizer: dict | None = None, weight_decay: float = 0.0,
                   start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100, smooth: float = 0.98,
                   diverge: float = 4.0, suggestion: str = "valley", channels_last: bool = True) -> dict:
     """Run the test on ``batches`` (an iterable of (uint8 images, labels), re-iterated if short).
 
+    ``optimizer``: ``create_optimizer``'s keyword arguments but the LR (default: SGD, momentum 0.9).
     Returns lrs, smoothed losses, the three suggestions, the chosen one's name and its LR.
     """
     if num_iter < 2:
         raise ValueError("lr_find.num_iter must be at least 2")
     saved = copy.deepcopy(model.state_dict())  # includes BatchNorm running stats
-    optimizer = create_optimizer(param_groups(model, weight_decay), optimizer_name, start_lr, momentum, beta2,
-                                 lookahead_k, lookahead_alpha)
+    optimizer = create_optimizer(param_groups(model, weight_decay), lr=start_lr, **(optimizer or {}))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))
     lrs, losses = [], []

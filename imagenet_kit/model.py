@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from imagenet_kit.config import ACTIVATIONS, OPTIMIZERS, ModelConfig
+from imagenet_kit.config import ACTIVATIONS, OPTIMIZERS, ModelConfig, OptimConfig
 from imagenet_kit.lookahead import Lookahead
 from imagenet_kit.resnet_v2 import resnet50v2
 
@@ -110,7 +110,8 @@ def model_from_export_info(info: dict) -> nn.Module:
 
 
 def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
-                     beta2: float = 0.99, lookahead_k: int = 0, lookahead_alpha: float = 0.5) -> torch.optim.Optimizer:
+                     beta2: float = 0.99, eps: float = 1e-8, lookahead_k: int = 0,
+                     lookahead_alpha: float = 0.5) -> torch.optim.Optimizer:
     """torch's SGD (heavy-ball momentum), AdamW or RAdam over ``groups`` (from ``param_groups``), inside a
     ``Lookahead`` when ``lookahead_k`` > 0.
 
@@ -120,12 +121,18 @@ def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, mom
     if name == "sgd":
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
     elif name == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2))
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2), eps=eps)
     elif name == "radam":
-        optimizer = torch.optim.RAdam(groups, lr=lr, betas=(momentum, beta2), decoupled_weight_decay=True)
+        optimizer = torch.optim.RAdam(groups, lr=lr, betas=(momentum, beta2), eps=eps, decoupled_weight_decay=True)
     else:
         raise ValueError(f"unknown optimizer '{name}' (optim.optimizer); choose one of {', '.join(OPTIMIZERS)}")
     return Lookahead(optimizer, lookahead_k, lookahead_alpha) if lookahead_k else optimizer
+
+
+def optimizer_settings(optim: OptimConfig) -> dict:
+    """``create_optimizer``'s keyword arguments from the config, but the LR (the schedule's business)."""
+    return {"name": optim.optimizer, "momentum": optim.momentum, "beta2": optim.beta2, "eps": optim.eps,
+            "lookahead_k": optim.lookahead_k, "lookahead_alpha": optim.lookahead_alpha}
 
 
 def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict]:

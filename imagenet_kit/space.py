@@ -302,8 +302,12 @@ def _recipe(run_dir: Path, cfg: dict | None, env: dict | None) -> str:
     batch = f"batch {train['batch_size']}" + (f"×{world} processes" if world > 1 else "")
     res = (f"progressive resizing {train['min_res']}→{train['max_res']} px" if train["min_res"] != train["max_res"]
            else f"{train['max_res']} px")
-    optimizer = (f"AdamW (betas {optim['momentum']}, {optim['beta2']}" if optim.get("optimizer") == "adamw"
-                 else f"SGD (momentum {optim['momentum']}")
+    name = optim.get("optimizer", "sgd")  # run folders from before the key existed trained with SGD
+    optimizer = (f"SGD (momentum {optim['momentum']}" if name == "sgd" else
+                 f"{ {'adamw': 'AdamW', 'radam': 'RAdam'}[name]} (betas {optim['momentum']}, {optim['beta2']}, "
+                 f"eps {optim.get('eps', 1e-8):g}")
+    if optim.get("lookahead_k"):
+        optimizer = f"Lookahead (k {optim['lookahead_k']}, alpha {optim['lookahead_alpha']}) over {optimizer}"
     text = (f"{train['epochs']} epochs, {batch}, {optimizer}, weight decay "
             f"{optim['weight_decay']:g}, label smoothing {optim['label_smoothing']}), {optim['schedule']} schedule, "
             f"{lr}, {res}, precision {train['precision']}, FFCV data loading.")

@@ -25,7 +25,7 @@ from imagenet_kit.data.loaders import (create_train_loader, create_val_loader, d
 from imagenet_kit.evaluate import evaluate
 from imagenet_kit.init_weights import freeze_backbone, init_model
 from imagenet_kit.lr_find import lr_range_test
-from imagenet_kit.model import create_optimizer, model_from_config, param_groups
+from imagenet_kit.model import create_optimizer, model_from_config, optimizer_settings, param_groups
 from imagenet_kit.progress import console, progress_bar
 from imagenet_kit.runtime import Runtime, autocast, environment, resolve_precision, write_json
 from imagenet_kit.schedule import create_scheduler, resolution_for_epoch, schedule_trace
@@ -133,8 +133,7 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
                          "lower train.batch_size")
 
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
-    optimizer = create_optimizer(groups, cfg.optim.optimizer, max_lr, cfg.optim.momentum, cfg.optim.beta2,
-                                 cfg.optim.lookahead_k, cfg.optim.lookahead_alpha)
+    optimizer = create_optimizer(groups, lr=max_lr, **optimizer_settings(cfg.optim))
     schedule_args = dict(pct_start=cfg.optim.pct_start, div_factor=cfg.optim.div_factor,
                          final_div_factor=cfg.optim.final_div_factor, base_momentum=cfg.optim.base_momentum,
                          max_momentum=cfg.optim.max_momentum, peak_epoch=cfg.optim.peak_epoch,
@@ -303,8 +302,7 @@ def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype) -> dict:
     """The range test with the recipe's settings; writes lr_find.json and lr_find.png in the run folder."""
     f = cfg.lr_find
     result = lr_range_test(model, loader, device, amp_dtype=amp_dtype, label_smoothing=cfg.optim.label_smoothing,
-                           optimizer_name=cfg.optim.optimizer, momentum=cfg.optim.momentum, beta2=cfg.optim.beta2,
-                           lookahead_k=cfg.optim.lookahead_k, lookahead_alpha=cfg.optim.lookahead_alpha,
+                           optimizer=optimizer_settings(cfg.optim),
                            weight_decay=cfg.optim.weight_decay, start_lr=f.start_lr,
                            end_lr=f.end_lr, num_iter=f.num_iter, smooth=f.smooth, diverge=f.diverge,
                            suggestion=f.suggestion, channels_last=cfg.model.channels_last)

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from imagenet_kit.model import BlurPoolConv2d, create_model, create_optimizer, param_groups
+from imagenet_kit.config import load_config
+from imagenet_kit.lookahead import Lookahead
+from imagenet_kit.model import BlurPoolConv2d, create_model, create_optimizer, optimizer_settings, param_groups
 
 
 @pytest.mark.parametrize("arch, params_m", [("resnet18", 11.69), ("resnet50", 25.56), ("resnet50d", 25.58)])
@@ -113,3 +115,18 @@ def test_mish_replaces_every_relu(arch):
 def test_unknown_optimizer_names_the_key():
     with pytest.raises(ValueError, match=r"optim.optimizer.*sgd, adamw, radam"):
         create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], "lamb")
+
+
+def test_optimizer_settings_reach_the_optimizer():
+    cfg = load_config("sample", ["optim.optimizer=radam", "optim.momentum=0.95", "optim.beta2=0.99", "optim.eps=1e-6",
+                                 "optim.lookahead_k=6", "optim.lookahead_alpha=0.5"])
+    optimizer = create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.008,
+                                 **optimizer_settings(cfg.optim))
+    assert isinstance(optimizer, Lookahead) and (optimizer.k, optimizer.alpha) == (6, 0.5)
+    assert isinstance(optimizer.inner, torch.optim.RAdam)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["decoupled_weight_decay"]) == (0.008, (0.95, 0.99), 1e-6,
+                                                                                            True)
+    plain = create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}],
+                             **optimizer_settings(load_config("sample", ["optim.optimizer=adamw"]).optim))
+    assert type(plain) is torch.optim.AdamW and plain.param_groups[0]["eps"] == 1e-8

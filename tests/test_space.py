@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from imagenet_kit import space
 from imagenet_kit.cli import cli
-from imagenet_kit.config import config_from_dict, dump_config
+from imagenet_kit.config import config_from_dict, dump_config, load_config
 from imagenet_kit.export import export_model
 from imagenet_kit.images import load_rgb
 from imagenet_kit.predict import load_exported
@@ -290,3 +290,14 @@ def test_space_runs_alone_in_a_fresh_venv(folder, tmp_path):
         _assert_nothing_from_training(deploy)
     finally:
         shutil.rmtree(venv, ignore_errors=True)  # about 6 GB
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ([], "SGD (momentum 0.9, weight decay 5e-05"),
+    (["optim.optimizer=adamw", "optim.eps=1e-6"], "AdamW (betas 0.9, 0.99, eps 1e-06, weight decay 5e-05"),
+    (["optim.optimizer=radam", "optim.momentum=0.95", "optim.lookahead_k=6"],
+     "Lookahead (k 6, alpha 0.5) over RAdam (betas 0.95, 0.99, eps 1e-08, weight decay 5e-05"),
+])
+def test_model_card_names_the_optimizer_the_run_used(tmp_path, overrides, words):
+    cfg = load_config("sample", overrides).to_dict()
+    assert words in space._recipe(tmp_path, cfg, None)
