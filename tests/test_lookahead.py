@@ -60,7 +60,8 @@ def test_resume_from_state_dict_continues_exactly():
 
     def fresh():
         param = torch.nn.Parameter(torch.ones(4))
-        return param, create_optimizer([{"params": [param], "weight_decay": 0.01}], "radam", 0.01, 0.95, 0.99, 4, 0.5)
+        return param, create_optimizer([{"params": [param], "weight_decay": 0.01}], "radam", lr=0.01, momentum=0.95,
+                                       lookahead_k=4, lookahead_alpha=0.5)
 
     def run(param, optimizer, steps):
         for g in steps:
