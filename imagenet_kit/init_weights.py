@@ -82,7 +82,7 @@ def _load_source(cfg: ModelConfig) -> tuple[dict, list[dict]]:
 
 
 def _describe(arch: str, blurpool: bool, activation: str) -> str:
-    extras = [name for name, used in (("blurpool", blurpool), ("mish", activation == "mish")) if used]
+    extras = [name for name, used in (("blurpool", blurpool), (activation, activation != "relu")) if used]
     return f"{arch} with {' and '.join(extras)}" if extras else arch
 
 

@@ -64,14 +64,17 @@ def _to_resnet_d(model: torchvision.models.ResNet) -> None:
         stage[0].downsample = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False), conv, bn)
 
 
-def _use_mish(module: nn.Module) -> None:
+ACTIVATION_MODULES = {"mish": nn.Mish, "silu": nn.SiLU}
+
+
+def _swap_relu(module: nn.Module, activation: type[nn.Module]) -> None:
     # Every ReLU is a module attribute in these ResNets (torchvision's blocks reuse one per block), so
-    # swapping the modules swaps every activation; torch's Mish is a drop-in, stateless like ReLU.
+    # swapping the modules swaps every activation; torch's Mish and SiLU are drop-ins, stateless like ReLU.
     for name, child in module.named_children():
         if isinstance(child, nn.ReLU):
-            setattr(module, name, nn.Mish(inplace=child.inplace))
+            setattr(module, name, activation(inplace=child.inplace))
         else:
-            _use_mish(child)
+            _swap_relu(child, activation)
 
 
 def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
@@ -93,8 +96,8 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
                                                   zero_init_residual=zero_init_residual)
     if blurpool:
         _apply_blurpool(model)
-    if activation == "mish":
-        _use_mish(model)
+    if activation != "relu":
+        _swap_relu(model, ACTIVATION_MODULES[activation])
     return model
 
 

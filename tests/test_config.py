@@ -33,7 +33,7 @@ def test_unknown_recipe_key_names_file_and_key(tmp_path):
     ("train.precision=fp8", "train.precision"),
     ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of sgd, adamw, radam"),
     ("optim.schedule=cosine", "optim.schedule: 'cosine' is not one of onecycle, linear, step, flat_cos"),
-    ("model.activation=gelu", "model.activation: 'gelu' is not one of relu, mish"),
+    ("model.activation=gelu", "model.activation: 'gelu' is not one of relu, mish, silu"),
     ("train.crop=center", "train.crop: 'center' is not one of random_resized, random_square"),
     ("train.val_crop_ratio=0", r"train.val_crop_ratio must be in \(0, 1\], got 0"),
     ("train.val_crop_ratio=1.2", r"train.val_crop_ratio must be in \(0, 1\], got 1.2"),

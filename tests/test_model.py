@@ -97,18 +97,20 @@ def test_radam_decays_decoupled_and_cycles_beta1():
     torch.testing.assert_close(conv.detach(), before * (1 - 8e-3 * 0.01))
 
 
+@pytest.mark.parametrize("activation, module", [("mish", torch.nn.Mish), ("silu", torch.nn.SiLU)])
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50d", "resnet50v2"])
-def test_mish_replaces_every_relu(arch):
+def test_activation_replaces_every_relu(arch, activation, module):
     torch.manual_seed(0)
     relu = create_model(arch, 10).eval()
-    mish = create_model(arch, 10, activation="mish").eval()
-    assert not any(isinstance(m, torch.nn.ReLU) for m in mish.modules())
-    assert any(isinstance(m, torch.nn.Mish) for m in mish.modules())
-    mish.load_state_dict(relu.state_dict())  # same parameters: only the nonlinearity differs
+    swapped = create_model(arch, 10, activation=activation).eval()
+    assert not any(isinstance(m, torch.nn.ReLU) for m in swapped.modules())
+    assert sum(isinstance(m, module) for m in swapped.modules()) == sum(isinstance(m, torch.nn.ReLU)
+                                                                        for m in relu.modules())
+    swapped.load_state_dict(relu.state_dict())  # same parameters: only the nonlinearity differs
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert not torch.allclose(relu(x), mish(x))
-    with pytest.raises(ValueError, match=r"model.activation.*relu, mish"):
+        assert not torch.allclose(relu(x), swapped(x))
+    with pytest.raises(ValueError, match=r"model.activation.*relu, mish, silu"):
         create_model(arch, 10, activation="gelu")
 
 
