@@ -86,10 +86,11 @@ def _accuracy_row(r: dict) -> tuple[str, str, str]:
     crops = ", random-square crops" if r.get("crop", "random_resized") == "random_square" else ""
     ratio = r.get("val_crop_ratio", 0.875)
     eval_crop = {0.875: "", 1.0: " (whole shorter side)"}.get(ratio, f" ({ratio:g} of the shorter side)")
+    lookahead = f" + lookahead k={r['lookahead_k']}" if r.get("lookahead_k") else ""
     what = (f"val top-1 / top-5 after {r['epochs']} epochs: {arch} on {r['data']}, {res} px train{crops}, "
             f"{r['val_res']} px eval{eval_crop}{' + flip TTA' if r['flip_tta'] else ''}, batch {r['batch']}, "
             # rows from before AdamW were SGD with the LR given per 256 images
-            f"{r.get('optimizer', 'sgd')} {r['schedule']} LR {r['lr']} per {r.get('lr_batch', 256)} images")
+            f"{r.get('optimizer', 'sgd')}{lookahead} {r['schedule']} LR {r['lr']} per {r.get('lr_batch', 256)} images")
     value = (f"{100 * r['top1']:.2f}% / {100 * r['top5']:.2f}% (best {100 * r['best_top1']:.2f}% at epoch "
              f"{r['best_epoch']}); {r['train_minutes']:.0f} min of training")
     hardware = r["device"] + (f" ×{r['world_size']}" if r["world_size"] > 1 else "")

@@ -21,6 +21,7 @@ def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
     assert (record["optimizer"], record["schedule"], record["activation"]) == ("sgd", tiny_config.optim.schedule,
                                                                               "relu")
     assert (record["crop"], record["min_scale"], record["val_crop_ratio"]) == ("random_square", 0.08, 1.0)
+    assert record["lookahead_k"] == 0
     table = results_markdown(load_rows(results))
     assert f"{100 * result['top1']:.2f}%" in table and "resnet18 on tiny" in table
     optim = tiny_config.optim

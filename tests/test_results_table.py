@@ -74,9 +74,11 @@ def test_accuracy_rows_name_a_non_relu_activation_and_the_commit(tmp_path, extra
 @pytest.mark.parametrize("ratio, shown", [(1.0, " (whole shorter side)"), (0.8, " (0.8 of the shorter side)"),
                                            (0.875, "")])
 def test_accuracy_rows_name_random_square_crops_and_a_non_standard_eval_crop(tmp_path, ratio, shown):
-    _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, "crop": "random_square", "val_crop_ratio": ratio, "val_res": 128}])
+    _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, "crop": "random_square", "val_crop_ratio": ratio, "val_res": 128,
+                                         "lookahead_k": 6}])
     (what, *_), = _table_rows(results_markdown(load_rows(tmp_path)))
     assert f"128 px train, random-square crops, 128 px eval{shown} + flip TTA, batch 64" in what
+    assert what.endswith("radam + lookahead k=6 flat_cos LR 0.008 per 64 images")
 
 
 def test_gpu_pending_only_without_a_gpu_row(tmp_path):
