@@ -179,10 +179,10 @@ def lr_find_command(**flags):
     """LR range test on the recipe's training data; writes lr_find.json and lr_find.png in the run folder."""
     import torch
 
-    from imagenet_kit.data.loaders import create_train_loader, default_workers
+    from imagenet_kit.data.loaders import default_workers
     from imagenet_kit.model import model_from_config
     from imagenet_kit.runtime import resolve_precision
-    from imagenet_kit.train import beton_paths, run_lr_find
+    from imagenet_kit.train import beton_paths, lr_find_loader, run_lr_find
 
     cfg = build_config(**flags)
     runtime = _runtime()
@@ -192,9 +192,7 @@ def lr_find_command(**flags):
     model = model_from_config(cfg.model, len(classes))
     model = model.to(runtime.device, memory_format=torch.channels_last)
     amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
-    loader = create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size,
-                                 cfg.train.min_res, runtime.device, default_workers(cfg.data.workers),
-                                 min_scale=cfg.train.min_scale, crop=cfg.train.crop)
+    loader = lr_find_loader(cfg, train_beton, runtime.device, default_workers(cfg.data.workers))
     result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
     click.echo(f"suggested LR ({result['chosen']}): {result['lr']:.4g} -> {cfg.run_dir / 'lr_find.png'}")
 

@@ -288,14 +288,18 @@ def _auto_lr(cfg: RunConfig, runtime: Runtime, model, train_beton: Path, amp_dty
     """Rank 0 runs the LR range test at the training batch size; every rank gets its choice."""
     lr = torch.zeros(1, dtype=torch.float64, device=runtime.device)
     if runtime.is_main:
-        batch = cfg.lr_find.batch_size or cfg.train.batch_size
-        loader = create_train_loader(str(train_beton), batch, cfg.train.min_res, runtime.device, workers,
-                                     seed=cfg.train.seed + 1, min_scale=cfg.train.min_scale, crop=cfg.train.crop)
+        loader = lr_find_loader(cfg, train_beton, runtime.device, workers, seed=cfg.train.seed + 1)
         result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
         lr[0] = result["lr"]
     if runtime.distributed:
         dist.broadcast(lr, src=0)
     return float(lr[0])
+
+
+def lr_find_loader(cfg: RunConfig, train_beton: Path, device: torch.device, workers: int, seed: int = 0):
+    """The range test's batches: the run's training crops at its first resolution and the test's batch size."""
+    return create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size, cfg.train.min_res,
+                               device, workers, seed=seed, min_scale=cfg.train.min_scale, crop=cfg.train.crop)
 
 
 def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype) -> dict:

@@ -17,6 +17,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's reader corrupts numba's types)
+from imagenet_kit.config import TRAIN_CROPS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,7 +81,7 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
         elif crop == "random_resized":
             decoder = RandomResizedCropRGBImageDecoder((res, res), scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3))
         else:
-            raise ValueError(f"crop {crop!r} is not one of random_resized, random_square")
+            raise ValueError(f"crop {crop!r} is not one of {', '.join(TRAIN_CROPS)}")
         augment = [decoder, RandomHorizontalFlip()]
         # QUASI_RANDOM saves memory when the beton is not in RAM, but FFCV does not support it distributed.
         order = OrderOption.RANDOM if (distributed or in_memory) else OrderOption.QUASI_RANDOM
