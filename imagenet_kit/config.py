@@ -45,6 +45,32 @@ class ModelConfig:
     # relu | mish (Misra 2019, the fastai Imagenette leaderboard's choice) | silu (Swish; far cheaper than
     # Mish on CPU, where torch's bf16 Mish kernel is slow)
     activation: str = "relu"
+    # Squeeze-and-excitation (Hu et al. 2018) on every residual branch, its bottleneck channels/this (SENet
+    # and fastai's xse_resnext use 16); 0 = off.
+    se_reduction: int = 0
+    # fastai's SimpleSelfAttention (Doria 2019) at the end of layer1's last block, as its `sa=1` puts it.
+    self_attention: bool = False
+
+
+# The ModelConfig keys that decide what a model's weights mean: a checkpoint or an export fits a model only
+# when all of them match.
+ARCHITECTURE_KEYS = ("arch", "blurpool", "activation", "se_reduction", "self_attention")
+
+
+def architecture(model: ModelConfig) -> dict:
+    return {key: getattr(model, key) for key in ARCHITECTURE_KEYS}
+
+
+def describe_architecture(spec: dict) -> str:
+    """'resnext50d with SE (reduction 16), self-attention and mish' from ``architecture()``'s keys; keys
+    missing (records from before they existed) read as their defaults."""
+    spec = {**architecture(ModelConfig()), **spec}
+    extras = [text for text, used in ((f"SE (reduction {spec['se_reduction']})", spec["se_reduction"]),
+                                      ("self-attention", spec["self_attention"]), ("blurpool", spec["blurpool"]),
+                                      (spec["activation"], spec["activation"] != "relu")) if used]
+    if not extras:
+        return spec["arch"]
+    return f"{spec['arch']} with " + (f"{', '.join(extras[:-1])} and {extras[-1]}" if len(extras) > 1 else extras[0])
 
 
 ACTIVATIONS = ("relu", "mish", "silu")
@@ -263,6 +289,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     if cfg.train.min_res > cfg.train.max_res:
         raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
+    if cfg.model.se_reduction < 0:
+        raise ConfigError(f"model.se_reduction must be 0 (off) or a channel divisor such as 16, "
+                          f"got {cfg.model.se_reduction}")
     if cfg.optim.lookahead_k < 0:
         raise ConfigError(f"optim.lookahead_k must be 0 (off) or a step count, got {cfg.optim.lookahead_k}")
     if not 0 < cfg.optim.lookahead_alpha <= 1:

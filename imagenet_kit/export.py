@@ -15,10 +15,10 @@ import torch
 from rich.table import Table
 
 from imagenet_kit.checkpoint import CheckpointError, load_checkpoint
-from imagenet_kit.config import ConfigError, config_from_dict
+from imagenet_kit.config import ConfigError, architecture, config_from_dict
 from imagenet_kit.data.loaders import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from imagenet_kit.images import UnreadableImage, load_rgb
-from imagenet_kit.model import model_from_config, model_from_export_info
+from imagenet_kit.model import fold_parametrizations, model_from_config, model_from_export_info
 from imagenet_kit.predict import FILES, ExportError, _quiet_deprecations, preprocess
 from imagenet_kit.predict import Predictor, find_latest_export, load_exported, resolve_model_dir  # noqa: F401 (API)
 from imagenet_kit.progress import console
@@ -100,6 +100,12 @@ def _export_safetensors(model, path: Path, batch: torch.Tensor, info: dict) -> t
         return reloaded(batch)
 
 
+def _eval_model(cfg, state: dict) -> torch.nn.Module:
+    model = model_from_config(cfg.model, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 EXPORTERS = {"torchscript": _export_torchscript, "onnx": _export_onnx, "safetensors": _export_safetensors}
 
 
@@ -117,9 +123,10 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
     cfg = config_from_dict(state["config"])
     res = res or cfg.train.val_res
     classes = state["classes"]
-    model = model_from_config(cfg.model, len(classes))
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = _eval_model(cfg, state)
+    # TorchScript and ONNX get plain weights; safetensors keeps the state dict that model_from_export_info's
+    # model loads (their logits are the same).
+    served = fold_parametrizations(_eval_model(cfg, state))
     spec = preprocess_spec(res, cfg.train.val_crop_ratio)
     batch, batch_source = _parity_batch(spec, sample_images)
     with torch.inference_mode():
@@ -128,8 +135,7 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
     metrics = state.get("metrics") or {}
     env = environment()
     info = {
-        "arch": cfg.model.arch, "num_classes": len(classes), "blurpool": cfg.model.blurpool,
-        "activation": cfg.model.activation, "res": res,
+        **architecture(cfg.model), "num_classes": len(classes), "res": res,
         "run": cfg.name, "data": cfg.data.name,
         # Measured by training's own evaluation (FFCV center crop at train.val_res, flip TTA if set).
         "top1": metrics.get("top1"), "top5": metrics.get("top5"), "epoch": metrics.get("epoch"),
@@ -144,7 +150,8 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
     (out_dir / "model.json").unlink(missing_ok=True)  # the folder stops counting as an export until done
     for fmt in formats:
         path = out_dir / FILES[fmt]
-        delta, tolerance = _max_diff(EXPORTERS[fmt](model, path, batch, info), expected), TOLERANCES[fmt]
+        exported = EXPORTERS[fmt](model if fmt == "safetensors" else served, path, batch, info)
+        delta, tolerance = _max_diff(exported, expected), TOLERANCES[fmt]
         if not delta <= tolerance:  # also catches NaN
             raise ExportError(f"{fmt} parity failed: max |Δlogit| {delta:.3g} vs eager exceeds the tolerance "
                               f"{tolerance:g} on {len(batch)} images ({path})")

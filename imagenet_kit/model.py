@@ -1,17 +1,20 @@
-"""Model factory: torchvision ResNets (and the kit's pre-activation ResNet-50 and ResNet-50-D) with the training
-tricks of FFCV's ImageNet recipe."""
+"""Model factory: torchvision ResNets (and the kit's pre-activation ResNet-50, ResNet-50-D and ResNeXt-50-D) with
+the training tricks of FFCV's ImageNet recipe, and fastai's squeeze-excitation and self-attention add-ons."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+from torchvision.ops import SqueezeExcitation
 
-from imagenet_kit.config import ACTIVATIONS, OPTIMIZERS, ModelConfig, OptimConfig
+from imagenet_kit.config import ACTIVATIONS, ARCHITECTURE_KEYS, OPTIMIZERS, ModelConfig, OptimConfig, architecture
 from imagenet_kit.lookahead import Lookahead
 from imagenet_kit.resnet_v2 import resnet50v2
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet50d")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet50d", "resnext50d")
 HEAD = "fc"  # every arch's classifier; fine-tuning replaces it, freezes all else around it, scales its LR
 
 
@@ -64,6 +67,52 @@ def _to_resnet_d(model: torchvision.models.ResNet) -> None:
         stage[0].downsample = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False), conv, bn)
 
 
+class SimpleSelfAttention(nn.Module):
+    """fastai's SimpleSelfAttention (Doria 2019, github.com/sdoria/SimpleSelfAttention; ks=1, sym=False), which
+    torch lacks: ``x + gamma * (x x^T) W x`` over the flattened positions, W a spectrally normalised 1x1 conv.
+
+    Cheaper than query-key-value attention: x x^T is channels x channels, so the cost grows with the positions
+    only linearly. gamma starts at 0, so the block starts as the identity and training decides how much to use.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        conv = nn.Conv1d(channels, channels, 1, bias=False)
+        nn.init.kaiming_normal_(conv.weight)
+        self.conv = spectral_norm(conv)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # (batch, channels, positions)
+        attended = torch.bmm(torch.bmm(flat, flat.transpose(1, 2)), self.conv(flat))
+        return (flat + self.gamma * attended).view_as(x)
+
+
+def _se_channels(channels: int, reduction: int) -> int:
+    # fastai's SEModule: channels // reduction rounded up to a multiple of 8
+    return max(8, -(-(channels // reduction) // 8) * 8)
+
+
+def _extend_residual_branches(model: torchvision.models.ResNet, se_reduction: int, self_attention: bool) -> None:
+    """Append SE and self-attention to residual branches, after their last BatchNorm (before the addition),
+    in fastai's order: SE on every block, self-attention on layer1's last block.
+
+    The last BN becomes the first module of a Sequential in its place, so torchvision's forward is unchanged,
+    and zero_init_residual still zeroes the whole branch at the start (SE and attention of zeros are zeros).
+    """
+    blocks = [block for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for block in stage]
+    for block in blocks:
+        name = "bn3" if isinstance(block, torchvision.models.resnet.Bottleneck) else "bn2"
+        bn = getattr(block, name)
+        extra = []
+        if se_reduction:
+            extra.append(SqueezeExcitation(bn.num_features, _se_channels(bn.num_features, se_reduction)))
+        if self_attention and block is model.layer1[-1]:
+            extra.append(SimpleSelfAttention(bn.num_features))
+        if extra:
+            setattr(block, name, nn.Sequential(bn, *extra))
+
+
 ACTIVATION_MODULES = {"mish": nn.Mish, "silu": nn.SiLU}
 
 
@@ -78,22 +127,29 @@ def _swap_relu(module: nn.Module, activation: type[nn.Module]) -> None:
 
 
 def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
-                 blurpool: bool = False, activation: str = "relu") -> nn.Module:
+                 blurpool: bool = False, activation: str = "relu", se_reduction: int = 0,
+                 self_attention: bool = False) -> nn.Module:
     """A randomly initialised ResNet. Weights are never downloaded here."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation '{activation}' (model.activation); choose one of "
                          f"{', '.join(ACTIVATIONS)}")
+    if arch == "resnet50v2" and (se_reduction or self_attention):
+        raise ValueError("model.se_reduction and model.self_attention need a post-activation ResNet; "
+                         "resnet50v2 has no BatchNorm at the end of its residual branches")
     if arch == "resnet50v2":
         model = resnet50v2(num_classes, zero_init_residual)
-    elif arch == "resnet50d":
-        model = torchvision.models.resnet50(weights=None, num_classes=num_classes,
-                                            zero_init_residual=zero_init_residual)
+    elif arch in ("resnet50d", "resnext50d"):
+        base = "resnet50" if arch == "resnet50d" else "resnext50_32x4d"
+        model = getattr(torchvision.models, base)(weights=None, num_classes=num_classes,
+                                                  zero_init_residual=zero_init_residual)
         _to_resnet_d(model)
     else:
         model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes,
                                                   zero_init_residual=zero_init_residual)
+    if se_reduction or self_attention:
+        _extend_residual_branches(model, se_reduction, self_attention)
     if blurpool:
         _apply_blurpool(model)
     if activation != "relu":
@@ -103,13 +159,30 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
 
 def model_from_config(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """The run's model: ``create_model`` with the ``model:`` section of its config."""
-    return create_model(cfg.arch, num_classes, cfg.zero_init_residual, cfg.blurpool, cfg.activation)
+    return create_model(num_classes=num_classes, zero_init_residual=cfg.zero_init_residual, **architecture(cfg))
+
+
+def fold_parametrizations(model: nn.Module) -> nn.Module:
+    """Turn ``model``'s parametrized weights (self-attention's spectral norm) into plain weights holding their
+    current value, in place, and return it: ONNX has no operator for the norm's vdot, and a served graph
+    need not recompute the norm on every call. Call it on an eval-mode model that nothing else shares:
+    torch removes the parametrization from the module's class, which a deep copy would share."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name)
+    return model
+
+
+def model_config_from_export_info(info: dict) -> ModelConfig:
+    """The architecture an export's model.json records; keys it lacks (exports from before they existed) take
+    their defaults, which is what those models were."""
+    return ModelConfig(**{key: info[key] for key in ARCHITECTURE_KEYS if key in info})
 
 
 def model_from_export_info(info: dict) -> nn.Module:
-    """The model an export's model.json describes (exports from before model.activation are ReLU models)."""
-    return create_model(info["arch"], info["num_classes"], blurpool=info["blurpool"],
-                        activation=info.get("activation", "relu"))
+    """The model an export's model.json describes."""
+    return model_from_config(model_config_from_export_info(info), info["num_classes"])
 
 
 def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
