@@ -12,6 +12,7 @@ import click
 import yaml
 
 from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
+from imagenet_kit.config import architecture, config_from_dict
 from imagenet_kit.progress import console
 
 
@@ -29,7 +30,7 @@ def run_record(run_dir: Path) -> dict:
     last, best = epochs[-1], max(epochs, key=lambda m: m["top1"])
     return {
         "kind": "accuracy", "date": utc_now(), "run": run_dir.name, "data": cfg["data"]["name"],
-        "arch": cfg["model"]["arch"], "activation": cfg["model"].get("activation", "relu"),
+        **architecture(config_from_dict(cfg).model),  # keys older config.yaml files lack take their defaults
         "epochs": cfg["train"]["epochs"], "batch": cfg["train"]["batch_size"],
         "train_res": sorted({m["res"] for m in epochs}), "crop": cfg["train"].get("crop", "random_resized"),
         "min_scale": cfg["train"]["min_scale"], "val_res": cfg["train"]["val_res"],

@@ -85,7 +85,7 @@ def _recipe_options(fn):
         click.option("-b", "--batch-size", type=int, default=None, help="per GPU / per process"),
         click.option("--wd", "--weight-decay", "weight_decay", type=float, default=None),
         click.option("--arch", default=None,
-                     help="resnet18 | resnet34 | resnet50 | resnet101 | resnet50v2 | resnet50d"),
+                     help="resnet18 | resnet34 | resnet50 | resnet101 | resnet50v2 | resnet50d | resnext50d"),
         click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default=None),
         click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model"),
         click.option("-j", "--workers", type=int, default=None, help="data loader workers (0 = all cores)"),

@@ -61,16 +61,21 @@ def architecture(model: ModelConfig) -> dict:
     return {key: getattr(model, key) for key in ARCHITECTURE_KEYS}
 
 
-def describe_architecture(spec: dict) -> str:
-    """'resnext50d with SE (reduction 16), self-attention and mish' from ``architecture()``'s keys; keys
-    missing (records from before they existed) read as their defaults."""
+def architecture_extras(spec: dict) -> list[str]:
+    """What a model has beyond its plain arch, e.g. ['SE 1/16', 'self-attention', 'mish'], from
+    ``architecture()``'s keys; keys a record lacks (written before they existed) read as their defaults."""
     spec = {**architecture(ModelConfig()), **spec}
-    extras = [text for text, used in ((f"SE (reduction {spec['se_reduction']})", spec["se_reduction"]),
-                                      ("self-attention", spec["self_attention"]), ("blurpool", spec["blurpool"]),
-                                      (spec["activation"], spec["activation"] != "relu")) if used]
-    if not extras:
-        return spec["arch"]
-    return f"{spec['arch']} with " + (f"{', '.join(extras[:-1])} and {extras[-1]}" if len(extras) > 1 else extras[0])
+    return [text for text, used in ((f"SE 1/{spec['se_reduction']}", spec["se_reduction"]),
+                                    ("self-attention", spec["self_attention"]), ("blurpool", spec["blurpool"]),
+                                    (spec["activation"], spec["activation"] != "relu")) if used]
+
+
+def describe_architecture(spec: dict) -> str:
+    """'resnext50d with SE 1/16 and mish': the arch and its ``architecture_extras``."""
+    extras = architecture_extras(spec)
+    if len(extras) > 1:
+        extras = [", ".join(extras[:-1]) + " and " + extras[-1]]
+    return f"{spec['arch']} with {extras[0]}" if extras else spec["arch"]
 
 
 ACTIVATIONS = ("relu", "mish", "silu")
@@ -292,6 +297,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model.se_reduction < 0:
         raise ConfigError(f"model.se_reduction must be 0 (off) or a channel divisor such as 16, "
                           f"got {cfg.model.se_reduction}")
+    if cfg.model.arch == "resnet50v2" and (cfg.model.se_reduction or cfg.model.self_attention):
+        raise ConfigError("model.se_reduction and model.self_attention need a post-activation ResNet; "
+                          "model.arch resnet50v2 has no BatchNorm at the end of its residual branches")
     if cfg.optim.lookahead_k < 0:
         raise ConfigError(f"optim.lookahead_k must be 0 (off) or a step count, got {cfg.optim.lookahead_k}")
     if not 0 < cfg.optim.lookahead_alpha <= 1:

@@ -2,8 +2,8 @@
 
 A source is torchvision's published ImageNet-1K weights for the arch, a kit checkpoint (.pt) or an export
 folder (model.safetensors with its model.json and classes.json). Everything but the head is copied bit for
-bit and must fit the model exactly (same arch, same blurpool). The head starts from its fresh
-initialisation, and each class the source also knows, matched by WNID and not by index, gets the source's
+bit and must fit the model exactly (the same ``config.ARCHITECTURE_KEYS``: arch, blurpool, activation, SE and
+attention). The head starts from its fresh initialisation, and each class the source also knows, matched by WNID and not by index, gets the source's
 row (weight and bias): a checkpoint of the same classes gives back its whole head, one trained on other
 classes of ImageNet gives the shared ones a head start whatever their order.
 """
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from imagenet_kit.checkpoint import load_checkpoint
-from imagenet_kit.config import ConfigError, ModelConfig, config_from_dict
+from imagenet_kit.config import ConfigError, ModelConfig, architecture, config_from_dict, describe_architecture
 from imagenet_kit.data.imagenet_meta import imagenet_classes
-from imagenet_kit.model import HEAD
+from imagenet_kit.model import HEAD, model_config_from_export_info
 
 
 class InitError(ConfigError):
@@ -31,7 +31,7 @@ def init_model(model: nn.Module, cfg: ModelConfig, classes: list[dict]) -> str:
     state, source_classes = _load_source(cfg)
     prefix = f"{HEAD}."
     backbone = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    what = f"model.init={cfg.init}: does not fit {_describe(cfg.arch, cfg.blurpool, cfg.activation)}"
+    what = f"model.init={cfg.init}: does not fit {describe_architecture(architecture(cfg))}"
     try:
         result = model.load_state_dict(backbone, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -66,35 +66,30 @@ def _load_source(cfg: ModelConfig) -> tuple[dict, list[dict]]:
         from safetensors.torch import load_file
         info = json.loads((path / "model.json").read_text())
         state, classes = load_file(path / "model.safetensors"), json.loads((path / "classes.json").read_text())
-        arch, blurpool, activation = info["arch"], info["blurpool"], info.get("activation", "relu")
+        source = model_config_from_export_info(info)
     elif path.is_file():
         checkpoint = load_checkpoint(path)
         state, classes = checkpoint["model"], checkpoint["classes"]
         source = config_from_dict(checkpoint["config"]).model  # fills keys older checkpoints lack
-        arch, blurpool, activation = source.arch, source.blurpool, source.activation
     else:
         raise InitError(f"model.init={cfg.init}: no such file or folder; give '' (random), 'torchvision', "
                         "a kit checkpoint (.pt) or an export folder")
-    if (arch, blurpool, activation) != (cfg.arch, cfg.blurpool, cfg.activation):
-        raise InitError(f"model.init={cfg.init}: holds {_describe(arch, blurpool, activation)} weights, this run "
-                        f"trains {_describe(cfg.arch, cfg.blurpool, cfg.activation)}")
+    if architecture(source) != architecture(cfg):
+        raise InitError(f"model.init={cfg.init}: holds {describe_architecture(architecture(source))} weights, "
+                        f"this run trains {describe_architecture(architecture(cfg))}")
     return state, classes
-
-
-def _describe(arch: str, blurpool: bool, activation: str) -> str:
-    extras = [name for name, used in (("blurpool", blurpool), (activation, activation != "relu")) if used]
-    return f"{arch} with {' and '.join(extras)}" if extras else arch
 
 
 def _torchvision_weights(cfg: ModelConfig) -> dict:
     import torchvision
 
-    if cfg.blurpool:  # the blur changes what every strided conv sees: those weights would not mean the same
-        raise InitError("model.init=torchvision: torchvision's weights were trained without blurpool; "
-                        "set model.blurpool=false")
-    if cfg.activation != "relu":
-        raise InitError("model.init=torchvision: torchvision's weights were trained with ReLU; "
-                        "set model.activation=relu")
+    # The blur changes what every strided conv sees, another activation what every layer gets, and SE or
+    # attention modules would start untrained inside trained blocks: those weights would not mean the same.
+    plain = architecture(ModelConfig(arch=cfg.arch))
+    changed = [f"model.{key}={str(value).lower()}" for key, value in plain.items() if getattr(cfg, key) != value]
+    if changed:
+        raise InitError(f"model.init=torchvision: torchvision's weights are for a plain {cfg.arch}; set "
+                        f"{', '.join(changed)}")
     try:
         weights = torchvision.models.get_model_weights(cfg.arch).DEFAULT
     except ValueError:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from imagenet_kit.bench_results import RESULTS_DIR, read_results
+from imagenet_kit.config import architecture_extras
 from imagenet_kit.progress import console
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -81,7 +82,8 @@ def _demo_row(r: dict) -> tuple[str, str, str]:
 
 def _accuracy_row(r: dict) -> tuple[str, str, str]:
     res = "→".join(str(x) for x in r["train_res"])
-    arch = r["arch"] + (f" ({r['activation']})" if r.get("activation", "relu") != "relu" else "")
+    extras = architecture_extras(r)
+    arch = r["arch"] + (f" ({', '.join(extras)})" if extras else "")
     # rows from before train.crop and train.val_crop_ratio existed used these defaults
     crops = ", random-square crops" if r.get("crop", "random_resized") == "random_square" else ""
     ratio = r.get("val_crop_ratio", 0.875)

@@ -4,6 +4,7 @@ import torch
 from click.testing import CliRunner
 
 from imagenet_kit.bench_run import bench_run_command
+from imagenet_kit.config import ARCHITECTURE_KEYS
 from imagenet_kit.results_table import load_rows, results_markdown
 from imagenet_kit.runtime import Runtime
 from imagenet_kit.train import train
@@ -18,8 +19,9 @@ def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
     record = json.loads((results / "accuracy.jsonl").read_text())
     assert record["top1"] == result["top1"] and record["epochs"] == 2 and record["arch"] == "resnet18"
     assert len(record["per_epoch_top1"]) == 2 and record["train_res"] == [32]
-    assert (record["optimizer"], record["schedule"], record["activation"]) == ("sgd", tiny_config.optim.schedule,
-                                                                              "relu")
+    assert (record["optimizer"], record["schedule"]) == ("sgd", tiny_config.optim.schedule)
+    assert {key: record[key] for key in ARCHITECTURE_KEYS} == {
+        "arch": "resnet18", "blurpool": False, "activation": "relu", "se_reduction": 0, "self_attention": False}
     assert (record["crop"], record["min_scale"], record["val_crop_ratio"]) == ("random_square", 0.08, 1.0)
     assert record["lookahead_k"] == 0
     table = results_markdown(load_rows(results))

@@ -38,11 +38,19 @@ def test_unknown_recipe_key_names_file_and_key(tmp_path):
     ("train.val_crop_ratio=0", r"train.val_crop_ratio must be in \(0, 1\], got 0"),
     ("train.val_crop_ratio=1.2", r"train.val_crop_ratio must be in \(0, 1\], got 1.2"),
     ("model.channels_last=maybe", "model.channels_last: expected bool"),
+    ("model.se_reduction=-4", "model.se_reduction must be 0 \\(off\\) or a channel divisor such as 16, got -4"),
+    ("model.self_attention=yes please", "model.self_attention: expected bool"),
     ("epochs", "section.key=value"),
 ])
 def test_bad_values_are_errors(item, message):
     with pytest.raises(ConfigError, match=message):
         load_config("sample", [item])
+
+
+def test_se_and_attention_need_a_post_activation_arch():
+    with pytest.raises(ConfigError, match="model.arch resnet50v2 has no BatchNorm at the end"):
+        load_config("sample", ["model.arch=resnet50v2", "model.self_attention=true"])
+    assert load_config("sample", ["model.arch=resnext50d", "model.se_reduction=16"]).model.se_reduction == 16
 
 
 def test_lr_auto_and_numbers():

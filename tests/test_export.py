@@ -16,7 +16,7 @@ from imagenet_kit.config import RunConfig
 from imagenet_kit.data.imagenet_meta import wnid_to_name
 from imagenet_kit.export import FORMATS, TOLERANCES, export_command, export_model
 from imagenet_kit.images import load_rgb
-from imagenet_kit.model import create_model
+from imagenet_kit.model import create_model, model_from_config
 from imagenet_kit.predict import FILES, ExportError, load_exported, preprocess, resolve_model_dir
 
 IMAGENETTE = ("n01440764 n02102040 n02979186 n03000684 n03028079 n03394916 n03417042 n03425413 n03445777 "
@@ -27,13 +27,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "imagenet_kit" / "examples"
 PHOTO = EXAMPLES / "n07873807_pizza.jpg"
 
 
-def make_fake_run(root: Path, arch: str = "resnet18", activation: str = "relu") -> Path:
-    """``root/run`` as training leaves it: checkpoints/best.pt of a random ``arch`` for the 10 Imagenette
-    classes, evaluated at 64 px. Shared by the export, app, bench, resnet50v2 and fine-tuning tests."""
+def make_fake_run(root: Path, arch: str = "resnet18", **model_options) -> Path:
+    """``root/run`` as training leaves it: checkpoints/best.pt of a random ``arch`` (with other ``model:``
+    keys from ``model_options``) for the 10 Imagenette classes, evaluated at 64 px. Shared by the export,
+    app, bench, resnet50v2 and fine-tuning tests."""
     torch.manual_seed(0)
     cfg = RunConfig(name="fake")
-    cfg.model.arch, cfg.model.activation, cfg.train.val_res, cfg.data.name = arch, activation, 64, "imagenette-sample"
-    model = create_model(arch, len(IMAGENETTE), activation=activation)
+    cfg.model.arch, cfg.train.val_res, cfg.data.name = arch, 64, "imagenette-sample"
+    for key, value in model_options.items():
+        setattr(cfg.model, key, value)
+    model = model_from_config(cfg.model, len(IMAGENETTE))
     with torch.no_grad():
         # Default init gives near-uniform probabilities (top-1 a near tie); a larger head makes the random
         # model decisive and image-dependent, and puts logits on the scale of a trained model's.
@@ -144,12 +147,26 @@ def test_safetensors_only_export_loads_into_create_model(exported, tmp_path):
     assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-6)
 
 
-def test_mish_model_exports_and_reloads_with_its_activation(tmp_path):
-    run = make_fake_run(tmp_path, activation="mish")
-    info = export_model(run / "checkpoints" / "best.pt", tmp_path / "out", formats=("safetensors",))
-    assert info["activation"] == "mish"
-    eager = create_model("resnet18", len(IMAGENETTE), activation="mish").eval()
-    eager.load_state_dict(torch.load(run / "checkpoints" / "best.pt", weights_only=False)["model"])
+@pytest.mark.parametrize("options, formats", [
+    ({"activation": "mish"}, ("safetensors",)),
+    ({"se_reduction": 16, "self_attention": True}, FORMATS),
+])
+def test_models_beyond_plain_resnets_export_and_reload_as_they_are(tmp_path, options, formats):
+    # Every residual branch live (no zero-init) and the attention's gamma off zero: the parity checks and
+    # the comparison below then see the SE, attention and activation at work.
+    run = make_fake_run(tmp_path, zero_init_residual=False, **options)
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    gammas = [key for key in state["model"] if key.endswith(".gamma")]
+    assert gammas == (["layer1.1.bn2.2.gamma"] if options.get("self_attention") else [])
+    for key in gammas:
+        state["model"][key].fill_(0.5)
+    torch.save(state, run / "checkpoints" / "best.pt")
+
+    info = export_model(run / "checkpoints" / "best.pt", tmp_path / "out", formats=formats)
+    assert {key: info[key] for key in options} == options
+    assert list(info["formats"]) == list(formats)  # each passed its parity check against eager
+    eager = create_model("resnet18", len(IMAGENETTE), **options).eval()
+    eager.load_state_dict(state["model"])
     predictor = load_exported(tmp_path / "out")
     image = load_rgb(PHOTO)
     with torch.inference_mode():

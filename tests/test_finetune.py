@@ -139,7 +139,7 @@ def test_torchvision_offline_names_the_file_to_place_and_a_placed_file_works(tmp
 
 @pytest.mark.parametrize("arch, blurpool, init, message", [
     ("resnet50v2", False, "torchvision", "torchvision publishes no weights for resnet50v2"),
-    ("resnet18", True, "torchvision", "trained without blurpool"),
+    ("resnet18", True, "torchvision", "weights are for a plain resnet18; set model.blurpool=false$"),
     ("resnet18", False, "missing.pt", "no such file or folder"),
     ("resnet34", False, "FAKE_RUN", "holds resnet18 weights, this run trains resnet34"),
     ("resnet18", True, "FAKE_RUN", "holds resnet18 weights, this run trains resnet18 with blurpool"),
@@ -153,13 +153,21 @@ def test_unusable_sources_are_clear_errors(tmp_path, monkeypatch, arch, blurpool
                    class_table(TARGET))
 
 
-def test_activation_must_match_the_source(tmp_path):
-    with pytest.raises(InitError, match="trained with ReLU; set model.activation=relu"):
-        init_model(create_model("resnet18", 4, activation="mish"),
-                   ModelConfig(arch="resnet18", activation="mish", init="torchvision"), class_table(TARGET))
-    source = str(make_fake_run(tmp_path, activation="mish") / "checkpoints" / "best.pt")
-    with pytest.raises(InitError, match="holds resnet18 with mish weights, this run trains resnet18$"):
+@pytest.mark.parametrize("options, words, fix", [
+    ({"activation": "mish"}, "resnet18 with mish", "model.activation=relu"),
+    ({"se_reduction": 16, "self_attention": True}, "resnet18 with SE 1/16 and self-attention",
+     "model.se_reduction=0, model.self_attention=false"),
+])
+def test_the_whole_architecture_must_match_the_source(tmp_path, options, words, fix):
+    with pytest.raises(InitError, match=f"weights are for a plain resnet18; set {fix}$"):
+        init_model(create_model("resnet18", 4, **options), ModelConfig(arch="resnet18", init="torchvision", **options),
+                   class_table(TARGET))
+    source = str(make_fake_run(tmp_path, **options) / "checkpoints" / "best.pt")
+    with pytest.raises(InitError, match=f"holds {words} weights, this run trains resnet18$"):
         init_model(create_model("resnet18", 4), ModelConfig(arch="resnet18", init=source), class_table(TARGET))
+    # the same architecture loads
+    init_model(create_model("resnet18", 4, **options), ModelConfig(arch="resnet18", init=source, **options),
+               class_table(TARGET))
 
 
 def test_freeze_epochs_trains_only_the_head_in_epoch_one(tiny_config, source):

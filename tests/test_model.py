@@ -1,14 +1,20 @@
 import pytest
 import torch
+from torchvision.ops import SqueezeExcitation
 
 from imagenet_kit.config import load_config
 from imagenet_kit.lookahead import Lookahead
-from imagenet_kit.model import BlurPoolConv2d, create_model, create_optimizer, optimizer_settings, param_groups
+from imagenet_kit.model import (BlurPoolConv2d, SimpleSelfAttention, create_model, create_optimizer,
+                                fold_parametrizations, optimizer_settings, param_groups)
 
 
-@pytest.mark.parametrize("arch, params_m", [("resnet18", 11.69), ("resnet50", 25.56), ("resnet50d", 25.58)])
-def test_parameter_counts_match_torchvision(arch, params_m):
-    model = create_model(arch, 1000)
+@pytest.mark.parametrize("arch, options, params_m", [
+    ("resnet18", {}, 11.69), ("resnet50", {}, 25.56), ("resnet50d", {}, 25.58),
+    ("resnext50d", {}, 25.05),  # torchvision's resnext50_32x4d (25.03M) with the deep stem's 19k more
+    ("resnet50", {"se_reduction": 16}, 28.09),  # SE-ResNet-50: 28.1M in the SENet paper (Table 1)
+])
+def test_parameter_counts_match_the_published_models(arch, options, params_m):
+    model = create_model(arch, 1000, **options)
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, abs=0.01)
 
 
@@ -61,6 +67,42 @@ def test_resnet50d_has_the_deep_stem_and_average_pooled_shortcuts():
     # zero-init still empties every residual branch, and the new stem convs get torchvision's init.
     assert torch.count_nonzero(model.layer4[2].bn3.weight) == 0
     assert stem_convs[1].weight.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.1)
+
+
+def test_se_on_every_branch_and_attention_on_layer1s_last_block():
+    model = create_model("resnext50d", 10, se_reduction=16, self_attention=True)
+    blocks = [(f"layer{i}.{j}", block) for i in range(1, 5) for j, block in enumerate(getattr(model, f"layer{i}"))]
+    for name, block in blocks:
+        bn, se, *attention = block.bn3  # the branch's last BN, then SE, then (one block only) attention
+        assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(se, SqueezeExcitation)
+        # fastai's SEModule width: channels // 16, rounded up to a multiple of 8
+        assert (se.fc1.in_channels, se.fc1.out_channels) == (bn.num_features, bn.num_features // 16)
+        assert [type(m) for m in attention] == ([SimpleSelfAttention] if name == "layer1.2" else [])
+    assert model.layer1[0].conv2.groups == 32  # ResNeXt's grouped 3x3 convs
+    assert create_model("resnet18", 10, se_reduction=16).layer1[0].bn2[1].fc1.out_channels == 8  # 64 // 16, up to 8
+    # zero-init still empties each branch: its last BN is zero, so SE and attention see and give zeros
+    assert torch.count_nonzero(model.layer2[0].bn3[0].weight) == 0
+    with pytest.raises(ValueError, match="resnet50v2 has no BatchNorm at the end"):
+        create_model("resnet50v2", 10, se_reduction=16)
+
+
+def test_simple_self_attention_is_x_plus_gamma_xxt_wx_with_a_unit_norm_w():
+    torch.manual_seed(0)
+    attention = SimpleSelfAttention(8).eval()
+    x = torch.randn(2, 8, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(x), x)  # gamma starts at 0: the identity
+        attention.gamma.fill_(0.5)
+        w = attention.conv.weight[:, :, 0]  # the spectrally normalised weight
+        flat = x.flatten(2)
+        expected = flat + 0.5 * (flat @ flat.transpose(1, 2)) @ (w @ flat)
+        torch.testing.assert_close(attention(x), expected.view_as(x))
+        assert torch.linalg.matrix_norm(w, 2).item() == pytest.approx(1.0, abs=1e-3)
+        # folded for export: a plain conv with that weight, the same output
+        before = attention(x)
+        fold_parametrizations(attention)
+        assert type(attention.conv) is torch.nn.Conv1d and "weight" in dict(attention.conv.named_parameters())
+        torch.testing.assert_close(attention(x), before)
 
 
 def test_unknown_arch():

@@ -61,8 +61,10 @@ ACCURACY = {"kind": "accuracy", "date": "2026-11-26T08:00:00+00:00", "run": "r",
     ({"activation": "relu", "git": "0123456789abcdef"}, "resnet50d on", " at 0123456"),
     ({"activation": "mish", "git": "0123456789abcdef-dirty"}, "resnet50d (mish) on",
      " at 0123456 + uncommitted changes"),
+    ({"arch": "resnext50d", "se_reduction": 16, "self_attention": True, "blurpool": True},
+     "resnext50d (SE 1/16, self-attention, blurpool) on", ""),
 ])
-def test_accuracy_rows_name_a_non_relu_activation_and_the_commit(tmp_path, extra, arch, at):
+def test_accuracy_rows_name_the_architecture_and_the_commit(tmp_path, extra, arch, at):
     _write(tmp_path, "accuracy.jsonl", [{**ACCURACY, **extra}])
     (what, value, hardware, command, date), = _table_rows(results_markdown(load_rows(tmp_path)))
     assert what == (f"val top-1 / top-5 after 5 epochs: {arch} imagenette2, 128 px train, 160 px eval + flip TTA, "

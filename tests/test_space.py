@@ -264,8 +264,8 @@ def test_space_runs_alone_in_a_fresh_venv(folder, tmp_path):
         python = venv / "bin" / "python"
         start = time.monotonic()
         install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                                  "--no-cache-dir", "-r", "requirements.txt"], cwd=deploy, env=env, capture_output=True, text=True,
-                                 timeout=INSTALL_TIMEOUT)
+                                  "--no-cache-dir", "-r", "requirements.txt"], cwd=deploy, env=env,
+                                 capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
         assert install.returncode == 0, install.stderr[-4000:]
         print(f"pip install -r requirements.txt: {time.monotonic() - start:.0f} s")
         frozen = subprocess.run([str(python), "-m", "pip", "freeze"], env=env, capture_output=True, text=True,
@@ -308,3 +308,13 @@ def test_space_runs_alone_in_a_fresh_venv(folder, tmp_path):
 def test_model_card_names_the_optimizer_the_run_used(tmp_path, overrides, words):
     cfg = load_config("sample", overrides).to_dict()
     assert words in space._recipe(tmp_path, cfg, None)
+
+
+def test_model_card_names_every_architecture_extra(tmp_path):
+    info = {"arch": "resnext50d", "num_classes": 2, "blurpool": True, "activation": "mish", "se_reduction": 16,
+            "self_attention": True}
+    classes = [{"index": 0, "wnid": "n01440764", "name": "tench"}, {"index": 1, "wnid": "n02102040", "name": "springer"}]
+    card = space.model_card(tmp_path, info, classes, {"crop": 128, "resize": 128})
+    assert ("resnext50d, 2-way classifier head, 128×128 px input (shorter side resized to 128, center crop), "
+            "BlurPool before strided convolutions, Mish activations, squeeze-and-excitation (reduction 16) on every "
+            "residual branch, a simple self-attention layer (fastai's) at the end of the first stage.") in card
