@@ -18,14 +18,16 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet5
 HEAD = "fc"  # every arch's classifier; fine-tuning replaces it, freezes all else around it, scales its LR
 
 
+BINOMIAL_3X3 = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+
 class BlurPoolConv2d(nn.Module):
     """A strided conv preceded by a fixed 3x3 binomial blur (Zhang 2019), as FFCV's rn50 configs use."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.conv = conv
-        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
-        self.register_buffer("blur_filter", kernel.repeat(conv.in_channels, 1, 1, 1))
+        self.register_buffer("blur_filter", BINOMIAL_3X3.repeat(conv.in_channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.blur_filter, padding=1, groups=self.conv.in_channels)
@@ -39,6 +41,31 @@ def _apply_blurpool(module: nn.Module) -> None:
             setattr(module, name, BlurPoolConv2d(child))
         else:
             _apply_blurpool(child)
+
+
+class MaxBlurPool2d(nn.Module):
+    """Anti-aliased max pooling (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"; kornia's
+    MaxBlurPool2D(3)): the max over 2x2 windows at stride 1, then the 3x3 binomial blur at stride 2.
+
+    The last row and column are repeated before the max (kornia pads nothing there), so the output is
+    ceil(H/2) x ceil(W/2) at any size, as the max pool and ceil-mode average pool it replaces give.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("blur_filter", BINOMIAL_3X3.repeat(channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+        return F.conv2d(x, self.blur_filter, padding=1, stride=2, groups=x.shape[1])
+
+
+def _apply_maxblurpool(model: torchvision.models.ResNet) -> None:
+    model.maxpool = MaxBlurPool2d(model.bn1.num_features)
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        shortcut = stage[0].downsample
+        if shortcut is not None and isinstance(shortcut[0], nn.AvgPool2d):  # the D archs' pooled shortcuts
+            shortcut[0] = MaxBlurPool2d(shortcut[1].in_channels)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
@@ -128,16 +155,16 @@ def _swap_relu(module: nn.Module, activation: type[nn.Module]) -> None:
 
 def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
                  blurpool: bool = False, activation: str = "relu", se_reduction: int = 0,
-                 self_attention: bool = False) -> nn.Module:
+                 self_attention: bool = False, maxblurpool: bool = False) -> nn.Module:
     """A randomly initialised ResNet. Weights are never downloaded here."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation '{activation}' (model.activation); choose one of "
                          f"{', '.join(ACTIVATIONS)}")
-    if arch == "resnet50v2" and (se_reduction or self_attention):
-        raise ValueError("model.se_reduction and model.self_attention need a post-activation ResNet; "
-                         "resnet50v2 has no BatchNorm at the end of its residual branches")
+    if arch == "resnet50v2" and (se_reduction or self_attention or maxblurpool):
+        raise ValueError("model.se_reduction, model.self_attention and model.maxblurpool need torchvision's "
+                         "ResNet layout; resnet50v2 has its own")
     if arch == "resnet50v2":
         model = resnet50v2(num_classes, zero_init_residual)
     elif arch in ("resnet50d", "resnext50d"):
@@ -150,6 +177,8 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
                                                   zero_init_residual=zero_init_residual)
     if se_reduction or self_attention:
         _extend_residual_branches(model, se_reduction, self_attention)
+    if maxblurpool:
+        _apply_maxblurpool(model)
     if blurpool:
         _apply_blurpool(model)
     if activation != "relu":

@@ -204,6 +204,8 @@ def model_card(run_dir: Path, info: dict, classes: list[dict], spec: dict) -> st
         arch += ", BlurPool before strided convolutions"
     if info.get("activation", "relu") != "relu":
         arch += f", {info['activation'].capitalize()} activations"
+    if info.get("maxblurpool"):
+        arch += ", anti-aliased max pooling (MaxBlurPool)"
     if info.get("se_reduction"):
         arch += f", squeeze-and-excitation (reduction {info['se_reduction']}) on every residual branch"
     if info.get("self_attention"):

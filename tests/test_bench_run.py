@@ -21,7 +21,8 @@ def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
     assert len(record["per_epoch_top1"]) == 2 and record["train_res"] == [32]
     assert (record["optimizer"], record["schedule"]) == ("sgd", tiny_config.optim.schedule)
     assert {key: record[key] for key in ARCHITECTURE_KEYS} == {
-        "arch": "resnet18", "blurpool": False, "activation": "relu", "se_reduction": 0, "self_attention": False}
+        "arch": "resnet18", "blurpool": False, "maxblurpool": False, "activation": "relu", "se_reduction": 0,
+        "self_attention": False}
     assert (record["crop"], record["min_scale"], record["val_crop_ratio"]) == ("random_square", 0.08, 1.0)
     assert record["lookahead_k"] == 0
     table = results_markdown(load_rows(results))

@@ -149,7 +149,7 @@ def test_safetensors_only_export_loads_into_create_model(exported, tmp_path):
 
 @pytest.mark.parametrize("options, formats", [
     ({"activation": "mish"}, ("safetensors",)),
-    ({"se_reduction": 16, "self_attention": True}, FORMATS),
+    ({"se_reduction": 16, "self_attention": True, "maxblurpool": True}, FORMATS),
 ])
 def test_models_beyond_plain_resnets_export_and_reload_as_they_are(tmp_path, options, formats):
     # Every residual branch live (no zero-init) and the attention's gamma off zero: the parity checks and

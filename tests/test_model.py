@@ -4,7 +4,7 @@ from torchvision.ops import SqueezeExcitation
 
 from imagenet_kit.config import load_config
 from imagenet_kit.lookahead import Lookahead
-from imagenet_kit.model import (BlurPoolConv2d, SimpleSelfAttention, create_model, create_optimizer,
+from imagenet_kit.model import (BINOMIAL_3X3, BlurPoolConv2d, MaxBlurPool2d, SimpleSelfAttention, create_model, create_optimizer,
                                 fold_parametrizations, optimizer_settings, param_groups)
 
 
@@ -82,7 +82,7 @@ def test_se_on_every_branch_and_attention_on_layer1s_last_block():
     assert create_model("resnet18", 10, se_reduction=16).layer1[0].bn2[1].fc1.out_channels == 8  # 64 // 16, up to 8
     # zero-init still empties each branch: its last BN is zero, so SE and attention see and give zeros
     assert torch.count_nonzero(model.layer2[0].bn3[0].weight) == 0
-    with pytest.raises(ValueError, match="resnet50v2 has no BatchNorm at the end"):
+    with pytest.raises(ValueError, match="resnet50v2 has its own"):
         create_model("resnet50v2", 10, se_reduction=16)
 
 
@@ -103,6 +103,30 @@ def test_simple_self_attention_is_x_plus_gamma_xxt_wx_with_a_unit_norm_w():
         fold_parametrizations(attention)
         assert type(attention.conv) is torch.nn.Conv1d and "weight" in dict(attention.conv.named_parameters())
         torch.testing.assert_close(attention(x), before)
+
+
+def test_maxblurpool_is_a_2x2_max_then_a_binomial_blur_at_stride_2():
+    x = torch.arange(36.0).reshape(1, 1, 6, 6) % 7
+    windows = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="replicate").unfold(2, 2, 1).unfold(3, 2, 1)
+    maxed = windows.amax(dim=(-1, -2))  # 6x6: max of each 2x2 window, the last row/column repeated
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(maxed, (1, 1, 1, 1)), BINOMIAL_3X3[None, None])
+    torch.testing.assert_close(MaxBlurPool2d(1)(x), blurred[:, :, ::2, ::2])
+    assert BINOMIAL_3X3.sum().item() == 1.0
+
+
+@pytest.mark.parametrize("arch, pooled_shortcuts", [("resnet50d", 3), ("resnext50d", 3), ("resnet18", 0)])
+def test_maxblurpool_replaces_the_stem_pool_and_the_pooled_shortcuts(arch, pooled_shortcuts):
+    plain, model = create_model(arch, 10).eval(), create_model(arch, 10, maxblurpool=True).eval()
+    assert isinstance(model.maxpool, MaxBlurPool2d)
+    assert sum(isinstance(m, MaxBlurPool2d) for m in model.modules()) == 1 + pooled_shortcuts
+    assert not any(isinstance(m, (torch.nn.AvgPool2d, torch.nn.MaxPool2d)) for m in model.modules())
+    # same shapes at every stage, also where a side is odd (100 px: 25, 13, 7, 4)
+    x = torch.randn(1, 3, 100, 100)
+    shapes = {}
+    for name, net in (("plain", plain), ("maxblur", model)):
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        shapes[name] = [tuple((h := stage(h)).shape) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    assert shapes["maxblur"] == shapes["plain"]
 
 
 def test_unknown_arch():

@@ -311,10 +311,11 @@ def test_model_card_names_the_optimizer_the_run_used(tmp_path, overrides, words)
 
 
 def test_model_card_names_every_architecture_extra(tmp_path):
-    info = {"arch": "resnext50d", "num_classes": 2, "blurpool": True, "activation": "mish", "se_reduction": 16,
-            "self_attention": True}
+    info = {"arch": "resnext50d", "num_classes": 2, "blurpool": True, "maxblurpool": True, "activation": "mish",
+            "se_reduction": 16, "self_attention": True}
     classes = [{"index": 0, "wnid": "n01440764", "name": "tench"}, {"index": 1, "wnid": "n02102040", "name": "springer"}]
     card = space.model_card(tmp_path, info, classes, {"crop": 128, "resize": 128})
     assert ("resnext50d, 2-way classifier head, 128×128 px input (shorter side resized to 128, center crop), "
-            "BlurPool before strided convolutions, Mish activations, squeeze-and-excitation (reduction 16) on every "
+            "BlurPool before strided convolutions, Mish activations, anti-aliased max pooling (MaxBlurPool), "
+            "squeeze-and-excitation (reduction 16) on every "
             "residual branch, a simple self-attention layer (fastai's) at the end of the first stage.") in card
