@@ -2,10 +2,10 @@
 
 A source is torchvision's published ImageNet-1K weights for the arch, a kit checkpoint (.pt) or an export
 folder (model.safetensors with its model.json and classes.json). Everything but the head is copied bit for
-bit and must fit the model exactly (the same ``config.ARCHITECTURE_KEYS``: arch, blurpool, activation, SE and
-attention). The head starts from its fresh initialisation, and each class the source also knows, matched by WNID and not by index, gets the source's
-row (weight and bias): a checkpoint of the same classes gives back its whole head, one trained on other
-classes of ImageNet gives the shared ones a head start whatever their order.
+bit and must fit the model exactly (every one of ``config.ARCHITECTURE_KEYS`` the same). The head starts
+from its fresh initialisation, and each class the source also knows, matched by WNID and not by index, gets
+the source's row (weight and bias): a checkpoint of the same classes gives back its whole head, one trained on
+other classes of ImageNet gives the shared ones a head start whatever their order.
 """
 from __future__ import annotations
 

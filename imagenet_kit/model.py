@@ -1,5 +1,6 @@
 """Model factory: torchvision ResNets (and the kit's pre-activation ResNet-50, ResNet-50-D and ResNeXt-50-D) with
-the training tricks of FFCV's ImageNet recipe, and fastai's squeeze-excitation and self-attention add-ons."""
+the training tricks of FFCV's ImageNet recipe, and the add-ons of fastai's Imagenette leaderboard models
+(squeeze-excitation, self-attention, anti-aliased max pooling)."""
 from __future__ import annotations
 
 import torch
