@@ -48,8 +48,8 @@ class MaxBlurPool2d(nn.Module):
     """Anti-aliased max pooling (Zhang 2019, "Making Convolutional Networks Shift-Invariant Again"; kornia's
     MaxBlurPool2D(3)): the max over 2x2 windows at stride 1, then the 3x3 binomial blur at stride 2.
 
-    The last row and column are repeated before the max (kornia pads nothing there), so the output is
-    ceil(H/2) x ceil(W/2) at any size, as the max pool and ceil-mode average pool it replaces give.
+    The max also covers one padded row and column past the end (kornia pads nothing there), so the output
+    is ceil(H/2) x ceil(W/2) at any size, as the max pool and ceil-mode average pool it replaces give.
     """
 
     def __init__(self, channels: int):
@@ -57,7 +57,9 @@ class MaxBlurPool2d(nn.Module):
         self.register_buffer("blur_filter", BINOMIAL_3X3.repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+        # max_pool2d pads both sides with -inf; without the first row and column the windows are (i, i+1), the
+        # last holding only the last row/column. Equal to a replicate pad, which ONNX export warns about.
+        x = F.max_pool2d(x, 2, stride=1, padding=1)[:, :, 1:, 1:]
         return F.conv2d(x, self.blur_filter, padding=1, stride=2, groups=x.shape[1])
 
 
