@@ -1,6 +1,6 @@
 import pytest
 
-from imagenet_kit.config import ConfigError, RunConfig, config_from_dict, load_config
+from imagenet_kit.config import RECIPES_DIR, ConfigError, RunConfig, config_from_dict, load_config
 
 
 def test_precedence_defaults_recipe_overrides(tmp_path):
@@ -59,7 +59,9 @@ def test_lr_auto_and_numbers():
 
 
 def test_every_recipe_loads_and_roundtrips():
-    for name in ("sample", "mini", "full", "imagenette"):
+    names = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+    assert {"sample", "mini", "mini-finetune", "full", "imagenette"} <= set(names)
+    for name in names:
         cfg = load_config(name)
         assert config_from_dict(cfg.to_dict()) == cfg
 
