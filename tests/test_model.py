@@ -105,13 +105,28 @@ def test_simple_self_attention_is_x_plus_gamma_xxt_wx_with_a_unit_norm_w():
         torch.testing.assert_close(attention(x), before)
 
 
-def test_maxblurpool_is_a_2x2_max_then_a_binomial_blur_at_stride_2():
-    x = torch.arange(36.0).reshape(1, 1, 6, 6) % 7
+@pytest.mark.parametrize("height, width", [(6, 6), (5, 7)])
+def test_maxblurpool_is_a_2x2_max_then_a_binomial_blur_at_stride_2(height, width):
+    x = torch.arange(2.0 * height * width).reshape(1, 2, height, width) % 7
     windows = torch.nn.functional.pad(x, (0, 1, 0, 1), mode="replicate").unfold(2, 2, 1).unfold(3, 2, 1)
-    maxed = windows.amax(dim=(-1, -2))  # 6x6: max of each 2x2 window, the last row/column repeated
-    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(maxed, (1, 1, 1, 1)), BINOMIAL_3X3[None, None])
-    torch.testing.assert_close(MaxBlurPool2d(1)(x), blurred[:, :, ::2, ::2])
+    maxed = windows.amax(dim=(-1, -2))  # HxW: max of each 2x2 window, the last row/column repeated
+    blur = BINOMIAL_3X3.repeat(2, 1, 1, 1)
+    blurred = torch.nn.functional.conv2d(maxed, blur, padding=1, stride=2, groups=2)  # kornia's depthwise blur
+    assert blurred.shape[-2:] == (-(-height // 2), -(-width // 2))
+    torch.testing.assert_close(MaxBlurPool2d()(x), blurred)
     assert BINOMIAL_3X3.sum().item() == 1.0
+
+
+def test_maxblurpool_loads_checkpoints_that_stored_its_filter():
+    # Checkpoints written before the blur became two average pools hold a "blur_filter" buffer per pool.
+    model = create_model("resnet50d", 10, maxblurpool=True)
+    state = model.state_dict()
+    old_state = {**state, "maxpool.blur_filter": BINOMIAL_3X3.repeat(64, 1, 1, 1),
+                 "layer2.0.downsample.0.blur_filter": BINOMIAL_3X3.repeat(256, 1, 1, 1)}
+    assert not any(key.endswith("blur_filter") for key in state)
+    model.load_state_dict(old_state)  # strict: any other unexpected key still fails
+    with pytest.raises(RuntimeError, match="layer2.0.downsample.0.stray"):
+        model.load_state_dict({**state, "layer2.0.downsample.0.stray": torch.zeros(1)})
 
 
 @pytest.mark.parametrize("arch, pooled_shortcuts", [("resnet50d", 3), ("resnext50d", 3), ("resnet18", 0)])
