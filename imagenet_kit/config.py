@@ -74,6 +74,12 @@ def architecture_extras(spec: dict) -> list[str]:
                                     (spec["activation"], spec["activation"] != "relu")) if used]
 
 
+def architecture_label(spec: dict) -> str:
+    """'resnet50d (SE 1/16, maxblurpool)': the arch and its ``architecture_extras``, for table rows."""
+    extras = architecture_extras(spec)
+    return spec["arch"] + (f" ({', '.join(extras)})" if extras else "")
+
+
 def describe_architecture(spec: dict) -> str:
     """'resnext50d with SE 1/16 and mish': the arch and its ``architecture_extras``."""
     extras = architecture_extras(spec)

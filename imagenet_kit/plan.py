@@ -1,6 +1,6 @@
 """``imagenet-kit plan``: hours and dollars for a recipe on a GPU model and count. Always an estimate.
 
-Throughput comes from rows that ``imagenet-kit bench train`` measured on the same GPU model
+Throughput comes from rows that ``imagenet-kit bench train`` measured on the same GPU model and network
 (bench/results/*.jsonl) or, failing that, from a published ResNet-50 training figure named in the
 output; for the T4, which has none, from a published figure of another GPU scaled by the two
 datasheets, labelled "derived". A GPU with none of these is an error.
@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from imagenet_kit.bench_results import RESULTS_DIR, read_results
-from imagenet_kit.config import ConfigError, RunConfig, load_config
+from imagenet_kit.config import (ARCHITECTURE_KEYS, ConfigError, ModelConfig, RunConfig, architecture,
+                                 architecture_extras, load_config)
 from imagenet_kit.schedule import resolution_for_epoch
 
 TRAIN_IMAGES = 1_281_167  # ILSVRC2012 (ImageNet-1K) train split
@@ -121,14 +122,27 @@ def scale_to_gpus(points: list[Throughput], gpus: int, efficiency: float) -> tup
     return scaled, f"scaled from {base} to {gpus} GPU(s) assuming {efficiency:.0%} multi-GPU efficiency (assumption)"
 
 
-def measured_throughput(results_dir: Path, gpu: str, arch: str, precision: str) -> tuple[list[Throughput], str]:
-    """Newest bench row per (GPU count, resolution) for this GPU model, arch and precision family.
+def bench_command(model: ModelConfig) -> str:
+    """The ``bench train`` command that measures this network (its arch and add-ons)."""
+    defaults = ModelConfig()
+    options = "".join(f" --set model.{key}={str(value).lower() if isinstance(value, bool) else value}"
+                      for key, value in architecture(model).items()
+                      if key != "arch" and value != getattr(defaults, key))
+    return f"imagenet-kit bench train --arch {model.arch}{options}"
+
+
+def measured_throughput(results_dir: Path, gpu: str, model: ModelConfig,
+                        precision: str) -> tuple[list[Throughput], str]:
+    """Newest bench row per (GPU count, resolution) for this GPU model, network and precision family.
+    The network is ``architecture(model)``: a row of the same arch with other add-ons (BlurPool, SE, ...) is a
+    different network; a row lacking an add-on key (written before it existed) had it off.
 
     A row: {"kind" (or "bench"): "train", "device", "arch", "res", "precision", "img_per_s" (summed over
     the GPUs), "gpus" (or "world_size"; default 1), "date", ...}. Of ``bench train``'s three modes only
     "real" counts (the kit's step fed by its loader, as training runs); its "synthetic" and "bare" rows
     are upper bounds and a no-kit reference."""
     wanted = {"fp32"} if precision == "fp32" else {"bf16", "fp16", "amp"}
+    network, defaults = architecture(model), architecture(ModelConfig())
     newest: dict[tuple[int, int], dict] = {}
     try:
         rows = list(read_results(results_dir))
@@ -136,7 +150,7 @@ def measured_throughput(results_dir: Path, gpu: str, arch: str, precision: str) 
         raise PlanError(str(err)) from None
     for path, number, row in rows:
         if (row.get("kind", row.get("bench")) != "train" or row.get("mode", "real") != "real"
-                or row.get("arch") != arch
+                or {key: row.get(key, defaults[key]) for key in ARCHITECTURE_KEYS} != network
                 or row.get("precision") not in wanted
                 or not re.search(GPUS[gpu].device_pattern, str(row.get("device", "")))):
             continue
@@ -161,17 +175,22 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
         raise PlanError(f"unknown GPU '{gpu}'; choose one of {', '.join(GPUS)}")
     if gpus < 1 or images < 1 or not 0 < efficiency <= 1:
         raise PlanError("gpus and images must be at least 1 and efficiency in (0, 1]")
-    points, source = measured_throughput(results_dir, gpu, cfg.model.arch, cfg.train.precision)
+    points, source = measured_throughput(results_dir, gpu, cfg.model, cfg.train.precision)
+    assumptions = []
     kind = "measured"
     if not points:
         if gpu not in REFERENCES:
             raise PlanError(f"no ResNet-50 training throughput for {gpu} ({NO_REFERENCE[gpu]}). Measure one on "
-                            f"that GPU with `imagenet-kit bench train` (rows land in {results_dir}), then plan "
+                            f"that GPU with `{bench_command(cfg.model)}` (rows land in {results_dir}), then plan "
                             f"again. Published references exist for: {', '.join(REFERENCES)}")
         if cfg.model.arch != "resnet50":
             raise PlanError(f"the published references are for resnet50, the recipe trains {cfg.model.arch}; "
-                            f"measure it with `imagenet-kit bench train`")
+                            f"measure it with `{bench_command(cfg.model)}`")
         kind, (source, points) = "derived" if gpu in DERIVED else "reference", REFERENCES[gpu]
+        extras = architecture_extras(architecture(cfg.model))
+        if extras:
+            assumptions.append(f"the published figure is a plain ResNet-50's; the recipe's {', '.join(extras)} "
+                               f"is not in it (measure with `{bench_command(cfg.model)}`)")
     points, scaling = scale_to_gpus(points, gpus, efficiency)
 
     global_batch = cfg.train.batch_size * gpus
@@ -206,6 +225,7 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
             (f"validation after every epoch: {val_images:,} images x{passes} (flip TTA) at {cfg.train.val_res} px, "
              f"a forward pass costed at {FORWARD_SHARE:.2f} of a training step"),
             "excludes data conversion, the LR range test, start-up and checkpoint writes",
+            *assumptions,
         ],
     }
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from imagenet_kit.bench_results import RESULTS_DIR, read_results
-from imagenet_kit.config import architecture_extras
+from imagenet_kit.config import architecture_label
 from imagenet_kit.progress import console
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -44,11 +44,12 @@ def _count(n: int, noun: str) -> str:
 
 
 def _train_row(r: dict) -> tuple[str, str, str]:
-    setup = (f"{r['arch']}, {r['res']} px, batch {r['batch']}, {r['precision']}"
+    setup = (f"{architecture_label(r)}, {r['res']} px, batch {r['batch']}, {r['precision']}"
              f"{', channels_last' if r['channels_last'] else ''}{', torch.compile' if r['compile'] else ''}")
     if r["mode"] == "synthetic":
         what = "training step, kit, synthetic batches on the device"
-        value = f"kit overhead {r['kit_overhead_pct']:+.1f}% vs plain PyTorch"
+        value = ("no plain-PyTorch reference (not a torchvision model)" if r["kit_overhead_pct"] is None
+                 else f"kit overhead {r['kit_overhead_pct']:+.1f}% vs plain PyTorch")
     elif r["mode"] == "real":
         what = f"training step, kit, FFCV loader on {Path(r['beton']).name}"
         value = f"data-path overhead {r['data_overhead_pct']:+.1f}% vs synthetic"
@@ -82,8 +83,7 @@ def _demo_row(r: dict) -> tuple[str, str, str]:
 
 def _accuracy_row(r: dict) -> tuple[str, str, str]:
     res = "→".join(str(x) for x in r["train_res"])
-    extras = architecture_extras(r)
-    arch = r["arch"] + (f" ({', '.join(extras)})" if extras else "")
+    arch = architecture_label(r)
     # rows from before train.crop and train.val_crop_ratio existed used these defaults
     crops = ", random-square crops" if r.get("crop", "random_resized") == "random_square" else ""
     ratio = r.get("val_crop_ratio", 0.875)

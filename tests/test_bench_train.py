@@ -41,3 +41,31 @@ def test_fp16_on_cpu_is_a_usage_error(tmp_path):
     run = CliRunner().invoke(bench_train_command, ["--precision", "fp16", "--results-dir", str(tmp_path)])
     assert run.exit_code == 2 and "fp16 autocast needs a CUDA GPU" in run.output
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_the_kits_own_models_are_timed_without_a_bare_twin(tiny_data, tmp_path):
+    results = tmp_path / "results"
+    run = CliRunner().invoke(bench_train_command, [
+        "--arch", "resnet50d", "--set", "model.se_reduction=16", "--set", "model.maxblurpool=true", "--res", "32",
+        "--batch", "4", "--steps", "1", "--warmup", "0", "--precision", "fp32",
+        "--beton", str(tiny_data["beton_dir"] / "tiny-train-64.beton"), "-j", "1", "--results-dir", str(results)])
+    assert run.exit_code == 0, run.output
+    assert "resnet50d (SE 1/16, maxblurpool)" in run.output and "no plain-PyTorch twin" in run.output
+    rows = [json.loads(line) for line in (results / "train.jsonl").read_text().splitlines()]
+    assert [r["mode"] for r in rows] == ["synthetic", "real"]  # torchvision has no resnet50d to time bare
+    for r in rows:
+        assert (r["arch"], r["se_reduction"], r["maxblurpool"], r["self_attention"], r["activation"],
+                r["blurpool"]) == ("resnet50d", 16, True, False, "relu", False)
+        assert r["kit_overhead_pct"] is None and r["img_per_s"] > 0
+
+
+@pytest.mark.parametrize("option, message", [
+    ("train.epochs=3", "'train.epochs' cannot be benchmarked; choose from model.blurpool"),
+    ("model.arch=resnet18", "'model.arch' cannot be benchmarked; choose from model.blurpool, model.maxblurpool, "
+                            "model.activation, model.se_reduction, model.self_attention (the arch has --arch)"),
+    ("model.activation=gelu", "model.activation: 'gelu' is not one of relu, mish, silu"),
+])
+def test_only_model_add_ons_can_be_set(tmp_path, option, message):
+    run = CliRunner().invoke(bench_train_command, ["--set", option, "--results-dir", str(tmp_path)])
+    assert run.exit_code == 2 and message in " ".join(run.output.split()), run.output
+    assert not (tmp_path / "train.jsonl").exists()

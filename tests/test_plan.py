@@ -21,7 +21,8 @@ def _write_rows(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-T4_ROW = {"kind": "train", "device": "Tesla T4", "arch": "resnet50", "res": 160, "precision": "fp16",
+# The full recipe's network: resnet50 with BlurPool.
+T4_ROW = {"kind": "train", "device": "Tesla T4", "arch": "resnet50", "blurpool": True, "res": 160, "precision": "fp16",
           "img_per_s": 300.0, "gpus": 1, "date": "2026-11-01T10:00:00+00:00", "command": "imagenet-kit bench train"}
 
 
@@ -56,13 +57,19 @@ def test_t4_without_a_measurement_is_a_derived_estimate_naming_its_sources(tmp_p
     assert plan["throughput"]["kind"] == "derived"
     assert plan["throughput"]["points"] == [{"gpus": 1, "res": 224, "img_per_s": pytest.approx(638 * 0.52)}]
     assert plan["epochs"][0]["img_per_s"] == pytest.approx(638 * 0.52 * (224 / 160) ** 2)  # full: 160 px first
+    assert plan["assumptions"][-1] == ("the published figure is a plain ResNet-50's; the recipe's blurpool is not "
+                                       "in it (measure with `imagenet-kit bench train --arch resnet50 "
+                                       "--set model.blurpool=true`)")
+    mini = estimate_plan(load_config("mini"), "t4", 1, results_dir=tmp_path)  # plain resnet50: nothing to add
+    assert not any("published figure" in line for line in mini["assumptions"])
 
 
 def test_a10g_without_a_measurement_fails_and_says_how_to_get_one(tmp_path):
     result = _plan("--gpu", "a10g", "--gpus", "1", "--results-dir", str(tmp_path))
     assert result.exit_code != 0
     assert "no ResNet-50 training throughput for a10g" in result.output
-    assert "imagenet-kit bench train" in result.output
+    # the command that measures the recipe's own network, BlurPool included
+    assert "`imagenet-kit bench train --arch resnet50 --set model.blurpool=true`" in " ".join(result.output.split())
 
 
 def test_unknown_gpu_lists_the_valid_ones():
@@ -85,6 +92,9 @@ def test_rows_of_other_gpus_archs_or_precisions_are_ignored(tmp_path):
     _write_rows(tmp_path / "other.jsonl", [
         {**T4_ROW, "device": "NVIDIA A100-SXM4-40GB"},
         {**T4_ROW, "arch": "resnet18"},
+        {**T4_ROW, "blurpool": False},  # another network: the same arch without the recipe's BlurPool
+        {key: value for key, value in T4_ROW.items() if key != "blurpool"},  # written before the key: plain
+        {**T4_ROW, "se_reduction": 16},
         {**T4_ROW, "precision": "fp32"},
         {**T4_ROW, "kind": "data"},
     ])

@@ -49,6 +49,16 @@ def test_a_row_per_measurement_with_hardware_and_command(tmp_path):
     assert GPU_PENDING not in markdown  # one row ran on a CUDA device
 
 
+def test_a_train_row_names_the_models_add_ons_and_that_it_has_no_bare_twin(tmp_path):
+    row = {**CPU_ROW, "mode": "synthetic", "arch": "resnet50d", "se_reduction": 16, "maxblurpool": True,
+           "kit_overhead_pct": None}
+    _write(tmp_path, "train.jsonl", [row, CPU_ROW])
+    kit, bare = _table_rows(results_markdown(load_rows(tmp_path)))
+    assert "synthetic batches on the device: resnet50d (SE 1/16, maxblurpool), 128 px" in kit[0]
+    assert "no plain-PyTorch reference (not a torchvision model)" in kit[1]
+    assert "plain PyTorch reference (torchvision model, SGD, autocast): resnet50, 128 px" in bare[0]  # older lines
+
+
 ACCURACY = {"kind": "accuracy", "date": "2026-11-26T08:00:00+00:00", "run": "r", "data": "imagenette2",
             "arch": "resnet50d", "epochs": 5, "batch": 64, "train_res": [128], "val_res": 160, "flip_tta": True,
             "lr": 0.008, "schedule": "flat_cos", "optimizer": "radam", "lr_batch": 64, "top1": 0.8, "top5": 0.98,
