@@ -78,7 +78,7 @@ browser-deps:
 # On a GPU, bench train times the full recipe's network (resnet50 + BlurPool), the rows `plan` looks for.
 bench: setup
 	$(KIT) bench data --src ../shared/data/imagenet-samples
-	$(KIT) bench train $(if $(filter 0,$(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),--arch resnet50 --res 128 --batch 16 --precision bf16,--arch resnet50 --set model.blurpool=true)
+	$(KIT) bench train $(if $(filter 0,$(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),--arch resnet50 --res 128 --batch 16,--arch resnet50 --set model.blurpool=true)
 	$(KIT) bench demo
 	$(KIT) bench report
 

@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,17 +56,22 @@ def shutdown_runtime(runtime: Runtime) -> None:
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """Autocast dtype (None = fp32) and whether fp16 loss scaling is needed.
 
-    ``auto``: bf16 on GPUs that have it (Ampere and newer), fp16 with a GradScaler on T4/V100, and bf16
-    on CPU, where AVX-512-BF16/AMX CPUs train ResNet-50 about twice as fast as in fp32.
+    ``auto``: bf16 on GPUs that have it (Ampere and newer), fp16 with a GradScaler on T4/V100; on CPU, bf16
+    where the CPU computes it natively (AVX-512-BF16 or AMX: ResNet-50 trains about twice as fast as in fp32)
+    and fp32 elsewhere, where bf16 is emulated (13x slower than fp32 on an AVX2-only AMD EPYC).
     """
     if precision == "auto":
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         else:
-            precision = "bf16"
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
     if precision == "fp32":
         return None, False
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn(f"this CPU ({cpu_model()}) has no native bf16 (AVX-512-BF16 or AMX): bf16 autocast is "
+                          "emulated and trains many times slower than fp32; use --precision fp32 or auto",
+                          stacklevel=2)
         return torch.bfloat16, False
     if precision == "fp16":
         if device.type != "cuda":
@@ -95,12 +101,22 @@ def command_line(argv: list[str] | None = None) -> str:
     return " ".join([name, *argv[1:]])
 
 
+def cpu_has_native_bf16() -> bool:
+    # torch has no public check; these are torch.cpu's own cpuinfo probes.
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def cpu_model() -> str:
+    """The CPU's name and the vector instructions torch uses on it, e.g. "AMD EPYC (AVX2)": cloud hosts give
+    different CPU generations one name, and their training speeds differ several times over."""
+    name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+                name = line.split(":", 1)[1].strip()
+                break
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{name} ({isa}{' + BF16' if cpu_has_native_bf16() else ''})"
 
 
 def git_revision() -> str:

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -128,6 +129,34 @@ def test_progressive_resizing_matches_ffcv(epoch, res):
 def test_linear_scaling_rule():
     assert scaled_lr(0.425, 1024, 4096) == pytest.approx(1.7)  # FFCV rn50: 1.7 at 8 x 512
     assert scaled_lr(0.1, 256, 64) == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native_bf16, expected):
+    import imagenet_kit.runtime as runtime
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == (expected, False)
+
+
+def test_explicit_bf16_on_a_cpu_without_it_warns_and_names_the_way_out(monkeypatch):
+    import imagenet_kit.runtime as runtime
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match=r"no native bf16.*--precision fp32"):
+        assert runtime.resolve_precision("bf16", torch.device("cpu")) == (torch.bfloat16, False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.resolve_precision("bf16", torch.device("cpu"))
+
+
+def test_cpu_model_names_the_instruction_set(monkeypatch):
+    import imagenet_kit.runtime as runtime
+    monkeypatch.setattr(runtime.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.cpu_model().endswith(" (AVX512 + BF16)")
+    monkeypatch.setattr(runtime.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.cpu_model().endswith(" (AVX2)")
 
 
 def test_one_real_resnet50_step_bf16():
