@@ -84,8 +84,9 @@ def _kit_step(arch: str, model_options: dict, batch: int, total_steps: int, devi
     optim = OptimConfig()
     max_lr = scaled_lr(optim.lr, optim.lr_batch, batch)
     optimizer = create_optimizer(param_groups(model, optim.weight_decay), lr=max_lr, **optimizer_settings(optim))
-    # One "epoch" of exactly the steps run: OneCycleLR refuses to step past its total.
-    scheduler = create_scheduler(optimizer, optim.schedule, max_lr, 1, total_steps)
+    # One "epoch" a few steps longer than the steps run: OneCycleLR refuses to step past its total and needs a
+    # warm-up of more than one step, which `--warmup 1 --steps 3` alone would not give it.
+    scheduler = create_scheduler(optimizer, optim.schedule, max_lr, 1, total_steps + 8)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     step_model = torch.compile(model) if compile_ else model

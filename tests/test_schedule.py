@@ -86,3 +86,10 @@ def test_unknown_schedule():
     p = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(ValueError, match="cosine"):
         create_scheduler(torch.optim.SGD([p], lr=1), "cosine", 1.0, 1, 1)
+
+
+def test_onecycle_with_a_warm_up_under_one_step_names_the_way_out():
+    p = torch.nn.Parameter(torch.zeros(1))
+    with pytest.raises(ValueError, match=r"pct_start 0.25 x 4 steps\) is under one step"):
+        create_scheduler(torch.optim.SGD([p], lr=1), "onecycle", 1.0, 1, 4)
+    create_scheduler(torch.optim.SGD([p], lr=1), "onecycle", 1.0, 1, 5)  # 1.25 steps of warm-up: fine
