@@ -42,6 +42,7 @@ def run_record(run_dir: Path) -> dict:
         "train_minutes": sum(m["epoch_seconds"] for m in epochs) / 60,
         "device": env["device"], "world_size": env["world_size"], "torch_threads": env["torch_threads"],
         "git": env["git"], "command": env["command"], "per_epoch_top1": [m["top1"] for m in epochs],
+        **({"precision": env["precision"]} if "precision" in env else {}),  # env.json has it since 2026-11-27
     }
 
 

@@ -35,7 +35,7 @@ from imagenet_kit.data.convert import convert, scan_imagefolder
 from imagenet_kit.data.loaders import beton_num_samples, create_train_loader, default_workers
 from imagenet_kit.model import ARCHS, create_model, create_optimizer, optimizer_settings, param_groups
 from imagenet_kit.progress import console
-from imagenet_kit.runtime import device_name, environment, resolve_precision
+from imagenet_kit.runtime import device_name, environment, precision_name, resolve_precision
 from imagenet_kit.schedule import create_scheduler
 from imagenet_kit.train import scaled_lr, train_step
 
@@ -169,7 +169,7 @@ def sample_beton(path=DEFAULT_BETON) -> Path:
 
 def _measure_all(arch, model_options, resolutions, batch, precision, compile_, channels_last, beton, beton_images,
                  steps, warmup, workers, device) -> list[dict]:
-    resolved = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[resolve_precision(precision, device)[0]]
+    resolved = precision_name(resolve_precision(precision, device)[0])
     env = environment()
     common = {"kind": "train", "host": env["host"], "device": device_name(device), "device_type": device.type,
               "gpus": 1, "arch": arch, **model_options, "batch": batch, "precision": resolved,

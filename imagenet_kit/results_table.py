@@ -96,7 +96,8 @@ def _accuracy_row(r: dict) -> tuple[str, str, str]:
     value = (f"{100 * r['top1']:.2f}% / {100 * r['top5']:.2f}% (best {100 * r['best_top1']:.2f}% at epoch "
              f"{r['best_epoch']}); {r['train_minutes']:.0f} min of training")
     hardware = r["device"] + (f" ×{r['world_size']}" if r["world_size"] > 1 else "")
-    return what, value, hardware + f", {_count(r['torch_threads'], 'thread')}"
+    precision = f", {r['precision']}" if "precision" in r else ""
+    return what, value, hardware + f", {_count(r['torch_threads'], 'thread')}{precision}"
 
 
 ROW_FORMATS = {"accuracy": _accuracy_row, "train": _train_row, "data": _data_row, "demo": _demo_row}

@@ -80,6 +80,11 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     raise ValueError(f"unknown precision '{precision}'; choose auto, fp32, fp16 or bf16")
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """What ``resolve_precision`` chose, as the recipe spells it."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp_dtype]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()

@@ -27,7 +27,7 @@ from imagenet_kit.init_weights import freeze_backbone, init_model
 from imagenet_kit.lr_find import lr_range_test
 from imagenet_kit.model import create_optimizer, model_from_config, optimizer_settings, param_groups
 from imagenet_kit.progress import console, progress_bar
-from imagenet_kit.runtime import Runtime, autocast, environment, resolve_precision, write_json
+from imagenet_kit.runtime import Runtime, autocast, environment, precision_name, resolve_precision, write_json
 from imagenet_kit.schedule import create_scheduler, resolution_for_epoch, schedule_trace
 
 
@@ -126,7 +126,8 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
     val_loader = create_val_loader(str(val_beton), cfg.train.val_batch_size, cfg.train.val_res, device, workers,
                                    distributed=runtime.distributed, crop_ratio=cfg.train.val_crop_ratio)
     if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one
-        write_json(run_dir / "env.json", environment(runtime))
+        # the precision `auto` resolved to here: the same recipe runs bf16 on one CPU and fp32 on another
+        write_json(run_dir / "env.json", {**environment(runtime), "precision": precision_name(amp_dtype)})
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{train_beton}: fewer images than one batch of {cfg.train.batch_size}; "

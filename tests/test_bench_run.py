@@ -1,4 +1,5 @@
 import json
+import re
 
 import torch
 from click.testing import CliRunner
@@ -25,8 +26,10 @@ def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
         "self_attention": False}
     assert (record["crop"], record["min_scale"], record["val_crop_ratio"]) == ("random_square", 0.08, 1.0)
     assert record["lookahead_k"] == 0
+    assert record["precision"] == "fp32"  # from env.json: the precision the run actually trained in
     table = results_markdown(load_rows(results))
     assert f"{100 * result['top1']:.2f}%" in table and "resnet18 on tiny" in table
+    assert re.search(r"\d+ threads?, fp32 \|", table)  # the hardware column names the precision
     optim = tiny_config.optim
     assert f"sgd {optim.schedule} LR {optim.lr} per {optim.lr_batch} images" in table
 

@@ -30,6 +30,7 @@ def test_short_run_writes_the_run_folder(tiny_config):
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
     env = json.loads((run / "env.json").read_text())
     assert {"torch", "ffcv", "device", "git", "command"} <= set(env)
+    assert env["precision"] == "fp32"  # what the recipe's precision resolved to, not just what it asked for
     for name in ("schedule.png", "curves.png", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / name).stat().st_size > 0, name
     last = load_checkpoint(run / "checkpoints" / "last.pt")
