@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -69,15 +70,19 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
         return None, False
     if precision == "bf16":
         if device.type == "cpu" and not cpu_has_native_bf16():
-            warnings.warn(f"this CPU ({cpu_model()}) has no native bf16 (AVX-512-BF16 or AMX): bf16 autocast is "
-                          "emulated and trains many times slower than fp32; use --precision fp32 or auto",
-                          stacklevel=2)
+            _warn_emulated_bf16()
         return torch.bfloat16, False
     if precision == "fp16":
         if device.type != "cuda":
             raise ValueError("fp16 autocast needs a CUDA GPU; use bf16 or fp32 on CPU")
         return torch.float16, True
     raise ValueError(f"unknown precision '{precision}'; choose auto, fp32, fp16 or bf16")
+
+
+@functools.cache  # once per process: a command resolves its precision in several places
+def _warn_emulated_bf16() -> None:
+    warnings.warn(f"this CPU ({cpu_model()}) has no native bf16 (AVX-512-BF16 or AMX): bf16 autocast is emulated "
+                  "and trains many times slower than fp32; use --precision fp32 or auto", stacklevel=3)
 
 
 def precision_name(amp_dtype: torch.dtype | None) -> str:

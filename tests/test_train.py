@@ -142,6 +142,7 @@ def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatc
 def test_explicit_bf16_on_a_cpu_without_it_warns_and_names_the_way_out(monkeypatch):
     import imagenet_kit.runtime as runtime
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    runtime._warn_emulated_bf16.cache_clear()  # it warns once per process
     with pytest.warns(UserWarning, match=r"no native bf16.*--precision fp32"):
         assert runtime.resolve_precision("bf16", torch.device("cpu")) == (torch.bfloat16, False)
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
