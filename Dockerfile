@@ -65,16 +65,12 @@ RUN apt-get update \
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # uid 1000 is the default user on Ubuntu EC2 hosts, so files written to bind-mounted runs/ and betons/
-# belong to that user on the host. Recipe names resolve against the directory beside the installed
-# package (imagenet_kit.config.RECIPES_DIR), so that path points at the recipes copied below.
+# belong to that user on the host. The recipes and the embedded sample (6.6 MB, so `make mini` can smoke-test
+# a GPU host before the real data arrives) are package data of the installed kit: nothing to copy or link.
 RUN useradd --create-home --uid 1000 --shell /bin/bash kit \
- && install -d -o kit -g kit /workspace /workspace/runs /workspace/betons \
- && ln -s /workspace/recipes /opt/venv/lib/python3.11/site-packages/recipes
+ && install -d -o kit -g kit /workspace /workspace/runs /workspace/betons
 WORKDIR /workspace
 COPY --chown=kit:kit Makefile ./
-COPY --chown=kit:kit recipes ./recipes
-# The embedded sample (6.6 MB) lets `make mini` smoke-test a GPU host before the real data arrives.
-COPY --chown=kit:kit sample_data ./sample_data
 USER 1000:1000
 EXPOSE 7860
 # The demo listens on 0.0.0.0:7860; model loading takes a while on CPU, hence the start period.

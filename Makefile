@@ -10,7 +10,7 @@ NPROC ?= 1
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps browser-deps mini full demo space test bench clean
+.PHONY: help setup system-deps browser-deps mini full demo space test lint bench clean
 
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
@@ -18,7 +18,7 @@ help:
 	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8]"
 	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
 	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
-	@echo "make test    the test suite"
+	@echo "make test    lint (ruff) and the test suite"
 
 setup: $(STAMP)
 
@@ -63,8 +63,12 @@ demo: setup
 space: setup
 	$(KIT) space $(if $(RUN),--run "$(RUN)") $(ARGS)
 
-test: setup browser-deps
+test: lint browser-deps
 	$(PY) -m pytest -q $(ARGS)
+
+# pyflakes, import order, bugbear and a statement limit per function (pyproject.toml's [tool.ruff]).
+lint: setup
+	$(PY) -m ruff check imagenet_kit tests
 
 # The demo's browser test drives Debian's chromium (Playwright never downloads a browser here); without it
 # that one test is skipped with its reason.

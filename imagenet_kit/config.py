@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import typing
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+from imagenet_kit.errors import KitError
+from imagenet_kit.runs import RunFolder, beton_paths
+
+# Package data, so an installed kit (pip install .) finds them from any folder. `files` gives a real folder for
+# an installed or editable package (the kit is never imported from a zip).
+PACKAGE_DIR = Path(str(files("imagenet_kit")))
+RECIPES_DIR = PACKAGE_DIR / "recipes"
 
 
-class ConfigError(ValueError):
+class ConfigError(KitError, ValueError):
     """A recipe or override that cannot be applied; the message names the key or file."""
 
 
@@ -38,9 +45,8 @@ class ModelConfig:
     zero_init_residual: bool = True  # last BN gamma of each residual block starts at 0 (Goyal et al. 2017)
     blurpool: bool = False  # anti-aliased strided convs, as FFCV's rn50 configs use
     channels_last: bool = True
-    # Starting weights of a fresh run (a resumed one takes its checkpoint's): "" = random; "torchvision" =
-    # torchvision's published ImageNet weights for the arch; or a kit checkpoint (.pt) or export folder.
-    # Everything but the head is loaded; head rows are kept by class WNID (init_weights.py).
+    # Starting weights of a fresh run (a resumed one takes its checkpoint's): "" = random; "torchvision" = its published
+    # ImageNet weights; or a kit checkpoint (.pt) or export folder. All but the head loads (models/init_weights.py).
     init: str = ""
     # relu | mish (Misra 2019, the fastai Imagenette leaderboard's choice) | silu (Swish; far cheaper than
     # Mish on CPU, where torch's bf16 Mish kernel is slow)
@@ -53,39 +59,6 @@ class ModelConfig:
     # Anti-aliased max pooling (Zhang 2019) for the stem's max pool and, on resnet50d/resnext50d, the shortcuts'
     # 2x2 pooling: as the best 5-epoch Imagenette leaderboard entry (87.5%) swaps in kornia's MaxBlurPool2d.
     maxblurpool: bool = False
-
-
-# The ModelConfig keys that decide what a model's weights mean: a checkpoint or an export fits a model only
-# when all of them match.
-ARCHITECTURE_KEYS = ("arch", "blurpool", "maxblurpool", "activation", "se_reduction", "self_attention")
-
-
-def architecture(model: ModelConfig) -> dict:
-    return {key: getattr(model, key) for key in ARCHITECTURE_KEYS}
-
-
-def architecture_extras(spec: dict) -> list[str]:
-    """What a model has beyond its plain arch, e.g. ['SE 1/16', 'self-attention', 'mish'], from
-    ``architecture()``'s keys; keys a record lacks (written before they existed) read as their defaults."""
-    spec = {**architecture(ModelConfig()), **spec}
-    return [text for text, used in ((f"SE 1/{spec['se_reduction']}", spec["se_reduction"]),
-                                    ("self-attention", spec["self_attention"]), ("blurpool", spec["blurpool"]),
-                                    ("maxblurpool", spec["maxblurpool"]),
-                                    (spec["activation"], spec["activation"] != "relu")) if used]
-
-
-def architecture_label(spec: dict) -> str:
-    """'resnet50d (SE 1/16, maxblurpool)': the arch and its ``architecture_extras``, for table rows."""
-    extras = architecture_extras(spec)
-    return spec["arch"] + (f" ({', '.join(extras)})" if extras else "")
-
-
-def describe_architecture(spec: dict) -> str:
-    """'resnext50d with SE 1/16 and mish': the arch and its ``architecture_extras``."""
-    extras = architecture_extras(spec)
-    if len(extras) > 1:
-        extras = [", ".join(extras[:-1]) + " and " + extras[-1]]
-    return f"{spec['arch']} with {extras[0]}" if extras else spec["arch"]
 
 
 ACTIVATIONS = ("relu", "mish", "silu")
@@ -139,8 +112,8 @@ class TrainConfig:
     crop: str = "random_resized"
     min_scale: float = 0.08  # smallest crop area of random-resized-crop; short schedules like 0.35 (fastai)
     val_res: int = 256
-    # Evaluation center crop: this share of the shorter side, resized to val_res (224/256 is the ImageNet
-    # standard; 1.0 matches random_square training, which never zooms in).
+    # Evaluation center crop: this share of the shorter side, resized to val_res (224/256: the ImageNet standard;
+    # 1.0 matches random_square training, which never zooms in).
     val_crop_ratio: float = 0.875
     val_batch_size: int = 256
     flip_tta: bool = True  # average logits of the image and its mirror at evaluation
@@ -149,9 +122,8 @@ class TrainConfig:
     tensorboard: bool = False  # also log each epoch's metrics to <run>/tensorboard (needs `pip install tensorboard`)
     max_steps: int = 0  # stop after this many steps in total (smoke tests); 0 = no limit
     freeze_epochs: int = 0  # fine-tuning: only the head trains for this many epochs, then everything
-    # Reproducibility tests only: center crops instead of random ones, no flip, sequential order and
-    # torch's deterministic algorithms. FFCV's random crops draw from numba's unseeded RNG, so a normal
-    # run cannot be replayed bit for bit.
+    # Reproducibility tests only: center crops, no flip, sequential order and torch's deterministic algorithms.
+    # FFCV's random crops draw from numba's unseeded RNG, so a normal run cannot be replayed bit for bit.
     deterministic: bool = False
 
 
@@ -183,6 +155,15 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
+    @property
+    def betons(self) -> tuple[Path, Path]:
+        """The train and val betons this run reads (``runs.beton_paths``)."""
+        return beton_paths(self.data.beton_dir, self.data.name, self.data.max_res)
+
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
             "lr_find": LRFindConfig}
@@ -190,43 +171,28 @@ TOP_LEVEL = ("name", "output_dir")
 
 
 def _valid_keys() -> list[str]:
-    keys = list(TOP_LEVEL)
-    for section, cls in SECTIONS.items():
-        keys += [f"{section}.{f.name}" for f in fields(cls)]
-    return keys
+    return [*TOP_LEVEL, *(f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in fields(cls))]
+
+
+BOOLEAN_WORDS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off"), False)}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Convert ``value`` (from YAML or a CLI string) to the field's type, or raise naming the key."""
-    if key == "optim.lr":  # a number or the word "auto"
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        annotation = float
-    else:
-        annotation = type(default)
+    if key == "optim.lr" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"  # optim.lr: a number or the word "auto"
+    annotation = float if key == "optim.lr" else type(default)
     try:
         if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
+            return value if isinstance(value, bool) else BOOLEAN_WORDS[str(value).strip().lower()]
+        if annotation in (int, float) and isinstance(value, bool):  # YAML's `yes` is no number
             raise ValueError
         if annotation is int:
-            if isinstance(value, bool):
+            if float(value) != int(float(value)):
                 raise ValueError
-            as_float = float(value)
-            if as_float != int(as_float):
-                raise ValueError
-            return int(as_float)
-        if annotation is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
+            return int(float(value))
+        return float(value) if annotation is float else str(value)
+    except (KeyError, TypeError, ValueError):
         raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
 
 
@@ -244,14 +210,9 @@ def set_key(cfg: RunConfig, key: str, value: Any) -> None:
 
 
 def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    items = []
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            items += _flatten(v, key + ".")
-        else:
-            items.append((key, v))
-    return items
+    """{"train": {"epochs": 5}} -> [("train.epochs", 5)]"""
+    return [item for k, v in tree.items()
+            for item in (_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)])]
 
 
 def resolve_recipe_path(recipe: str) -> Path:
@@ -290,6 +251,18 @@ def load_config(recipe: str | None = None, overrides: typing.Iterable[str] = ())
     return cfg
 
 
+# Numeric keys with a range: (key, test, what the value must be).
+RANGES = (
+    ("model.se_reduction", lambda v: v >= 0, "0 (off) or a channel divisor such as 16"),
+    ("optim.lookahead_k", lambda v: v >= 0, "0 (off) or a step count"),
+    ("optim.lookahead_alpha", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.head_lr_mult", lambda v: v > 0, "positive"),
+    ("train.val_crop_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("train.batch_size", lambda v: v >= 1, "at least 1"),
+    ("train.freeze_epochs", lambda v: v >= 0, "0 or more"),
+)
+
+
 def validate(cfg: RunConfig) -> None:
     choices = {
         "train.precision": (cfg.train.precision, ("auto", "fp32", "fp16", "bf16")),
@@ -304,25 +277,15 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     if cfg.train.min_res > cfg.train.max_res:
         raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
-    if cfg.model.se_reduction < 0:
-        raise ConfigError(f"model.se_reduction must be 0 (off) or a channel divisor such as 16, "
-                          f"got {cfg.model.se_reduction}")
+    for key, allowed, what in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not allowed(value):
+            raise ConfigError(f"{key} must be {what}, got {value}")
     if cfg.model.arch == "resnet50v2" and (cfg.model.se_reduction or cfg.model.self_attention
                                            or cfg.model.maxblurpool):
         raise ConfigError("model.se_reduction, model.self_attention and model.maxblurpool need torchvision's "
                           "ResNet layout; model.arch resnet50v2 has its own")
-    if cfg.optim.lookahead_k < 0:
-        raise ConfigError(f"optim.lookahead_k must be 0 (off) or a step count, got {cfg.optim.lookahead_k}")
-    if not 0 < cfg.optim.lookahead_alpha <= 1:
-        raise ConfigError(f"optim.lookahead_alpha must be in (0, 1], got {cfg.optim.lookahead_alpha}")
-    if not 0 < cfg.train.val_crop_ratio <= 1:
-        raise ConfigError(f"train.val_crop_ratio must be in (0, 1], got {cfg.train.val_crop_ratio}")
-    if cfg.train.batch_size < 1:
-        raise ConfigError("train.batch_size must be at least 1")
-    if cfg.train.freeze_epochs < 0:
-        raise ConfigError("train.freeze_epochs must not be negative")
-    if not cfg.optim.head_lr_mult > 0:
-        raise ConfigError(f"optim.head_lr_mult must be positive, got {cfg.optim.head_lr_mult}")
 
 
 def config_from_dict(tree: dict) -> RunConfig:

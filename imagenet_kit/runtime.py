@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from imagenet_kit.config import ConfigError
+
 
 @dataclass
 class Runtime:
@@ -74,9 +76,9 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
         return torch.bfloat16, False
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("fp16 autocast needs a CUDA GPU; use bf16 or fp32 on CPU")
+            raise ConfigError("train.precision fp16: fp16 autocast needs a CUDA GPU; use bf16 or fp32 on CPU")
         return torch.float16, True
-    raise ValueError(f"unknown precision '{precision}'; choose auto, fp32, fp16 or bf16")
+    raise ConfigError(f"train.precision: unknown precision '{precision}'; choose auto, fp32, fp16 or bf16")
 
 
 @functools.cache  # once per process: a command resolves its precision in several places
@@ -173,3 +175,21 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def any_rank(flag: bool, runtime: Runtime) -> bool:
+    """True on every rank if it is true on any (one all-reduce): all ranks then stop at the same step, where a
+    rank that stopped alone would leave the others hanging in their next all-reduce."""
+    if not runtime.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_across_ranks(value: float, runtime: Runtime) -> float:
+    if not runtime.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(t)
+    return float(t.item()) / runtime.world_size

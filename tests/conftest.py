@@ -9,7 +9,7 @@ import pytest
 from imagenet_kit.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "sample_data" / "imagenette-sample"
+SAMPLE = REPO / "imagenet_kit" / "sample_data" / "imagenette-sample"
 
 
 def _tiny_imagefolder(dst: Path, classes: int, train_per_class: int, val_per_class: int) -> Path:

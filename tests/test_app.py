@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
-from torchvision.models import ResNet50_Weights
-
-from imagenet_kit.app import build_app, demo_command, launch
-from imagenet_kit.export import export_model
-from imagenet_kit.images import load_rgb
-from imagenet_kit.predict import load_exported
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 from test_export import EXAMPLES, PHOTO, make_fake_run  # tests/ is on sys.path (pytest's rootdir-less import)
+from torchvision.models import ResNet50_Weights
+
+from imagenet_kit.cli import cli
+from imagenet_kit.images import load_rgb
+from imagenet_kit.serve.demo import build_app, launch
+from imagenet_kit.serve.export import export_model
+from imagenet_kit.serve.predict import load_exported
 
 # Gradio's queue calls pandas APIs that pandas 3 deprecates; not this project's code.
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
@@ -166,8 +167,8 @@ def test_exif_rotated_jpeg_classifies_like_the_upright_photo(served, client, tmp
 
 def test_demo_without_an_export_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(demo_command, [])
-    assert result.exit_code == 1
+    result = CliRunner().invoke(cli, ["demo"])
+    assert result.exit_code == 2 and result.output.startswith("error: ")
     assert f"looked for {tmp_path / 'runs'}/*/export/model.json" in result.output
     assert "make mini" in result.output
 
@@ -177,8 +178,8 @@ def test_torchvision_weights_offline_names_the_cache_file(monkeypatch):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(ResNet50_Weights, "get_state_dict", offline)
-    result = CliRunner().invoke(demo_command, ["--weights", "torchvision"])
-    assert result.exit_code == 1
+    result = CliRunner().invoke(cli, ["demo", "--weights", "torchvision"])
+    assert result.exit_code == 2 and result.output.startswith("error: ")
     target = Path(torch.hub.get_dir()) / "checkpoints" / "resnet50-11ad3fa6.pth"
     assert str(target) in result.output
 
@@ -211,7 +212,7 @@ def test_browser_upload_shows_five_labels(served, tmp_path):
             confidences = page.locator(".confidence-set")
             expect(confidences).to_have_count(5, timeout=30_000)
             expect(page.get_by_test_id("label-output-value")).to_have_text(expected[0][0])
-            for row, (name, _) in zip(confidences.all(), expected):
+            for row, (name, _) in zip(confidences.all(), expected, strict=False):
                 expect(row).to_contain_text(name)
                 expect(row).to_contain_text("%")
             page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)

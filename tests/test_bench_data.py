@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from imagenet_kit.bench_data import bench_data_command
+from imagenet_kit.bench.data import bench_data_command
 
 KEYS = {"kind", "date", "host", "cpu", "versions", "command", "src", "n_images", "res", "workers", "max_res",
         "loader", "img_per_s", "img_per_s_per_core", "ratio_vs_baseline"}

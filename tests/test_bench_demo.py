@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-
-from imagenet_kit.bench_demo import bench_demo, bench_demo_command
-from imagenet_kit.export import export_model
 from test_export import make_fake_run  # tests/ is on sys.path (pytest's rootdir-less import)
+
+from imagenet_kit.bench.demo import bench_demo, bench_demo_command
+from imagenet_kit.serve.export import export_model
 
 REQUIRED = {"date", "host", "cpu", "torch", "torchvision", "python", "command", "arch", "res", "backend",
             "n", "p50_ms", "p95_ms", "mean_ms"}

@@ -4,11 +4,12 @@ import re
 import torch
 from click.testing import CliRunner
 
-from imagenet_kit.bench_run import bench_run_command
-from imagenet_kit.config import ARCHITECTURE_KEYS
-from imagenet_kit.results_table import load_rows, results_markdown
+from imagenet_kit.bench.report import load_rows, results_markdown
+from imagenet_kit.bench.run import bench_run_command
+from imagenet_kit.cli import cli
+from imagenet_kit.engine.train import train
+from imagenet_kit.models.architecture import ARCHITECTURE_KEYS
 from imagenet_kit.runtime import Runtime
-from imagenet_kit.train import train
 
 
 def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
@@ -38,5 +39,5 @@ def test_an_unfinished_run_is_refused(tiny_config, tmp_path):
     tiny_config.train.max_steps = 2
     train(tiny_config, Runtime(torch.device("cpu")))
     (tiny_config.run_dir / "metrics.jsonl").write_text("")
-    out = CliRunner().invoke(bench_run_command, [str(tiny_config.run_dir), "--results-dir", str(tmp_path)])
-    assert out.exit_code != 0 and "finished" in out.output
+    out = CliRunner().invoke(cli, ["bench", "run", str(tiny_config.run_dir), "--results-dir", str(tmp_path)])
+    assert out.exit_code == 2 and "finished" in out.output

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from imagenet_kit.bench_train import bench_train_command
+from imagenet_kit.bench.train import bench_train_command
 
 KEYS = {"kind", "date", "host", "device", "device_type", "gpus", "arch", "res", "batch", "precision",
         "channels_last", "compile", "mode", "img_per_s", "peak_mem_mb", "data_overhead_pct", "kit_overhead_pct",

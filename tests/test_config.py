@@ -73,7 +73,7 @@ def test_missing_recipe_lists_known_ones():
 
 def test_full_recipe_is_ffcvs_rn50_16_epochs_after_batch_scaling():
     """libffcv/ffcv-imagenet rn50_configs/rn50_16_epochs.yaml: lr 1.7 at 8 GPUs x 512, wd 1e-4, ..."""
-    from imagenet_kit.train import scaled_lr
+    from imagenet_kit.optim.optimizers import scaled_lr
     cfg = load_config("full")
     assert scaled_lr(cfg.optim.lr, cfg.optim.lr_batch, 8 * 512) == pytest.approx(1.7)
     assert (cfg.model.arch, cfg.model.blurpool, cfg.train.epochs) == ("resnet50", True, 16)

@@ -280,7 +280,7 @@ def test_beton_pixels_match_the_decoded_files(tmp_path):
                     pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
     images, labels = next(iter(loader))
     assert labels.ravel().tolist() == [e[1] for e in expected]
-    for got, (name, _, want, tol) in zip(images, expected):
+    for got, (name, _, want, tol) in zip(images, expected, strict=False):
         _assert_image(np.asarray(got), want, tol, name)
 
 

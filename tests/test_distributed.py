@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
+from imagenet_kit.engine.train import train
 from imagenet_kit.runtime import Runtime
-from imagenet_kit.train import train
 
 CPU = Runtime(torch.device("cpu"))
 # BatchNorm statistics are per process (B images each, not 2B): the one intended difference, since

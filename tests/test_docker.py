@@ -162,13 +162,13 @@ def test_runtime_stage_runs_the_kit_as_a_non_root_user():
     assert "useradd" in " ".join(args for i, args in _stages()[-1] if i == "RUN")
 
 
-def test_runtime_stage_has_make_recipes_and_no_compilers():
+def test_runtime_stage_has_make_and_no_compilers():
     final = _stages()[-1]
     runs = " ".join(args for instruction, args in final if instruction == "RUN")
     assert not COMPILERS.search(runs), COMPILERS.search(runs)
     assert re.search(r"apt-get install[^&]*\bmake\b", runs)
     copies = [args for instruction, args in final if instruction == "COPY"]
-    assert any("Makefile" in c for c in copies) and any(" recipes " in f" {c} " for c in copies)
+    assert any("Makefile" in c for c in copies)
 
 
 def test_pip_installs_use_the_constraints_and_apt_stays_lean():
@@ -179,11 +179,13 @@ def test_pip_installs_use_the_constraints_and_apt_stays_lean():
         assert "--no-install-recommends" in run and "rm -rf /var/lib/apt/lists/*" in run
 
 
-def test_recipes_resolve_beside_the_installed_package():
-    """The image links site-packages/recipes to /workspace/recipes, which only works while recipe
-    names resolve against the folder beside the package."""
-    assert config.RECIPES_DIR == Path(config.__file__).resolve().parent.parent / "recipes"
-    assert "site-packages/recipes" in " ".join(args for instruction, args in DOCKERFILE if instruction == "RUN")
+def test_recipes_are_package_data_so_the_image_needs_no_link():
+    """Recipes and the sample resolve inside the installed package; the image copies or links neither."""
+    assert config.RECIPES_DIR == Path(config.__file__).resolve().parent / "recipes"
+    assert sorted(p.name for p in config.RECIPES_DIR.glob("*.yaml"))
+    instructions = " ".join(args for instruction, args in DOCKERFILE if instruction in ("RUN", "COPY"))
+    assert "site-packages/recipes" not in instructions and "ln -s" not in instructions
+    assert "recipes" not in instructions and "sample_data" not in instructions
 
 
 def test_dockerignore_sends_only_what_the_dockerfile_copies():

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from imagenet_kit.data.loaders import create_val_loader, normalize
-from imagenet_kit.evaluate import evaluate
-from imagenet_kit.model import create_model
+from imagenet_kit.engine.evaluate import evaluate
+from imagenet_kit.models.factory import create_model
 
 CPU = torch.device("cpu")
 

@@ -11,17 +11,20 @@ import torch
 import torchvision.transforms as T
 from click.testing import CliRunner
 
-from imagenet_kit import export
+from imagenet_kit.cli import cli
 from imagenet_kit.config import RunConfig
 from imagenet_kit.data.imagenet_meta import wnid_to_name
-from imagenet_kit.export import FORMATS, TOLERANCES, export_command, export_model
 from imagenet_kit.images import load_rgb
-from imagenet_kit.model import create_model, model_from_config
-from imagenet_kit.predict import FILES, ExportError, load_exported, preprocess, resolve_model_dir
+from imagenet_kit.models.factory import create_model, model_from_config
+from imagenet_kit.runs import MODEL_FILES as FILES
+from imagenet_kit.runs import RunNotFound, resolve_export
+from imagenet_kit.serve import export
+from imagenet_kit.serve.export import FORMATS, TOLERANCES, export_command, export_model
+from imagenet_kit.serve.predict import ExportError, load_exported, preprocess
 
 IMAGENETTE = ("n01440764 n02102040 n02979186 n03000684 n03028079 n03394916 n03417042 n03425413 n03445777 "
               "n03888257").split()
-EXAMPLES = Path(__file__).resolve().parent.parent / "imagenet_kit" / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "imagenet_kit" / "serve" / "examples"
 # The photo the tests classify: with the fixture's model its top-1 leads the runner-up by a wide margin,
 # so comparisons of top-1 are not decided by rounding.
 PHOTO = EXAMPLES / "n07873807_pizza.jpg"
@@ -200,16 +203,16 @@ def test_cli_exports_a_run_folder_to_its_export_folder(tmp_path):
     assert result.exit_code == 0, result.output
     assert "model.safetensors" in result.output and "max |Δlogit|" in result.output
     assert json.loads((run / "export" / "preprocess.json").read_text())["crop"] == 96
-    bad = CliRunner().invoke(export_command, ["--checkpoint", str(run), "--format", "tflite"])
+    bad = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "--format", "tflite"])
     assert bad.exit_code != 0 and "unknown format(s) tflite" in bad.output
 
 
 def test_default_model_dir_is_the_newest_export(tmp_path):
-    with pytest.raises(ExportError, match=r"looked for .*/\*/export/model.json.*make mini"):
-        resolve_model_dir(None, tmp_path)
+    with pytest.raises(RunNotFound, match=r"looked for .*/\*/export/model.json.*make mini"):
+        resolve_export(None, tmp_path)
     for name, mtime in (("old", 1_000_000), ("new", 2_000_000)):
         (tmp_path / name / "export").mkdir(parents=True)
         (tmp_path / name / "export" / "model.json").write_text("{}")
         os.utime(tmp_path / name / "export" / "model.json", (mtime, mtime))
     (tmp_path / "newest-but-unfinished" / "export").mkdir(parents=True)  # no model.json: not an export
-    assert resolve_model_dir(None, tmp_path) == tmp_path / "new" / "export"
+    assert resolve_export(None, tmp_path).root == tmp_path / "new" / "export"

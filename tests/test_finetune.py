@@ -4,20 +4,20 @@ from urllib.error import URLError
 
 import pytest
 import torch
-
-import imagenet_kit.train as train_module
-from imagenet_kit.checkpoint import load_checkpoint
-from imagenet_kit.config import ConfigError, ModelConfig, load_config
-from imagenet_kit.data.imagenet_meta import wnid_to_index, wnid_to_name
-from imagenet_kit.export import export_model
-from imagenet_kit.init_weights import InitError, init_model
-from imagenet_kit.model import create_model, param_groups
-from imagenet_kit.runtime import Runtime
-from imagenet_kit.schedule import SCHEDULES, create_scheduler
-from imagenet_kit.train import train
-
 from conftest import tiny_overrides  # tests/ is on sys.path (pytest's rootdir-less import)
 from test_export import IMAGENETTE, make_fake_run
+
+import imagenet_kit.engine.train as train_module
+from imagenet_kit.config import ConfigError, ModelConfig, load_config
+from imagenet_kit.data.imagenet_meta import wnid_to_index, wnid_to_name
+from imagenet_kit.engine.checkpoint import load_checkpoint
+from imagenet_kit.engine.train import train
+from imagenet_kit.models.factory import create_model
+from imagenet_kit.models.init_weights import InitError, init_model
+from imagenet_kit.optim.optimizers import param_groups
+from imagenet_kit.optim.schedule import SCHEDULES, create_scheduler
+from imagenet_kit.runtime import Runtime
+from imagenet_kit.serve.export import export_model
 
 CPU = Runtime(torch.device("cpu"))
 TARGET = ["n01440764", "n02102040", "n02979186", "n03000684"]  # the tiny betons' classes

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from imagenet_kit.data.imagenet_meta import (ilsvrc_id_to_wnid, imagenet_classes, read_devkit_ground_truth,
-                                             read_kaggle_val_solution, wnid_to_index, wnid_to_name)
+from imagenet_kit.data.imagenet_meta import (
+    ilsvrc_id_to_wnid,
+    imagenet_classes,
+    read_devkit_ground_truth,
+    read_kaggle_val_solution,
+    wnid_to_index,
+    wnid_to_name,
+)
 
 
 def test_table_is_complete_and_sorted():

@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_kit.data.loaders import (create_train_loader, create_val_loader, normalize, random_square_crop,
-                                       set_resolution)
+from imagenet_kit.data.loaders import (
+    create_train_loader,
+    create_val_loader,
+    normalize,
+    random_square_crop,
+    set_resolution,
+)
 
 CPU = torch.device("cpu")
 
@@ -33,7 +38,7 @@ def test_deterministic_mode_replays_identical_batches(tiny_data):
         return [(x.clone(), y.clone()) for x, y in loader]
 
     a, b = first_epoch(), first_epoch()
-    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=False))
     assert [int(y[0]) for _, y in a] == [0, 1, 2, 3]  # sequential order: 8 images per class, classes in order
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from imagenet_kit.config import ConfigError, load_config
-from imagenet_kit.lookahead import Lookahead
-from imagenet_kit.model import create_optimizer
+from imagenet_kit.optim.lookahead import Lookahead
+from imagenet_kit.optim.optimizers import create_optimizer
 
 
 def _param(value: float = 1.0) -> torch.nn.Parameter:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from imagenet_kit.data.loaders import normalize
-from imagenet_kit.lr_find import lr_range_test, suggest_min10, suggest_steep, suggest_valley, suggestions
+from imagenet_kit.engine.lr_find import lr_range_test, suggest_min10, suggest_steep, suggest_valley, suggestions
 
 CPU = torch.device("cpu")
 
@@ -54,7 +54,7 @@ def test_suggestion_lands_in_the_known_good_range(name):
 
 def test_model_and_bn_stats_are_restored(tiny_data):
     from imagenet_kit.data.loaders import create_train_loader
-    from imagenet_kit.model import create_model
+    from imagenet_kit.models.factory import create_model
     model = create_model("resnet18", 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = create_train_loader(str(tiny_data["beton_dir"] / "tiny-train-64.beton"), 8, 32, CPU, 1)

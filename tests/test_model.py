@@ -3,9 +3,10 @@ import torch
 from torchvision.ops import SqueezeExcitation
 
 from imagenet_kit.config import load_config
-from imagenet_kit.lookahead import Lookahead
-from imagenet_kit.model import (BINOMIAL_3X3, BlurPoolConv2d, MaxBlurPool2d, SimpleSelfAttention, create_model, create_optimizer,
-                                fold_parametrizations, optimizer_settings, param_groups)
+from imagenet_kit.models.factory import create_model, fold_parametrizations
+from imagenet_kit.models.layers import BINOMIAL_3X3, BlurPoolConv2d, MaxBlurPool2d, SimpleSelfAttention
+from imagenet_kit.optim.lookahead import Lookahead
+from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups
 
 
 @pytest.mark.parametrize("arch, options, params_m", [

@@ -7,13 +7,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from imagenet_kit.bench.plan import REFERENCES, Throughput, estimate_plan, seconds_per_image
+from imagenet_kit.cli import cli
 from imagenet_kit.config import load_config
-from imagenet_kit.plan import (REFERENCES, Throughput, estimate_plan, plan_command, 
-                               seconds_per_image)
 
 
 def _plan(*args: str):
-    return CliRunner().invoke(plan_command, list(args))
+    return CliRunner().invoke(cli, ["plan", *args])
 
 
 def _write_rows(path, rows):

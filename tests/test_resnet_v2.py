@@ -1,14 +1,15 @@
 """The pre-activation ResNet-50 (--arch resnet50v2): size, cost, structure, and the kit's uses of an arch."""
 import pytest
 import torch
+from test_export import make_fake_run  # tests/ is on sys.path (pytest's rootdir-less import)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from imagenet_kit.export import FORMATS, TOLERANCES, export_model
-from imagenet_kit.model import ARCHS, BlurPoolConv2d, create_model, param_groups
-from imagenet_kit.resnet_v2 import PreActBottleneck
-
-from test_export import make_fake_run  # tests/ is on sys.path (pytest's rootdir-less import)
+from imagenet_kit.models.factory import ARCHS, create_model
+from imagenet_kit.models.layers import BlurPoolConv2d
+from imagenet_kit.models.resnet_v2 import PreActBottleneck
+from imagenet_kit.optim.optimizers import param_groups
+from imagenet_kit.serve.export import FORMATS, TOLERANCES, export_model
 
 
 def blocks(model):

@@ -7,8 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from imagenet_kit.results_table import (BEGIN, END, GPU_PENDING, ReportError, load_rows, replace_block,
-                                        report_command, results_markdown)
+from imagenet_kit.bench.report import BEGIN, END, GPU_PENDING, ReportError, load_rows, replace_block, results_markdown
+from imagenet_kit.bench.results import ResultsError
+from imagenet_kit.cli import cli
 
 TRAIN = {"kind": "train", "date": "2026-12-01T10:00:00+00:00", "arch": "resnet50", "res": 160, "batch": 256,
          "precision": "bf16", "channels_last": True, "compile": False, "gpus": 1, "img_per_s": 2890.4,
@@ -19,7 +20,7 @@ GPU_ROW = {**TRAIN, "device": "NVIDIA H100 80GB HBM3", "device_type": "cuda",
 CPU_ROW = {**TRAIN, "date": "2026-11-30T09:00:00+00:00", "device": "AMD EPYC 9R14", "device_type": "cpu",
            "res": 128, "batch": 16, "mode": "bare", "img_per_s": 21.7, "versions": {"torch_threads": 2},
            "command": "imagenet-kit bench train --arch resnet50 --res 128 --batch 16 --precision bf16"}
-DEMO_ROW = {"bench": "demo", "date": "2026-11-26T02:30:27+00:00", "arch": "resnet18", "res": 128,
+DEMO_ROW = {"kind": "demo", "date": "2026-11-26T02:30:27+00:00", "arch": "resnet18", "res": 128,
             "backend": "torchscript", "p50_ms": 20.75, "p95_ms": 21.24, "cpu": "AMD EPYC", "torch_threads": 1,
             "command": "imagenet-kit bench demo"}
 
@@ -101,13 +102,13 @@ def test_gpu_pending_only_without_a_gpu_row(tmp_path):
 
 def test_unreadable_unknown_or_incomplete_lines_are_errors_naming_the_line(tmp_path):
     _write(tmp_path, "a.jsonl", [CPU_ROW, {**CPU_ROW, "kind": "mystery"}])
-    with pytest.raises(ReportError, match="a.jsonl:2: no README row format for kind 'mystery'"):
+    with pytest.raises(ResultsError, match="a.jsonl:2: no README row format for kind 'mystery'"):
         load_rows(tmp_path)
     _write(tmp_path, "a.jsonl", [{k: v for k, v in CPU_ROW.items() if k != "img_per_s"}])
     with pytest.raises(ReportError, match="a.jsonl:1: a train row needs the field 'img_per_s'"):
         results_markdown(load_rows(tmp_path))
     (tmp_path / "a.jsonl").write_text("{not json\n")
-    with pytest.raises(ReportError, match="a.jsonl:1: not a JSON line"):
+    with pytest.raises(ResultsError, match="a.jsonl:1: not a JSON line"):
         load_rows(tmp_path)
 
 
@@ -119,13 +120,13 @@ def test_readme_rewrite_touches_only_the_block_and_is_idempotent(tmp_path):
     readme.write_text(f"{before}{BEGIN}\nstale table\n{END}{after}")
     args = ["--results-dir", str(results), "--readme", str(readme)]
 
-    run = CliRunner().invoke(report_command, args)
+    run = CliRunner().invoke(cli, ["bench", "report", *args])
     assert run.exit_code == 0 and "table rewritten" in run.output, run.output
     text = readme.read_text()
     assert text.startswith(f"{before}{BEGIN}\n") and text.endswith(f"\n{END}{after}")
     assert "stale table" not in text and CPU_ROW["command"] in text and GPU_PENDING in text
 
-    run = CliRunner().invoke(report_command, args)
+    run = CliRunner().invoke(cli, ["bench", "report", *args])
     assert run.exit_code == 0 and "already up to date" in run.output
     assert readme.read_text() == text
 

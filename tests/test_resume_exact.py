@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from imagenet_kit.checkpoint import CheckpointError, load_checkpoint
+from imagenet_kit.engine.checkpoint import CheckpointError, load_checkpoint
+from imagenet_kit.engine.train import train
 from imagenet_kit.runtime import Runtime
-from imagenet_kit.train import train
 
 CPU = Runtime(torch.device("cpu"))
 COMPARED = ("train_loss", "val_loss", "top1", "top5", "lr")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from imagenet_kit.schedule import create_scheduler, schedule_trace
+from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 
 
 def test_onecycle_pins_lr_and_momentum():

@@ -17,17 +17,17 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-
-from imagenet_kit import space
-from imagenet_kit.cli import cli
-from imagenet_kit.config import config_from_dict, dump_config, load_config
-from imagenet_kit.export import export_model
-from imagenet_kit.images import load_rgb
-from imagenet_kit.predict import load_exported
-from imagenet_kit.runtime import environment, write_json
 from test_export import PHOTO, make_fake_run  # tests/ is on sys.path (pytest's rootdir-less import)
 
-PACKAGE = Path(space.__file__).resolve().parent
+from imagenet_kit.cli import cli
+from imagenet_kit.config import config_from_dict, dump_config, load_config
+from imagenet_kit.images import load_rgb
+from imagenet_kit.runtime import environment, write_json
+from imagenet_kit.serve import model_card, space
+from imagenet_kit.serve.export import export_model
+from imagenet_kit.serve.predict import load_exported
+
+PACKAGE = Path(space.__file__).resolve().parent.parent  # the imagenet_kit folder
 TRAINING_ONLY = ("ffcv", "numba", "onnx", "onnxruntime", "cv2", "matplotlib", "safetensors")
 # Top-level imports of the shipped modules -> the distribution in requirements.txt that provides them.
 DISTRIBUTION = {"torch": "torch", "torchvision": "torchvision", "gradio": "gradio", "PIL": "pillow", "numpy": "numpy",
@@ -94,7 +94,7 @@ def test_shipped_modules_are_the_kits_own_bytes(folder):
 
 
 # Imported inside load_exported's safetensors branch only; a Space folder serves model.ts and never gets there.
-LAZY_OPTIONAL = {"safetensors.torch", "imagenet_kit.model"}
+LAZY_OPTIONAL = {"safetensors.torch", "imagenet_kit.models.factory"}
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
@@ -109,11 +109,12 @@ def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
     return found
 
 
-@pytest.mark.parametrize("name", [n for n in space.SHIPPED_MODULES if n != "__init__.py"])
+@pytest.mark.parametrize("name", [n for n in space.SHIPPED_MODULES if not n.endswith("__init__.py")])
 def test_shipped_modules_import_only_each_other_and_the_requirements(name):
     """The drift guard's other half: a shipped module that starts importing training code (or a package
     missing from requirements.txt) fails here, long before a Space build breaks."""
-    shipped = {f"imagenet_kit.{Path(n).stem}" for n in space.SHIPPED_MODULES} | {"imagenet_kit"}
+    shipped = {".".join(["imagenet_kit", *Path(n).with_suffix("").parts]).removesuffix(".__init__")
+               for n in space.SHIPPED_MODULES}
     for module, top_level in _imports(ast.parse((PACKAGE / name).read_text())):
         if module in LAZY_OPTIONAL and not top_level:
             continue
@@ -162,9 +163,9 @@ def test_the_folders_package_serves_the_same_predictions(folder, tmp_path):
     and predicts what the kit's own predictor does."""
     probe = ("import json, sys\n"
              "from pathlib import Path\n"
-             "import imagenet_kit.app\n"
+             "import imagenet_kit.serve.demo\n"
              "from imagenet_kit.images import load_rgb\n"
-             "from imagenet_kit.predict import load_exported\n"
+             "from imagenet_kit.serve.predict import load_exported\n"
              f"top = load_exported(Path('model')).predict(load_rgb(Path({str(PHOTO)!r})))\n"
              "print(json.dumps({'file': imagenet_kit.__file__, 'top': top,\n"
              f"                  'loaded': [m for m in {TRAINING_ONLY!r} if m in sys.modules]}}))\n")
@@ -307,14 +308,14 @@ def test_space_runs_alone_in_a_fresh_venv(folder, tmp_path):
 ])
 def test_model_card_names_the_optimizer_the_run_used(tmp_path, overrides, words):
     cfg = load_config("sample", overrides).to_dict()
-    assert words in space._recipe(tmp_path, cfg, None)
+    assert words in model_card._recipe(tmp_path, cfg, None)
 
 
 def test_model_card_names_every_architecture_extra(tmp_path):
     info = {"arch": "resnext50d", "num_classes": 2, "blurpool": True, "maxblurpool": True, "activation": "mish",
             "se_reduction": 16, "self_attention": True}
     classes = [{"index": 0, "wnid": "n01440764", "name": "tench"}, {"index": 1, "wnid": "n02102040", "name": "springer"}]
-    card = space.model_card(tmp_path, info, classes, {"crop": 128, "resize": 128})
+    card = model_card.model_card(tmp_path, info, classes, {"crop": 128, "resize": 128})
     assert ("resnext50d, 2-way classifier head, 128×128 px input (shorter side resized to 128, center crop), "
             "BlurPool before strided convolutions, Mish activations, anti-aliased max pooling (MaxBlurPool), "
             "squeeze-and-excitation (reduction 16) on every "

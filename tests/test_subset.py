@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from imagenet_kit.cli import cli
 from imagenet_kit.data.subset import make_subset, subset_command
 
 WNIDS = [f"n0{i:07d}" for i in range(1, 9)]  # 8 classes
@@ -154,10 +155,10 @@ def test_cli(root, tmp_path):
     assert "2 classes" in result.output and "train 2, val 2" in result.output
     assert json.loads((dst / "subset.json").read_text())["arguments"]["seed"] == 3
 
-    again = runner.invoke(subset_command, [str(root), str(dst), "--classes", "2"])
+    again = runner.invoke(cli, ["subset", str(root), str(dst), "--classes", "2"])
     assert again.exit_code != 0 and "not empty" in again.output
 
     wnid_file = tmp_path / "c.txt"
     wnid_file.write_text("n00000000\n")
-    bad = runner.invoke(subset_command, [str(root), str(dst), "--classes", str(wnid_file), "--force"])
+    bad = runner.invoke(cli, ["subset", str(root), str(dst), "--classes", str(wnid_file), "--force"])
     assert bad.exit_code != 0 and "n00000000" in bad.output

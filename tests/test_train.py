@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
-from imagenet_kit.checkpoint import find_resume_checkpoint, load_checkpoint
+from imagenet_kit.engine.checkpoint import find_resume_checkpoint, load_checkpoint
+from imagenet_kit.engine.train import DivergenceError, train
+from imagenet_kit.optim.optimizers import scaled_lr
+from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.runtime import Runtime, command_line
-from imagenet_kit.schedule import resolution_for_epoch
-from imagenet_kit.train import DivergenceError, scaled_lr, train
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -162,7 +163,8 @@ def test_cpu_model_names_the_instruction_set(monkeypatch):
 
 
 def test_one_real_resnet50_step_bf16():
-    from imagenet_kit.model import create_model, param_groups
+    from imagenet_kit.models.factory import create_model
+    from imagenet_kit.optim.optimizers import param_groups
     model = create_model("resnet50", 10).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(param_groups(model, 1e-4), lr=0.1, momentum=0.9)
     x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)

@@ -13,11 +13,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
 import numpy as np
 
-from imagenet_kit.data.imagenet_meta import wnid_to_name
+from imagenet_kit.data.imagenet_meta import read_devkit_ground_truth, read_kaggle_val_solution, wnid_to_name
+from imagenet_kit.errors import KitError
 from imagenet_kit.images import UnreadableImage, load_rgb
-from imagenet_kit.progress import progress_bar
+from imagenet_kit.progress import console, progress_bar
 
 # Files that file managers leave behind: never images, never worth a line in the report.
 SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"}
@@ -28,7 +30,7 @@ DEFAULT_COMPRESS_PROB = 0.5
 DEFAULT_JPEG_QUALITY = 90
 
 
-class ConvertError(RuntimeError):
+class ConvertError(KitError):
     """A problem with the source as a whole (missing folder, no classes, unknown label file)."""
 
 
@@ -151,7 +153,7 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
     skipped = list(source.skipped)
     with ProcessPoolExecutor(workers) as pool, progress_bar("check", len(source.items), "img") as advance:
         reasons = pool.map(_check, [(str(p), max_res) for p, _ in source.items], chunksize=64)
-        for (path, label), reason in zip(source.items, reasons):
+        for (path, label), reason in zip(source.items, reasons, strict=False):
             (good.append((path, label)) if reason is None else skipped.append((path, reason)))
             advance(1)
     if not good:
@@ -204,3 +206,53 @@ def check_imagefolder_root(root: Path) -> None:
         folder = root / split
         if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
             raise ConvertError(f"{folder} is missing or has no class folders; {layout}")
+
+
+def print_summary(report: dict) -> None:
+    """The first skipped files with their reasons, empty class folders, and one line of counts."""
+    c = report["counts"]
+    for item in report["skipped"][:10]:
+        console.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}")
+    if len(report["skipped"]) > 10:
+        console.print(f"... and {len(report['skipped']) - 10} more in {report['out']}.report.json")
+    for name in report["empty_classes"]:
+        console.print(f"[yellow]empty class folder[/] {name}")
+    click.echo(f"{report['out']}: seen {c['seen']}, written {c['written']}, skipped {c['skipped']}, "
+               f"ignored {c['ignored']} system files, {c['classes']} classes")
+
+
+def read_val_labels(path: Path) -> dict[str, str]:
+    """file stem -> wnid from the devkit's ground truth (ILSVRC2012_val_<8 digits> by line) or Kaggle's CSV."""
+    if path.suffix == ".csv":
+        return read_kaggle_val_solution(path)
+    wnids = read_devkit_ground_truth(path)
+    return {f"ILSVRC2012_val_{i + 1:08d}": wnid for i, wnid in enumerate(wnids)}
+
+
+@click.command("convert")
+@click.argument("src", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--max-res", type=int, default=DEFAULT_MAX_RES, help="longest side stored (FFCV ImageNet: 500)")
+@click.option("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
+@click.option("--compress-prob", type=float, default=DEFAULT_COMPRESS_PROB,
+              help="share of images stored as JPEG, the rest as raw pixels (FFCV ImageNet: 0.5)")
+@click.option("-j", "--workers", type=int, default=0, help="processes (0 = all cores)")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="flat ILSVRC2012 val folder: the devkit's ILSVRC2012_validation_ground_truth.txt "
+                   "or Kaggle's LOC_val_solution.csv")
+@click.option("--classes-from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a train beton (or its .classes.json) whose class indices this split must share")
+@click.option("--force", is_flag=True, help="overwrite OUT if it exists")
+def convert_command(src, out, max_res, jpeg_quality, compress_prob, workers, labels, classes_from, force):
+    """Convert an ImageFolder split (SRC/<class>/*) or a flat ILSVRC2012 val folder to an FFCV beton.
+
+    Writes OUT, OUT.classes.json and OUT.report.json (every file: written, or skipped with its reason)."""
+    classes = None
+    if classes_from:
+        table_path = classes_from if classes_from.endswith(".json") else f"{classes_from}.classes.json"
+        classes = [c["wnid"] for c in json.loads(Path(table_path).read_text())]
+    if labels:
+        source = scan_labelled_flat(Path(src), read_val_labels(Path(labels)), classes)
+    else:
+        source = scan_imagefolder(Path(src), classes)
+    print_summary(convert(source, Path(out), max_res, jpeg_quality, compress_prob, workers, force))

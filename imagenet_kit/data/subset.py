@@ -16,7 +16,13 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from imagenet_kit.errors import KitError
 from imagenet_kit.progress import progress_bar
+
+
+class SubsetError(KitError):
+    """A subset that cannot be made; the message names the argument or folder."""
+
 
 # Files that file managers leave behind in class folders; never images.
 SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -186,7 +192,7 @@ def subset_command(src: Path, dst: Path, classes: str, per_class: int | None, va
         summary = make_subset(src, dst, _classes_arg(classes), per_class, seed,
                               val_per_class=val_per_class, force=force)
     except (ValueError, OSError) as err:
-        raise click.ClickException(str(err)) from err
+        raise SubsetError(str(err)) from err
     images = ", ".join(f"{'all' if s == WHOLE else s} {n}" for s, n in summary["images"].items())
     # soft_wrap keeps the summary on one line for log grepping; escape: paths may contain "[".
     Console().print(f"[green]subset[/] {len(summary['classes'])} classes, {images} images -> {escape(str(dst))} "

@@ -1,9 +1,9 @@
 """Checkpoint -> deployable model folder (TorchScript, ONNX, safetensors), each checked against the eager model.
 
-An export folder holds the model files plus ``classes.json``, ``preprocess.json`` and ``model.json``.
-``model.json`` is written last, so a folder that has one is a finished, parity-checked export.
-Loading and running an export (``load_exported``, ``Predictor``, ``preprocess``) lives in ``predict.py``,
-which needs no training dependencies; it is re-exported here.
+An export folder (``runs.ExportFolder``) holds the model files plus ``classes.json``, ``preprocess.json`` and
+``model.json``, which is written last, so a folder that has one is a finished, parity-checked export.
+Loading and running an export (``load_exported``, ``Predictor``, ``preprocess``) lives in ``serve/predict.py``,
+which needs no training dependencies.
 """
 from __future__ import annotations
 
@@ -14,24 +14,26 @@ import click
 import torch
 from rich.table import Table
 
-from imagenet_kit.checkpoint import CheckpointError, load_checkpoint
-from imagenet_kit.config import ConfigError, architecture, config_from_dict
+from imagenet_kit.config import PACKAGE_DIR, config_from_dict
 from imagenet_kit.data.loaders import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.images import UnreadableImage, load_rgb
-from imagenet_kit.model import fold_parametrizations, model_from_config, model_from_export_info
-from imagenet_kit.predict import FILES, ExportError, _quiet_deprecations, preprocess
-from imagenet_kit.predict import Predictor, find_latest_export, load_exported, resolve_model_dir  # noqa: F401 (API)
+from imagenet_kit.models.architecture import architecture
+from imagenet_kit.models.factory import fold_parametrizations, model_from_config, model_from_export_info
+from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import console
+from imagenet_kit.runs import BEST_IN_RUN, EXPORT, MODEL_FILES, ExportFolder, resolve_checkpoint
 from imagenet_kit.runtime import environment, write_json
+from imagenet_kit.serve.predict import ExportError, _quiet_deprecations, preprocess
 
-FORMATS = ("torchscript", "onnx", "safetensors")
+FORMATS = tuple(MODEL_FILES)
 # Largest allowed max |logit difference| to the eager fp32 model on the parity batch. The TorchScript file
 # runs the same kernels; onnxruntime has its own (fused conv+BN, other summation orders); the safetensors
 # weights reloaded into the same module must reproduce the logits exactly.
 TOLERANCES = {"torchscript": 1e-4, "onnx": 1e-3, "safetensors": 0.0}
 ONNX_OPSET = 17
 PARITY_IMAGES = 8
-SAMPLE_VAL = Path(__file__).resolve().parent.parent / "sample_data" / "imagenette-sample" / "val"
+SAMPLE_VAL = PACKAGE_DIR / "sample_data" / "imagenette-sample" / "val"
 
 
 def preprocess_spec(res: int, crop_ratio: float = CENTER_CROP_RATIO) -> dict:
@@ -115,7 +117,7 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
 
     Raises ExportError when a format's logits on the parity batch differ from eager beyond its tolerance.
     """
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    checkpoint, export = Path(checkpoint), ExportFolder(Path(out_dir))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"unknown format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
@@ -146,10 +148,10 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
         "parity": {"images": len(batch), "source": batch_source}, "formats": {},
     }
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "model.json").unlink(missing_ok=True)  # the folder stops counting as an export until done
+    export.root.mkdir(parents=True, exist_ok=True)
+    export.model_info.unlink(missing_ok=True)  # the folder stops counting as an export until done
     for fmt in formats:
-        path = out_dir / FILES[fmt]
+        path = export.model_file(fmt)
         exported = EXPORTERS[fmt](model if fmt == "safetensors" else served, path, batch, info)
         delta, tolerance = _max_diff(exported, expected), TOLERANCES[fmt]
         if not delta <= tolerance:  # also catches NaN
@@ -157,41 +159,30 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
                               f"{tolerance:g} on {len(batch)} images ({path})")
         info["formats"][fmt] = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": delta,
                                 "tolerance": tolerance}
-    write_json(out_dir / "classes.json", classes)
-    write_json(out_dir / "preprocess.json", spec)
-    write_json(out_dir / "model.json", info)
+    write_json(export.classes, classes)
+    write_json(export.preprocess, spec)
+    write_json(export.model_info, info)
     return info
 
 
-def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(checkpoint file, run folder) for a run folder (its best.pt) or a checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        checkpoint = path / "checkpoints" / "best.pt"
-        if not checkpoint.is_file():
-            raise ExportError(f"{path}: no checkpoints/best.pt in this run folder")
-        return checkpoint, path
-    return path, path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 @click.command("export")
-@click.option("--checkpoint", "checkpoint", type=click.Path(exists=True, path_type=Path), required=True,
-              help="A checkpoint file, or a run folder (then its checkpoints/best.pt).")
+@click.option("--checkpoint", "checkpoint", default=None,
+              help=f"A checkpoint file, a run folder or a run name under --output-dir (then its {BEST_IN_RUN}).  "
+                   "[default: the newest run]")
+@output_dir_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder.  [default: <run>/export]")
+              help=f"Output folder.  [default: <run>/{EXPORT}]")
 @click.option("--format", "format_list", default=",".join(FORMATS), show_default=True,
               help="Comma-separated formats to write.")
 @click.option("--res", type=click.IntRange(min=32), default=None,
               help="Input crop size.  [default: the run's train.val_res]")
-def export_command(checkpoint: Path, out: Path | None, format_list: str, res: int | None) -> None:
+def export_command(checkpoint: str | None, output_dir: Path, out: Path | None, format_list: str,
+                   res: int | None) -> None:
     """Export a trained checkpoint to TorchScript, ONNX and safetensors, checking each against PyTorch."""
     formats = tuple(f.strip() for f in format_list.split(",") if f.strip())
-    try:
-        checkpoint, run_dir = resolve_checkpoint(checkpoint)
-        out = out or run_dir / "export"
-        info = export_model(checkpoint, out, formats, res)
-    except (ExportError, CheckpointError, ConfigError) as err:
-        raise click.ClickException(str(err)) from None
+    checkpoint, run = resolve_checkpoint(checkpoint, output_dir)
+    out = out or run.export.root
+    info = export_model(checkpoint, out, formats, res)
     table = Table(title=f"{info['arch']} export -> {out}  (parity: {info['parity']['images']} images)")
     for column in ("format", "file", "size", "max |Δlogit|", "tolerance"):
         table.add_column(column, justify="left" if column in ("format", "file") else "right")
@@ -200,4 +191,4 @@ def export_command(checkpoint: Path, out: Path | None, format_list: str, res: in
                       f"{entry['tolerance']:g}")
     console.print(table)
     console.print(f"also wrote classes.json ({info['num_classes']} classes), preprocess.json "
-                  f"(crop {info['res']}) and model.json")
+                  f"(crop {info['res']}) and {ExportFolder(out).model_info.name}")

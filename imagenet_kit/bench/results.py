@@ -2,7 +2,8 @@
 
 Results are append-only JSON lines under ``bench/results/`` (one file per bench), so earlier
 measurements on other hardware stay next to new ones; ``imagenet-kit bench report`` turns them into
-the README's table.
+the README's table and ``imagenet-kit plan`` reads the training rows. Every row names its ``kind``
+(accuracy, train, data, demo): the one key readers branch on.
 """
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from imagenet_kit.errors import KitError
+
 RESULTS_DIR = Path("bench/results")
+KINDS = ("accuracy", "train", "data", "demo")
+
+
+class ResultsError(KitError):
+    """A result file that cannot be read; the message names the file and line."""
 
 
 def utc_now() -> str:
@@ -21,6 +29,9 @@ def utc_now() -> str:
 
 def append_results(path: Path, records: list[dict]) -> Path:
     """Append one JSON line per record to ``path``, creating its folder."""
+    for record in records:
+        if record.get("kind") not in KINDS:
+            raise ValueError(f"a result row needs a kind among {', '.join(KINDS)}, got {record.get('kind')!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -31,12 +42,17 @@ def append_results(path: Path, records: list[dict]) -> Path:
 def read_results(results_dir: Path) -> Iterator[tuple[Path, int, dict]]:
     """(file, line number, row) for every result line under ``results_dir``, files in name order.
 
-    A line that is not JSON raises ValueError naming the file and line."""
+    A line that is not JSON, or has no known ``kind``, raises ResultsError naming the file and line."""
     for path in sorted(Path(results_dir).glob("*.jsonl")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                yield path, number, json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+                raise ResultsError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+            if not isinstance(row, dict) or row.get("kind") not in KINDS:
+                kind = row.get("kind") if isinstance(row, dict) else None
+                raise ResultsError(f"{path}:{number}: no README row format for kind {kind!r}; a result row's "
+                                   f"\"kind\" is one of {', '.join(KINDS)}")
+            yield path, number, row

@@ -10,33 +10,23 @@ from pathlib import Path
 
 import click
 
-from imagenet_kit.bench_results import RESULTS_DIR, read_results
-from imagenet_kit.config import architecture_label
+from imagenet_kit.bench.results import KINDS, RESULTS_DIR, read_results
+from imagenet_kit.errors import KitError
+from imagenet_kit.models.architecture import architecture_label
 from imagenet_kit.progress import console
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 GPU_PENDING = "GPU figures are pending: no GPU has been available to the kit's sessions yet."
-KIND_ORDER = ("accuracy", "train", "data", "demo")  # training throughput first: it is what the plan command needs
 
 
-class ReportError(ValueError):
+class ReportError(KitError, ValueError):
     pass
 
 
 def load_rows(results_dir: Path) -> list[dict]:
-    """Every result line of every RESULTS_DIR/*.jsonl, grouped by kind in KIND_ORDER, in file order within one."""
-    rows = []
-    try:
-        lines = list(read_results(results_dir))
-    except ValueError as err:
-        raise ReportError(str(err)) from None
-    for path, number, row in lines:
-        kind = row.get("kind", row.get("bench"))  # bench demo names its kind "bench"
-        if kind not in KIND_ORDER:
-            raise ReportError(f"{path}:{number}: no README row format for kind '{kind}'; add one to "
-                              f"imagenet_kit/results_table.py")
-        rows.append({**row, "kind": kind, "_where": f"{path}:{number}"})
-    return sorted(rows, key=lambda r: KIND_ORDER.index(r["kind"]))
+    """Every result line of every RESULTS_DIR/*.jsonl, grouped by kind in KINDS order, in file order within one."""
+    rows = [{**row, "_where": f"{path}:{number}"} for path, number, row in read_results(results_dir)]
+    return sorted(rows, key=lambda r: KINDS.index(r["kind"]))
 
 
 def _count(n: int, noun: str) -> str:
@@ -158,8 +148,5 @@ def update_readme(readme: Path, results_dir: Path) -> tuple[bool, int]:
 @click.option("--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("README.md"))
 def report_command(results_dir: Path, readme: Path) -> None:
     """Regenerate README.md's measured-results table from every bench result line."""
-    try:
-        changed, count = update_readme(readme, results_dir)
-    except ReportError as err:
-        raise click.ClickException(str(err)) from None
+    changed, count = update_readme(readme, results_dir)
     console.print(f"{readme}: {count} measurements, {'table rewritten' if changed else 'already up to date'}")

@@ -7,25 +7,27 @@ from pathlib import Path
 import click
 import numpy as np
 
-from imagenet_kit.app import EXAMPLES_DIR
-from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
+from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.images import load_rgb
-from imagenet_kit.predict import ExportError, load_exported, resolve_model_dir
 from imagenet_kit.progress import console
+from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, ExportFolder, resolve_export
 from imagenet_kit.runtime import environment
+from imagenet_kit.serve.demo import EXAMPLES_DIR
+from imagenet_kit.serve.predict import load_exported
 
 RESULTS = RESULTS_DIR / "demo.jsonl"
 WARMUP = 3  # first calls pay for allocator growth and oneDNN kernel selection
 
 
-def bench_demo(model_dir: Path, n: int = 50, results: Path = RESULTS, image: Path | None = None) -> dict:
+def bench_demo(model_dir: Path | ExportFolder, n: int = 50, results: Path = RESULTS, image: Path | None = None) -> dict:
     """Time ``n`` calls of ``predict`` on one photo (after a warm-up) and append the record to ``results``.
 
     Each call is what the demo does after decoding the upload: resize, crop, normalize, forward, top-5.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
-    predictor = load_exported(model_dir)
+    export = model_dir if isinstance(model_dir, ExportFolder) else ExportFolder(Path(model_dir))
+    predictor = load_exported(export)
     image_path = Path(image) if image else sorted(EXAMPLES_DIR.glob("*.jpg"))[0]
     photo = load_rgb(image_path)
     for _ in range(WARMUP):
@@ -37,8 +39,8 @@ def bench_demo(model_dir: Path, n: int = 50, results: Path = RESULTS, image: Pat
         times_ms.append((time.perf_counter() - start) * 1000)
     p50, p95 = np.percentile(times_ms, [50, 95]).tolist()
     record = {
-        "bench": "demo", "date": utc_now(),
-        "model_dir": str(Path(model_dir).resolve()), "arch": predictor.info["arch"],
+        "kind": "demo", "date": utc_now(),
+        "model_dir": str(export.root.resolve()), "arch": predictor.info["arch"],
         "res": predictor.spec["crop"], "backend": predictor.backend, "image": image_path.name,
         "image_size": list(photo.size), "n": n, "warmup": WARMUP,
         "p50_ms": p50, "p95_ms": p95, "mean_ms": float(np.mean(times_ms)),
@@ -50,18 +52,17 @@ def bench_demo(model_dir: Path, n: int = 50, results: Path = RESULTS, image: Pat
 
 @click.command("demo")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="An export folder.  [default: the newest runs/*/export]")
+              help="An export folder, or a run folder holding one.  [default: the newest under --output-dir]")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUTPUT_DIR,
+              show_default=True, help="Where run folders are.")
 @click.option("-n", "n", default=50, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Photo to classify.  [default: the first demo example]")
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS, show_default=True,
               help="JSON-lines file the record is appended to.")
-def bench_demo_command(model: Path | None, n: int, image: Path | None, results: Path) -> None:
+def bench_demo_command(model: Path | None, output_dir: Path, n: int, image: Path | None, results: Path) -> None:
     """CPU batch-1 latency of the demo's predictor (p50/p95/mean)."""
-    try:
-        record = bench_demo(resolve_model_dir(model), n, results, image)
-    except ExportError as err:
-        raise click.ClickException(str(err)) from None
+    record = bench_demo(resolve_export(model, output_dir), n, results, image)
     console.print(f"{record['arch']} ({record['backend']}, {record['res']} px) on {record['cpu']}, "
                   f"{record['torch_threads']} threads: p50 {record['p50_ms']:.1f} ms, p95 {record['p95_ms']:.1f} ms, "
                   f"mean {record['mean_ms']:.1f} ms over {n} calls -> {results}")

@@ -3,20 +3,21 @@
 Gradio is imported inside the functions that need it: it takes seconds to import, and the CLI that
 mounts ``demo_command`` should not pay that for every other command.
 
-Inference-only (imports ``images`` and ``predict``, never training code): ``imagenet-kit space`` ships a
-byte-identical copy of this file, so a Hugging Face Space runs exactly this demo.
+Inference-only (imports ``errors``, ``runs``, ``images`` and ``serve.predict``, never training code):
+``imagenet-kit space`` ships a byte-identical copy of this file, so a Hugging Face Space runs exactly this demo.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import click
 import torch
 
+from imagenet_kit.errors import KitError
 from imagenet_kit.images import UnreadableImage, load_rgb
-from imagenet_kit.predict import ExportError, Predictor, load_exported, resolve_model_dir
+from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, resolve_export, torch_hub_weights
+from imagenet_kit.serve.predict import Predictor, load_exported
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -33,9 +34,8 @@ def torchvision_predictor() -> Predictor:
     try:
         model = resnet50(weights=weights)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a torn download fails its hash check
-        file = Path(urlparse(weights.url).path).name
-        target = Path(torch.hub.get_dir()) / "checkpoints" / file
-        raise click.ClickException(
+        target = torch_hub_weights(torch.hub.get_dir(), weights.url)
+        raise KitError(
             f"could not load torchvision's ResNet50_Weights.IMAGENET1K_V2 ({type(err).__name__}: {err}). "
             f"On an offline host, download {weights.url} elsewhere and place it at {target}") from None
     transform = weights.transforms()
@@ -116,17 +116,16 @@ def launch(demo: gr.Blocks, host: str, port: int, prevent_thread_lock: bool = Fa
 
 @click.command("demo")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="An export folder.  [default: the newest runs/*/export]")
+              help="An export folder, or a run folder holding one.  [default: the newest export under --output-dir]")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUTPUT_DIR,
+              show_default=True, help="Where run folders are (as train and run wrote them).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--weights", type=click.Choice(["torchvision"]), default=None,
               help="Serve torchvision's pretrained ResNet-50 (1000 ImageNet classes) instead of an export.")
-def demo_command(model: Path | None, host: str, port: int, weights: str | None) -> None:
+def demo_command(model: Path | None, output_dir: Path, host: str, port: int, weights: str | None) -> None:
     """Serve a web page that classifies uploaded photos with an exported model."""
     if weights and model:
         raise click.UsageError("--weights and --model exclude each other")
-    try:
-        predictor = torchvision_predictor() if weights else load_exported(resolve_model_dir(model))
-    except ExportError as err:
-        raise click.ClickException(str(err)) from None
+    predictor = torchvision_predictor() if weights else load_exported(resolve_export(model, output_dir))
     launch(build_app(predictor), host, port)

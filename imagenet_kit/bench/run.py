@@ -11,22 +11,24 @@ from pathlib import Path
 import click
 import yaml
 
-from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
-from imagenet_kit.config import architecture, config_from_dict
+from imagenet_kit.bench.results import RESULTS_DIR, ResultsError, append_results, utc_now
+from imagenet_kit.config import config_from_dict
+from imagenet_kit.models.architecture import architecture
 from imagenet_kit.progress import console
+from imagenet_kit.runs import RunFolder
 
 
 def run_record(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise click.ClickException(f"{metrics_path} not found: is {run_dir} a finished run folder?")
-    epochs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    env = json.loads((run_dir / "env.json").read_text())
+    run = RunFolder(run_dir)
+    if not run.metrics.is_file():
+        raise ResultsError(f"{run.metrics} not found: is {run_dir} a finished run folder?")
+    epochs = [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
+    cfg = yaml.safe_load(run.config.read_text())
+    env = json.loads(run.env.read_text())
     if len(epochs) < cfg["train"]["epochs"]:
-        raise click.ClickException(f"{run_dir}: {len(epochs)} of {cfg['train']['epochs']} epochs logged; "
-                                   "record finished runs only")
+        raise ResultsError(f"{run_dir}: {len(epochs)} of {cfg['train']['epochs']} epochs logged; "
+                           "record finished runs only")
     last, best = epochs[-1], max(epochs, key=lambda m: m["top1"])
     return {
         "kind": "accuracy", "date": utc_now(), "run": run_dir.name, "data": cfg["data"]["name"],

@@ -1,4 +1,5 @@
-"""LR range test (Smith 2017, "Cyclical Learning Rates"), as fastai's ``lr_find`` runs it.
+"""The LR range test stage (Smith 2017, "Cyclical Learning Rates"), as fastai's ``lr_find`` runs it: the test, its
+suggestions, the recipe's glue (``lr: auto``) and the ``lr-find`` command.
 
 The LR grows exponentially from ``start_lr`` to ``end_lr`` over ``num_iter`` batches; the loss is
 smoothed with a bias-corrected EMA and the test stops early once it exceeds ``diverge`` x its minimum.
@@ -9,18 +10,33 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
+import click
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from imagenet_kit.data.loaders import normalize
-from imagenet_kit.model import create_optimizer, param_groups
-from imagenet_kit.runtime import autocast
+from imagenet_kit.config import RunConfig
+from imagenet_kit.data.convert import read_classes
+from imagenet_kit.data.loaders import create_train_loader, default_workers, normalize
+from imagenet_kit.data.prepare import require_betons
+from imagenet_kit.engine import plots
+from imagenet_kit.errors import KitError
+from imagenet_kit.models.factory import model_on_device
+from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups
+from imagenet_kit.options import build_config, recipe_options
+from imagenet_kit.progress import console
+from imagenet_kit.runtime import Runtime, autocast, init_runtime, resolve_precision, write_json
 
 # Like torch-lr-finder's defaults: the first points are dominated by the initial noise of the EMA and the
 # last ones are the divergence itself; neither says anything about good LRs.
 SKIP_START_FRACTION = 0.1
 SKIP_END = 5
+
+
+class LRFindError(KitError):
+    """The range test could not produce a curve; the message says which setting to change."""
 
 
 def suggest_valley(lrs: list[float], losses: list[float]) -> float:
@@ -70,7 +86,7 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
     Returns lrs, smoothed losses, the three suggestions, the chosen one's name and its LR.
     """
     if num_iter < 2:
-        raise ValueError("lr_find.num_iter must be at least 2")
+        raise LRFindError("lr_find.num_iter must be at least 2")
     saved = copy.deepcopy(model.state_dict())  # includes BatchNorm running stats
     optimizer = create_optimizer(param_groups(model, weight_decay), lr=start_lr, **(optimizer or {}))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -103,7 +119,7 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
     finally:
         model.load_state_dict(saved)
     if len(lrs) < 3:
-        raise RuntimeError(f"LR range test diverged after {len(lrs)} steps from start_lr={start_lr:g}; "
+        raise LRFindError(f"LR range test diverged after {len(lrs)} steps from start_lr={start_lr:g}; "
                            "lower lr_find.start_lr")
     found = suggestions(lrs, losses)
     return {"lrs": lrs, "losses": losses, "suggestions": found, "chosen": suggestion, "lr": found[suggestion],
@@ -117,4 +133,53 @@ def _cycle(batches):
             empty = False
             yield batch
         if empty:
-            raise ValueError("LR range test: the training data yielded no batch")
+            raise LRFindError("LR range test: the training data yielded no batch")
+
+
+def lr_find_loader(cfg: RunConfig, train_beton: Path, device: torch.device, workers: int, seed: int = 0):
+    """The range test's batches: the run's training crops at its first resolution and the test's batch size."""
+    return create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size, cfg.train.min_res,
+                               device, workers, seed=seed, min_scale=cfg.train.min_scale, crop=cfg.train.crop)
+
+
+def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype) -> dict:
+    """The range test with the recipe's settings; writes lr_find.json and lr_find.png in the run folder."""
+    f = cfg.lr_find
+    result = lr_range_test(model, loader, device, amp_dtype=amp_dtype, label_smoothing=cfg.optim.label_smoothing,
+                           optimizer=optimizer_settings(cfg.optim),
+                           weight_decay=cfg.optim.weight_decay, start_lr=f.start_lr,
+                           end_lr=f.end_lr, num_iter=f.num_iter, smooth=f.smooth, diverge=f.diverge,
+                           suggestion=f.suggestion, channels_last=cfg.model.channels_last)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cfg.run.lr_find_json, result)
+    plots.plot_lr_find(result, cfg.run.lr_find_png)
+    console.print(f"LR range test: {', '.join(f'{k} {v:.3g}' for k, v in result['suggestions'].items())}; "
+                  f"using {result['chosen']} = {result['lr']:.3g} as the peak LR")
+    return result
+
+
+def auto_lr(cfg: RunConfig, runtime: Runtime, model, train_beton: Path, amp_dtype, workers: int) -> float:
+    """``lr: auto``: rank 0 runs the LR range test at the training batch size; every rank gets its choice."""
+    lr = torch.zeros(1, dtype=torch.float64, device=runtime.device)
+    if runtime.is_main:
+        loader = lr_find_loader(cfg, train_beton, runtime.device, workers, seed=cfg.train.seed + 1)
+        result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
+        lr[0] = result["lr"]
+    if runtime.distributed:
+        dist.broadcast(lr, src=0)
+    return float(lr[0])
+
+
+@click.command("lr-find")
+@recipe_options
+def lr_find_command(**flags):
+    """LR range test on the recipe's training data; writes lr_find.json and lr_find.png in the run folder."""
+    cfg = build_config(**flags)
+    require_betons(cfg)
+    runtime = init_runtime()
+    train_beton = cfg.betons[0]
+    model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
+    amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
+    loader = lr_find_loader(cfg, train_beton, runtime.device, default_workers(cfg.data.workers))
+    result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
+    click.echo(f"suggested LR ({result['chosen']}): {result['lr']:.4g} -> {cfg.run.lr_find_png}")

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console
+from imagenet_kit.runs import BEST, RunFolder
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(KitError):
     pass
 
 
@@ -51,13 +53,13 @@ def load_checkpoint(path: Path) -> dict:
 def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     """The newest readable checkpoint of a run (by training progress), warning about broken ones."""
     candidates = []
-    for path in sorted((run_dir / "checkpoints").glob("*.pt")):
+    for path in sorted(RunFolder(run_dir).checkpoints.glob("*.pt")):
         try:
             state = load_checkpoint(path)
         except CheckpointError as err:
             console.print(f"[yellow]warning:[/] skipping {err}")
             continue
-        candidates.append(((state["global_step"], path.name != "best.pt"), path, state))
+        candidates.append(((state["global_step"], path.name != BEST), path, state))
     if not candidates:
         return None
     _, path, state = max(candidates, key=lambda c: c[0])

@@ -17,10 +17,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagenet_kit.bench_results import RESULTS_DIR, read_results
-from imagenet_kit.config import (ARCHITECTURE_KEYS, ConfigError, ModelConfig, RunConfig, architecture,
-                                 architecture_extras, load_config)
-from imagenet_kit.schedule import resolution_for_epoch
+from imagenet_kit.bench.results import RESULTS_DIR, read_results
+from imagenet_kit.config import ModelConfig, RunConfig, load_config
+from imagenet_kit.errors import KitError
+from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture, architecture_extras
+from imagenet_kit.optim.schedule import resolution_for_epoch
 
 TRAIN_IMAGES = 1_281_167  # ILSVRC2012 (ImageNet-1K) train split
 VAL_IMAGES = 50_000  # ILSVRC2012 validation split
@@ -28,7 +29,7 @@ DEFAULT_EFFICIENCY = 0.9  # multi-GPU scaling assumed where no figure exists at 
 FORWARD_SHARE = 1 / 3  # a forward pass costs ~1/3 of a training step (the backward pass ~2 forwards)
 
 
-class PlanError(ValueError):
+class PlanError(KitError, ValueError):
     """No estimate possible: unknown GPU, no throughput figure, or a recipe that cannot run."""
 
 
@@ -137,19 +138,15 @@ def measured_throughput(results_dir: Path, gpu: str, model: ModelConfig,
     The network is ``architecture(model)``: a row of the same arch with other add-ons (BlurPool, SE, ...) is a
     different network; a row lacking an add-on key (written before it existed) had it off.
 
-    A row: {"kind" (or "bench"): "train", "device", "arch", "res", "precision", "img_per_s" (summed over
+    A row: {"kind": "train", "device", "arch", "res", "precision", "img_per_s" (summed over
     the GPUs), "gpus" (or "world_size"; default 1), "date", ...}. Of ``bench train``'s three modes only
     "real" counts (the kit's step fed by its loader, as training runs); its "synthetic" and "bare" rows
     are upper bounds and a no-kit reference."""
     wanted = {"fp32"} if precision == "fp32" else {"bf16", "fp16", "amp"}
     network, defaults = architecture(model), architecture(ModelConfig())
     newest: dict[tuple[int, int], dict] = {}
-    try:
-        rows = list(read_results(results_dir))
-    except ValueError as err:
-        raise PlanError(str(err)) from None
-    for path, number, row in rows:
-        if (row.get("kind", row.get("bench")) != "train" or row.get("mode", "real") != "real"
+    for path, number, row in read_results(results_dir):
+        if (row["kind"] != "train" or row.get("mode", "real") != "real"
                 or {key: row.get(key, defaults[key]) for key in ARCHITECTURE_KEYS} != network
                 or row.get("precision") not in wanted
                 or not re.search(GPUS[gpu].device_pattern, str(row.get("device", "")))):
@@ -231,7 +228,7 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
 
 
 @click.command("plan")
-@click.option("--recipe", default="full", show_default=True, help="recipe name in recipes/ or a YAML path")
+@click.option("--recipe", default="full", show_default=True, help="recipe name in imagenet_kit/recipes/ or a YAML path")
 @click.option("--gpu", required=True, type=click.Choice(list(GPUS)), help="GPU model")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs in the run")
 @click.option("--price-per-hour", type=click.FloatRange(min=0), default=None,
@@ -246,11 +243,7 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
 def plan_command(recipe, gpu, gpus, price_per_hour, images, val_images, efficiency, results_dir, as_json):
     """Estimate hours and cost of a recipe on GPUs, from measured or published throughput."""
-    try:
-        plan = estimate_plan(load_config(recipe), gpu, gpus, price_per_hour, images, val_images, efficiency,
-                             results_dir)
-    except (ConfigError, PlanError) as err:
-        raise click.ClickException(str(err)) from None
+    plan = estimate_plan(load_config(recipe), gpu, gpus, price_per_hour, images, val_images, efficiency, results_dir)
     if as_json:
         click.echo(json.dumps(plan, indent=2))
         return

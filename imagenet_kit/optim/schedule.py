@@ -8,7 +8,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from imagenet_kit.config import SCHEDULES
-from imagenet_kit.model import create_optimizer
+from imagenet_kit.optim.optimizers import create_optimizer
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float, epochs: int,
@@ -38,7 +38,7 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float,
         return OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct_start,
                           div_factor=div_factor, final_div_factor=final_div_factor,
                           base_momentum=base_momentum, max_momentum=max_momentum, cycle_momentum=True)
-    for group, peak in zip(optimizer.param_groups, peaks):
+    for group, peak in zip(optimizer.param_groups, peaks, strict=False):
         group["lr"] = peak
         group["initial_lr"] = peak
     if name == "linear":

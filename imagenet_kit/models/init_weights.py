@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from imagenet_kit.checkpoint import load_checkpoint
-from imagenet_kit.config import ConfigError, ModelConfig, architecture, config_from_dict, describe_architecture
+from imagenet_kit.config import ConfigError, ModelConfig, config_from_dict
 from imagenet_kit.data.imagenet_meta import imagenet_classes
-from imagenet_kit.model import HEAD, model_config_from_export_info
+from imagenet_kit.engine.checkpoint import load_checkpoint
+from imagenet_kit.models.architecture import architecture, describe_architecture
+from imagenet_kit.models.factory import HEAD, model_config_from_export_info
+from imagenet_kit.runs import ExportFolder, torch_hub_weights
 
 
 class InitError(ConfigError):
@@ -60,12 +61,13 @@ def _load_source(cfg: ModelConfig) -> tuple[dict, list[dict]]:
         return _torchvision_weights(cfg), imagenet_classes()
     path = Path(cfg.init)
     if path.is_dir():
-        if not (path / "model.json").is_file() or not (path / "model.safetensors").is_file():
+        export = ExportFolder(path)
+        if not export.finished or not export.model_file("safetensors").is_file():
             raise InitError(f"model.init={cfg.init}: not a finished export with model.safetensors "
                             "(imagenet-kit export --format safetensors writes one)")
         from safetensors.torch import load_file
-        info = json.loads((path / "model.json").read_text())
-        state, classes = load_file(path / "model.safetensors"), json.loads((path / "classes.json").read_text())
+        info = json.loads(export.model_info.read_text())
+        state, classes = load_file(export.model_file("safetensors")), json.loads(export.classes.read_text())
         source = model_config_from_export_info(info)
     elif path.is_file():
         checkpoint = load_checkpoint(path)
@@ -98,7 +100,7 @@ def _torchvision_weights(cfg: ModelConfig) -> dict:
     try:
         return weights.get_state_dict(progress=False, weights_only=True)
     except OSError as err:  # URLError, DNS failure, timeout: no internet here
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        cached = torch_hub_weights(torch.hub.get_dir(), weights.url)
         raise InitError(f"model.init=torchvision: cannot download {weights} from {weights.url} ({err}). "
                         f"Offline: fetch that file elsewhere and place it at {cached}") from None
 

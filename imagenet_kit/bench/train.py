@@ -17,30 +17,32 @@ and not a layout choice. Every mode uses 1000 classes, ImageNet's head; the real
 """
 from __future__ import annotations
 
-import gc
-import resource
-import time
 from functools import partial
 from pathlib import Path
 
 import click
 import torch
-import torchvision
 from rich.table import Table
 
-from imagenet_kit.bench_results import RESULTS_DIR, append_results, utc_now
-from imagenet_kit.config import (ARCHITECTURE_KEYS, RECIPES_DIR, ConfigError, ModelConfig, OptimConfig,
-                                 architecture_label, load_config)
+from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
+from imagenet_kit.bench.train_steps import (
+    NUM_CLASSES,
+    free_memory,
+    has_bare_reference,
+    measure_bare,
+    measure_real,
+    measure_synthetic,
+)
+from imagenet_kit.config import PACKAGE_DIR, ConfigError, ModelConfig, load_config
 from imagenet_kit.data.convert import convert, scan_imagefolder
-from imagenet_kit.data.loaders import beton_num_samples, create_train_loader, default_workers
-from imagenet_kit.model import ARCHS, create_model, create_optimizer, optimizer_settings, param_groups
+from imagenet_kit.data.loaders import beton_num_samples, default_workers
+from imagenet_kit.engine.logbook import peak_memory_mb
+from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture_label
+from imagenet_kit.models.factory import ARCHS
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import device_name, environment, precision_name, resolve_precision
-from imagenet_kit.schedule import create_scheduler
-from imagenet_kit.train import scaled_lr, train_step
 
-NUM_CLASSES = 1000
-SAMPLE_TRAIN = RECIPES_DIR.parent / "sample_data" / "imagenette-sample" / "train"
+SAMPLE_TRAIN = PACKAGE_DIR / "sample_data" / "imagenette-sample" / "train"
 DEFAULT_BETON = "betons/bench-sample-train-256.beton"
 # A GPU run measures the full recipe's resolutions at its batch; a CPU run only has to finish in about a minute.
 DEFAULTS = {"cuda": {"res": "160,192,224", "batch": 256, "steps": 50, "warmup": 10},
@@ -48,114 +50,6 @@ DEFAULTS = {"cuda": {"res": "160,192,224", "batch": 256, "steps": 50, "warmup": 
 MODES = ("synthetic", "real", "bare")
 # The model keys `--set` may change: the ones that make a different network (the arch has its own flag).
 MODEL_OPTIONS = tuple(key for key in ARCHITECTURE_KEYS if key != "arch")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones (kernel selection, compilation,
-    the loader's first batches); the device queue is drained before the clock starts and stops."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def has_bare_reference(arch: str, model_options: dict) -> bool:
-    """Whether ``torchvision.models.<arch>()`` is the kit's model: a torchvision arch with no add-ons."""
-    defaults = ModelConfig()
-    return hasattr(torchvision.models, arch) and all(value == getattr(defaults, key)
-                                                      for key, value in model_options.items())
-
-
-def _kit_step(arch: str, model_options: dict, batch: int, total_steps: int, device: torch.device, precision: str,
-              channels_last: bool, compile_: bool):
-    """What ``train`` builds around its step, with the kit's default model and optimiser settings."""
-    amp_dtype, use_scaler = resolve_precision(precision, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(arch, NUM_CLASSES, **model_options).to(device=device, memory_format=memory_format)
-    optim = OptimConfig()
-    max_lr = scaled_lr(optim.lr, optim.lr_batch, batch)
-    optimizer = create_optimizer(param_groups(model, optim.weight_decay), lr=max_lr, **optimizer_settings(optim))
-    # One "epoch" a few steps longer than the steps run: OneCycleLR refuses to step past its total and needs a
-    # warm-up of more than one step, which `--warmup 1 --steps 3` alone would not give it.
-    scheduler = create_scheduler(optimizer, optim.schedule, max_lr, 1, total_steps + 8)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
-    step_model = torch.compile(model) if compile_ else model
-    step_model.train()
-    return lambda images, labels: train_step(step_model, images, labels, criterion, optimizer, scaler, scheduler,
-                                             amp_dtype, channels_last)
-
-
-def _endless(loader):
-    """Batches across epoch ends: a small beton holds fewer batches than the steps to time."""
-    while True:
-        yield from loader
-
-
-def measure_synthetic(arch, model_options, res, batch, device, precision, channels_last, compile_, steps,
-                      warmup) -> float:
-    step = _kit_step(arch, model_options, batch, warmup + steps, device, precision, channels_last, compile_)
-    images = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
-    return _timed(lambda: step(images, labels), steps, warmup, device)
-
-
-def measure_real(arch, model_options, res, batch, device, precision, channels_last, compile_, steps, warmup,
-                 beton, workers) -> float:
-    step = _kit_step(arch, model_options, batch, warmup + steps, device, precision, channels_last, compile_)
-    batches = _endless(create_train_loader(str(beton), batch, res, device, workers))
-    try:
-        return _timed(lambda: step(*next(batches)), steps, warmup, device)
-    finally:
-        batches.close()  # stops FFCV's loader thread mid-epoch
-
-
-def measure_bare(arch, model_options, res, batch, device, precision, channels_last, compile_, steps,
-                 warmup) -> float:
-    """Plain PyTorch, as a tutorial writes it; only the autocast dtype is the kit's choice, so both match."""
-    amp_dtype, _ = resolve_precision(precision, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES).to(device=device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    step_model = torch.compile(model) if compile_ else model
-    step_model.train()
-    x = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=memory_format)
-    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
-
-    def step():
-        # No GradScaler even in fp16: loss scaling is one of the things the kit's step adds.
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = torch.nn.functional.cross_entropy(step_model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return _timed(step, steps, warmup, device)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """CUDA: this mode's peak of allocated tensors. CPU: the process's peak resident set so far, which
-    includes every earlier mode (Linux reports ru_maxrss in KiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _free(device: torch.device) -> None:
-    """Drop the finished mode's model and optimiser state before the next one allocates its own."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def sample_beton(path=DEFAULT_BETON) -> Path:
@@ -185,10 +79,10 @@ def _measure_all(arch, model_options, resolutions, batch, precision, compile_, c
     for res in resolutions:
         measured = {}
         for mode in modes:
-            _free(device)
+            free_memory(device)
             torch.manual_seed(0)
             seconds = measures[mode](arch, model_options, res, **args)
-            measured[mode] = (round(steps * batch / seconds, 1), round(_peak_memory_mb(device), 1))
+            measured[mode] = (round(steps * batch / seconds, 1), round(peak_memory_mb(device), 1))
         rate = {mode: img_per_s for mode, (img_per_s, _) in measured.items()}
         overheads = {"data_overhead_pct": round(100 * (1 - rate["real"] / rate["synthetic"]), 1),
                      "kit_overhead_pct": round(100 * (1 - rate["synthetic"] / rate["bare"]), 1) if "bare" in rate
@@ -213,7 +107,7 @@ def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, pre
     beton = sample_beton() if beton is None else beton
     beton_images = beton_num_samples(str(beton))
     if beton_images < batch:  # the loader drops the partial batch: the real-data mode would wait forever
-        raise click.ClickException(f"{beton}: {beton_images} images, fewer than one batch of {batch}; lower --batch")
+        raise ConfigError(f"{beton}: {beton_images} images, fewer than one batch of {batch}; lower --batch")
     if beton_images < (warmup + steps) * batch:
         console.print(f"[yellow]note:[/] {beton} holds {beton_images} images, fewer than the {(warmup + steps) * batch}"
                       f" the real-data mode reads: its figure includes an FFCV epoch restart every "

@@ -18,10 +18,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "safetensors": "model.safetensors"}
+from imagenet_kit.errors import KitError
+from imagenet_kit.runs import ExportFolder
 
 
-class ExportError(RuntimeError):
+class ExportError(KitError):
     """An export that cannot be made or trusted; the message names the file, the Δ or the missing piece."""
 
 
@@ -50,7 +51,7 @@ class Predictor:
         """Top-``k`` (class name, softmax probability), most likely first."""
         probs = self.logits(preprocess(image, self.spec))[0].softmax(0)
         top = probs.topk(min(k, len(self.names)))
-        return [(self.names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        return [(self.names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=False)]
 
 
 @contextlib.contextmanager
@@ -64,41 +65,25 @@ def _quiet_deprecations():
         yield
 
 
-def load_exported(model_dir: Path) -> Predictor:
+def load_exported(model_dir: Path | ExportFolder) -> Predictor:
     """The predictor of an export folder: TorchScript if exported, else safetensors into ``create_model``."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "model.json").is_file():
-        raise ExportError(f"{model_dir}: no model.json, so not a finished export; make one with 'imagenet-kit export'")
-    info = json.loads((model_dir / "model.json").read_text())
-    spec = json.loads((model_dir / "preprocess.json").read_text())
-    names = [c["name"] for c in json.loads((model_dir / "classes.json").read_text())]
-    if (model_dir / FILES["torchscript"]).is_file():
+    export = model_dir if isinstance(model_dir, ExportFolder) else ExportFolder(Path(model_dir))
+    if not export.finished:
+        raise ExportError(f"{export.root}: no {export.model_info.name}, so not a finished export; make one with "
+                          "'imagenet-kit export'")
+    info = json.loads(export.model_info.read_text())
+    spec = json.loads(export.preprocess.read_text())
+    names = [c["name"] for c in json.loads(export.classes.read_text())]
+    if export.model_file("torchscript").is_file():
         with _quiet_deprecations():
-            model = torch.jit.load(str(model_dir / FILES["torchscript"]), map_location="cpu")
+            model = torch.jit.load(str(export.model_file("torchscript")), map_location="cpu")
         return Predictor(model, spec, names, info, "torchscript")
-    if (model_dir / FILES["safetensors"]).is_file():
+    if export.model_file("safetensors").is_file():
         from safetensors.torch import load_file
 
-        from imagenet_kit.model import model_from_export_info  # not shipped in a Space folder (model.ts)
+        from imagenet_kit.models.factory import model_from_export_info  # not shipped in a Space folder (model.ts)
         model = model_from_export_info(info)
-        model.load_state_dict(load_file(model_dir / FILES["safetensors"]))
+        model.load_state_dict(load_file(export.model_file("safetensors")))
         return Predictor(model, spec, names, info, "safetensors")
-    raise ExportError(f"{model_dir}: neither {FILES['torchscript']} nor {FILES['safetensors']} to load; "
-                      "export with --format torchscript or safetensors")
-
-
-def find_latest_export(runs_dir: Path = Path("runs")) -> Path | None:
-    """The newest ``runs/*/export`` folder holding a model.json (by that file's mtime), or None."""
-    found = list(Path(runs_dir).glob("*/export/model.json"))
-    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
-
-
-def resolve_model_dir(model: Path | None, runs_dir: Path = Path("runs")) -> Path:
-    """``--model`` as given, or the newest export; the error says where it looked and what to run."""
-    if model is not None:
-        return Path(model)
-    latest = find_latest_export(runs_dir)
-    if latest is None:
-        raise ExportError(f"no exported model found: looked for {Path(runs_dir).resolve()}/*/export/model.json. "
-                          "Run 'make mini' first (it trains and exports a small model), or pass --model DIR")
-    return latest
+    raise ExportError(f"{export.root}: neither {export.model_file('torchscript').name} nor "
+                      f"{export.model_file('safetensors').name} to load; export with --format torchscript or safetensors")

@@ -1,0 +1,190 @@
+"""Everything one training run trains with, built once before the first step: ``build_training``.
+
+Resume state is read first, since it decides whether this is a fresh run (and its LR, if it was "auto"); the
+model, loaders, optimizer, schedule and grad scaler follow, then a resumed run's state is loaded into them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imagenet_kit.config import ConfigError, RunConfig, dump_config
+from imagenet_kit.data.convert import read_classes
+from imagenet_kit.data.loaders import create_train_loader, create_val_loader, default_workers
+from imagenet_kit.data.prepare import require_betons
+from imagenet_kit.engine import plots
+from imagenet_kit.engine.checkpoint import (
+    find_resume_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from imagenet_kit.engine.lr_find import auto_lr
+from imagenet_kit.models.factory import model_on_device
+from imagenet_kit.models.init_weights import init_model
+from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
+from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
+from imagenet_kit.progress import console
+from imagenet_kit.runs import LAST
+from imagenet_kit.runtime import Runtime, environment, precision_name, resolve_precision, write_json
+
+
+@dataclass
+class Position:
+    """Where training stands: the epoch in progress, the batches of it already trained (a mid-epoch resume
+    skips them), steps in total, the best top-1 so far, and an unfinished epoch's running loss."""
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    best_top1: float = -1.0
+    partial: dict | None = None  # {"loss_sum", "steps"} of the epoch a mid-epoch checkpoint cut
+
+
+@dataclass
+class Training:
+    cfg: RunConfig
+    runtime: Runtime
+    classes: list[dict]
+    model: torch.nn.Module  # the bare model: what checkpoints hold and evaluation runs
+    step_model: torch.nn.Module  # what the step calls: ``model`` inside DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    train_loader: object
+    val_loader: object
+    amp_dtype: torch.dtype | None
+    max_lr: float
+    steps_per_epoch: int
+    position: Position
+
+    def save_checkpoint(self, epoch: int, step: int, metrics: dict | None, name: str = LAST,
+                        partial: tuple[float, int] | None = None) -> None:
+        """Rank 0 writes model, optimizer, scheduler, scaler, position, RNG, config and classes atomically."""
+        if not self.runtime.is_main:
+            return
+        save_checkpoint({
+            # the running train loss of an unfinished epoch, so a resumed epoch reports the same mean
+            "partial_epoch": {"loss_sum": partial[0], "steps": partial[1]} if partial else None,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": epoch, "step": step, "global_step": self.position.global_step, "rng": rng_state(),
+            "config": self.cfg.to_dict(), "classes": self.classes, "best_top1": self.position.best_top1,
+            "metrics": metrics, "max_lr": self.max_lr, "world_size": self.runtime.world_size,
+        }, self.cfg.run.checkpoint(name), keep_previous=(name == LAST))
+
+
+def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Training:
+    torch.manual_seed(cfg.train.seed + runtime.rank)
+    np.random.seed(cfg.train.seed + runtime.rank)
+    state = _resume_state(cfg, resume)
+    if runtime.is_main:
+        cfg.run.checkpoints.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, cfg.run.config)
+    require_betons(cfg)
+    train_beton, val_beton = cfg.betons
+    classes = read_classes(train_beton)
+    workers = default_workers(cfg.data.workers)
+    model = _model(cfg, runtime, classes, fresh=state is None)
+    amp_dtype, use_scaler = resolve_precision(cfg.train.precision, runtime.device)
+    global_batch = cfg.train.batch_size * runtime.world_size
+    if state is not None:
+        max_lr = state["max_lr"]
+    elif cfg.optim.lr == "auto":
+        max_lr = auto_lr(cfg, runtime, model, train_beton, amp_dtype, workers)
+    else:
+        max_lr = scaled_lr(float(cfg.optim.lr), cfg.optim.lr_batch, global_batch)
+    train_loader, val_loader = _loaders(cfg, runtime, train_beton, val_beton, workers)
+    if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one
+        # the precision `auto` resolved to here: the same recipe runs bf16 on one CPU and fp32 on another
+        write_json(cfg.run.env, {**environment(runtime), "precision": precision_name(amp_dtype)})
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{train_beton}: fewer images than one batch of {cfg.train.batch_size}; "
+                         "lower train.batch_size")
+    optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult), lr=max_lr,
+                                 **optimizer_settings(cfg.optim))
+    scheduler = create_scheduler(optimizer, cfg.optim.schedule, max_lr, cfg.train.epochs, steps_per_epoch,
+                                 **schedule_settings(cfg))
+    t = Training(cfg, runtime, classes, model, _step_model(cfg, runtime, model), optimizer, scheduler,
+                 torch.amp.GradScaler(runtime.device.type, enabled=use_scaler),
+                 torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), train_loader, val_loader,
+                 amp_dtype, max_lr, steps_per_epoch, Position())
+    if state is not None:
+        _restore(t, state)
+    elif runtime.is_main:
+        _plot_schedule(t, global_batch)
+    return t
+
+
+def schedule_settings(cfg: RunConfig) -> dict:
+    """``create_scheduler``'s keyword arguments from the config, but the name, LR and lengths."""
+    o = cfg.optim
+    return dict(pct_start=o.pct_start, div_factor=o.div_factor, final_div_factor=o.final_div_factor,
+                base_momentum=o.base_momentum, max_momentum=o.max_momentum, peak_epoch=o.peak_epoch,
+                step_epochs=o.step_epochs, step_gamma=o.step_gamma, flat_fraction=o.flat_fraction)
+
+
+def _resume_state(cfg: RunConfig, resume: str | None) -> dict | None:
+    if resume == "auto":
+        found = find_resume_checkpoint(cfg.run_dir)
+        if found:
+            path, state = found
+            console.print(f"resuming from {path} (epoch {state['epoch']}, step {state['step']})")
+            return state
+        return None
+    return load_checkpoint(Path(resume)) if resume else None
+
+
+def _model(cfg: RunConfig, runtime: Runtime, classes: list[dict], fresh: bool) -> torch.nn.Module:
+    model = model_on_device(cfg.model, len(classes), torch.device("cpu"))
+    if fresh and cfg.model.init:  # fine-tuning; a resumed run's weights come from its checkpoint
+        message = init_model(model, cfg.model, classes)
+        if runtime.is_main:
+            console.print(message)
+    return model.to(runtime.device)
+
+
+def _loaders(cfg: RunConfig, runtime: Runtime, train_beton: Path, val_beton: Path, workers: int):
+    t, device = cfg.train, runtime.device
+    train_loader = create_train_loader(str(train_beton), t.batch_size, t.min_res, device, workers, seed=t.seed,
+                                       distributed=runtime.distributed, in_memory=cfg.data.in_memory,
+                                       deterministic=t.deterministic, min_scale=t.min_scale, crop=t.crop)
+    val_loader = create_val_loader(str(val_beton), t.val_batch_size, t.val_res, device, workers,
+                                   distributed=runtime.distributed, crop_ratio=t.val_crop_ratio)
+    return train_loader, val_loader
+
+
+def _step_model(cfg: RunConfig, runtime: Runtime, model: torch.nn.Module) -> torch.nn.Module:
+    if runtime.distributed:
+        # A frozen backbone yields no gradients; DDP must be told to expect parameters without any.
+        device = runtime.device
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.train.freeze_epochs > 0)
+    return torch.compile(model) if cfg.train.compile else model
+
+
+def _restore(t: Training, state: dict) -> None:
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state:
+        t.scaler.load_state_dict(state["scaler"])
+    t.position = Position(state["epoch"], state["step"], state["global_step"], state.get("best_top1", -1.0),
+                          state.get("partial_epoch") if state["step"] else None)
+    if t.runtime.world_size == state.get("world_size", 1):
+        set_rng_state(state["rng"])
+
+
+def _plot_schedule(t: Training, global_batch: int) -> None:
+    cfg = t.cfg
+    trace = schedule_trace(cfg.optim.schedule, t.max_lr, cfg.train.epochs, t.steps_per_epoch,
+                           optimizer_name=cfg.optim.optimizer, momentum=cfg.optim.momentum, **schedule_settings(cfg))
+    plots.plot_schedule(trace, cfg.run.schedule_png,
+                        f"{cfg.optim.schedule} schedule, peak LR {t.max_lr:.3g} "
+                        f"(global batch {global_batch}, {t.steps_per_epoch} steps/epoch)")

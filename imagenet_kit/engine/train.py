@@ -1,0 +1,203 @@
+"""Training: ``train`` builds the run (``setup``), then each epoch is ``train_one_epoch``, ``evaluate`` and a
+logbook line; plus the ``train`` command.
+
+Spot-safe: checkpoints every epoch and every ``train.checkpoint_minutes``, written atomically; SIGTERM
+or SIGINT finishes the current step, writes a checkpoint and exits cleanly; ``resume="auto"`` continues
+from the newest readable checkpoint at the exact batch it stopped at.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+
+import click
+import torch
+
+from imagenet_kit.config import RunConfig
+from imagenet_kit.data.loaders import normalize, set_resolution
+from imagenet_kit.data.prepare import require_betons
+from imagenet_kit.engine.evaluate import evaluate
+from imagenet_kit.engine.logbook import Logbook, peak_memory_mb, say_stopped
+from imagenet_kit.engine.setup import Training, build_training
+from imagenet_kit.errors import KitError
+from imagenet_kit.models.init_weights import freeze_backbone
+from imagenet_kit.optim.schedule import resolution_for_epoch
+from imagenet_kit.options import build_config, recipe_options
+from imagenet_kit.progress import progress_bar
+from imagenet_kit.runs import BEST
+from imagenet_kit.runtime import Runtime, any_rank, autocast, init_runtime, mean_across_ranks, shutdown_runtime
+
+FINITE_CHECK_EVERY = 20  # steps between host syncs that look at the loss: the GPU queue stays full meanwhile
+
+
+class DivergenceError(KitError):
+    pass
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between steps (torchrun forwards signals to ranks)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class EpochStats:
+    res: int
+    train_loss: float
+    images: int  # trained on by this rank in this run (a resumed epoch's skipped batches do not count)
+    seconds: float
+    stopped_at: int | None = None  # the step a stop (signal or train.max_steps) ended the epoch at
+
+
+def train(cfg: RunConfig, runtime: Runtime, resume: str | None = None) -> dict:
+    """Train per ``cfg``; returns the last epoch's metrics (or {"interrupted": True, ...})."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(previous or cfg.train.deterministic)
+    try:
+        return _train(cfg, runtime, resume)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
+    t = build_training(cfg, runtime, resume)
+    logbook = Logbook(cfg.run, t.position.epoch, runtime.is_main, cfg.train.tensorboard, cfg.train.epochs)
+    metrics = logbook.last
+    with StopFlag() as stop:
+        for epoch in range(t.position.epoch, cfg.train.epochs):
+            stats = train_one_epoch(t, epoch, stop, metrics)
+            if stats.stopped_at is not None:
+                if stop.requested and runtime.is_main:
+                    say_stopped(epoch, stats.stopped_at)
+                return {**metrics, "interrupted": stop.requested, "epoch": epoch, "step": stats.stopped_at}
+            metrics = end_epoch(t, epoch, stats, logbook)
+            if _should_stop(t, stop) and epoch < cfg.train.epochs - 1:
+                if stop.requested and runtime.is_main:
+                    say_stopped(epoch + 1, 0)
+                return {**metrics, "interrupted": stop.requested}
+    return metrics
+
+
+def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict) -> EpochStats:
+    """One pass over the train loader from ``t.position.step``; stops early, with a checkpoint, on request."""
+    cfg, pos, device = t.cfg, t.position, t.runtime.device
+    res = resolution_for_epoch(epoch, cfg.train.min_res, cfg.train.max_res, cfg.train.start_ramp,
+                               cfg.train.end_ramp)
+    set_resolution(t.train_loader, res)
+    t.train_loader.next_epoch = epoch  # FFCV's order is a function of (seed, epoch): resume-stable
+    t.step_model.train()
+    if cfg.train.freeze_epochs:
+        freeze_backbone(t.model, frozen=epoch < cfg.train.freeze_epochs)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps_done, images, skip = 0, 0, pos.step
+    if pos.partial:
+        loss_sum += pos.partial["loss_sum"]
+        steps_done = pos.partial["steps"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    last_step, last_checkpoint, start = t.steps_per_epoch - 1, time.monotonic(), time.perf_counter()
+    with progress_bar(f"epoch {epoch + 1}/{cfg.train.epochs} @ {res}px", t.steps_per_epoch * cfg.train.batch_size) \
+            as advance:
+        for step, (batch, labels) in enumerate(t.train_loader):
+            advance(len(labels))
+            if step < skip:  # mid-epoch resume: these batches were trained on already
+                continue
+            loss = train_step(t.step_model, batch, labels, t.criterion, t.optimizer, t.scaler, t.scheduler,
+                              t.amp_dtype, cfg.model.channels_last)
+            loss_sum += loss.detach().double()
+            steps_done, images, pos.global_step = steps_done + 1, images + len(labels), pos.global_step + 1
+            if steps_done % FINITE_CHECK_EVERY == 0 or step == last_step:
+                check_finite(loss_sum, pos.global_step, t.optimizer)
+            stop_now = _should_stop(t, stop)
+            timed = time.monotonic() - last_checkpoint > cfg.train.checkpoint_minutes * 60
+            if (stop_now or timed) and step < last_step:
+                check_finite(loss_sum, pos.global_step, t.optimizer)
+                t.save_checkpoint(epoch, step + 1, last_metrics, partial=(loss_sum.item(), steps_done))
+                last_checkpoint = time.monotonic()
+            if stop_now and step < last_step:
+                return EpochStats(res, math.nan, images, time.perf_counter() - start, stopped_at=step + 1)
+    pos.step, pos.partial = 0, None
+    train_loss = mean_across_ranks(loss_sum.item() / max(1, steps_done), t.runtime)
+    return EpochStats(res, train_loss, images, time.perf_counter() - start)
+
+
+def train_step(model, images: torch.Tensor, labels: torch.Tensor, criterion, optimizer, scaler, scheduler,
+               amp_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
+    """One optimiser step on a loader batch (uint8 images on the device); returns the loss, unsynchronised.
+
+    Its own function so that ``imagenet-kit bench train`` times exactly the step that training runs."""
+    x = normalize(images, channels_last)
+    with autocast(images.device, amp_dtype):
+        loss = criterion(model(x), labels.long())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss
+
+
+def end_epoch(t: Training, epoch: int, stats: EpochStats, logbook: Logbook) -> dict:
+    """Validate, log the epoch, and checkpoint it (``best.pt`` too when its top-1 is the best so far)."""
+    cfg, runtime = t.cfg, t.runtime
+    val = evaluate(t.model, t.val_loader, len(t.classes), runtime.device, t.amp_dtype, cfg.train.flip_tta,
+                   cfg.model.channels_last, runtime.distributed)
+    metrics = {
+        "epoch": epoch, "res": stats.res, "train_loss": stats.train_loss, "val_loss": val["loss"],
+        "top1": val["top1"], "top5": val["top5"], "lr": t.optimizer.param_groups[0]["lr"],
+        "img_per_s": stats.images * runtime.world_size / stats.seconds, "epoch_seconds": stats.seconds,
+        "peak_mem_mb": peak_memory_mb(runtime.device), "global_step": t.position.global_step,
+    }
+    best_is_new = val["top1"] > t.position.best_top1
+    t.position.best_top1 = max(t.position.best_top1, val["top1"])
+    logbook.record(metrics)
+    t.save_checkpoint(epoch + 1, 0, metrics)
+    if best_is_new:
+        t.save_checkpoint(epoch + 1, 0, metrics, name=BEST)
+    return metrics
+
+
+def _should_stop(t: Training, stop: StopFlag) -> bool:
+    """A signal on any rank, or train.max_steps reached (smoke tests)."""
+    cap = t.cfg.train.max_steps or math.inf
+    return any_rank(stop.requested or t.position.global_step >= cap, t.runtime)
+
+
+def check_finite(loss_sum: torch.Tensor, global_step: int, optimizer) -> None:
+    if not math.isfinite(loss_sum.item()):
+        lr = optimizer.param_groups[0]["lr"]
+        raise DivergenceError(f"loss became non-finite by step {global_step} (lr {lr:.4g}). The last good "
+                              f"checkpoint is kept; lower optim.lr (e.g. --lr {lr / 3:.3g}) or use --lr auto.")
+
+
+@click.command("train")
+@recipe_options
+@click.option("--resume", default=None, help="'auto' (newest valid checkpoint of the run) or a checkpoint path")
+def train_command(resume, **flags):
+    """Train (one-cycle, mixed precision). Multi-GPU: torchrun --nproc_per_node=N -m imagenet_kit train ..."""
+    cfg = build_config(**flags)
+    require_betons(cfg)
+    runtime = init_runtime()
+    try:
+        result = train(cfg, runtime, resume)
+    finally:
+        shutdown_runtime(runtime)
+    if runtime.is_main and not result.get("interrupted") and "top1" in result:
+        click.echo(f"val top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
+                   f"-> {cfg.run_dir}")

@@ -1,0 +1,64 @@
+"""``imagenet-kit run``: a recipe end to end, convert -> LR range test (lr: auto) -> train -> eval -> export.
+
+Stages whose outputs exist are skipped, so an interrupted run picks up where it stopped. Each stage is its own
+module (``data.prepare``, ``engine.lr_find``, ``engine.train``, ``engine.evaluate``, ``serve.export``); this one
+only chains them.
+"""
+from __future__ import annotations
+
+import click
+
+from imagenet_kit.config import RunConfig
+from imagenet_kit.data.prepare import prepare
+from imagenet_kit.engine.checkpoint import load_checkpoint
+from imagenet_kit.engine.evaluate import run_eval
+from imagenet_kit.engine.train import train
+from imagenet_kit.options import build_config, recipe_options
+from imagenet_kit.progress import console
+from imagenet_kit.runtime import init_runtime, shutdown_runtime
+from imagenet_kit.serve.export import export_model
+
+
+@click.command("run")
+@recipe_options
+def run_command(**flags):
+    """A recipe end to end: convert -> LR range test (lr: auto) -> train -> eval -> export.
+
+    Stages whose outputs exist are skipped, so an interrupted run picks up where it stopped."""
+    cfg = build_config(**flags)
+    runtime = init_runtime()
+    if runtime.is_main:
+        prepare(cfg)
+    if runtime.distributed:  # ranks wait for rank 0's conversion (`make full` converts before torchrun)
+        import torch.distributed as dist
+        dist.barrier()
+    try:
+        if not train_stage(cfg, runtime):
+            return
+    finally:
+        shutdown_runtime(runtime)
+    if not runtime.is_main:
+        return
+    best = cfg.run.best
+    summary, out_path = run_eval(best, cfg.run, cfg.betons[1], None, None, cfg.train.val_batch_size)
+    export_stage(cfg)
+    click.echo(f"{cfg.name}: val top-1 {100 * summary['top1']:.2f}%, top-5 {100 * summary['top5']:.2f}% "
+               f"({summary['count']} images, {best}) -> {out_path}")
+
+
+def train_stage(cfg: RunConfig, runtime) -> bool:
+    """Train (resuming), unless the last checkpoint has done every epoch; False if a signal stopped it."""
+    last = cfg.run.last
+    if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs:
+        console.print(f"train: skipped, {last} has finished all {cfg.train.epochs} epochs")
+        return True
+    return not train(cfg, runtime, resume="auto").get("interrupted")
+
+
+def export_stage(cfg: RunConfig) -> None:
+    checkpoint, export = cfg.run.best, cfg.run.export
+    if export.finished and export.model_info.stat().st_mtime >= checkpoint.stat().st_mtime:
+        console.print(f"export: skipped, {export.root} is newer than {checkpoint}")
+        return
+    export_model(checkpoint, export.root)
+    click.echo(f"export: {export.root}")

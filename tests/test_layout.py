@@ -1,0 +1,137 @@
+"""The package's layout as a contract: one module per stage owning its command, one module that knows the run
+folder, no import cycles, size limits, and one key for every result row."""
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from imagenet_kit import cli
+from tests.conftest import REPO
+
+PACKAGE = REPO / "imagenet_kit"
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+RUN_FOLDER_PARTS = {"checkpoints", "last.pt", "best.pt", "export", "model.json"}
+MAX_FUNCTION_LINES, MAX_MODULE_LINES, MAX_CLI_LINES = 80, 300, 100
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))]
+    return {id(n.body[0].value) for n in nodes if n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+
+
+def _command_names(tree: ast.AST) -> set[int]:
+    """``click.command("export")`` and the keys of cli.py's COMMANDS: a command's name, not a folder's."""
+    named = {id(call.args[0]) for call in ast.walk(tree) if isinstance(call, ast.Call) and call.args
+             and isinstance(call.func, ast.Attribute) and call.func.attr in ("command", "group")}
+    registries = [node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and isinstance(node.value, ast.Dict) and any(getattr(t, "id", "").endswith("COMMANDS")
+                                                                for t in node.targets)]
+    return named | {id(key) for registry in registries for key in registry.keys}
+
+
+def _names_a_run_folder_part(text: str) -> bool:
+    """'best.pt', 'checkpoints/best.pt' or 'runs/*/export/model.json' does; 'an export folder' does not."""
+    if text in RUN_FOLDER_PARTS:
+        return True
+    return any("/" in word and RUN_FOLDER_PARTS & set(word.strip("`'\".,:;()[]").split("/")) for word in text.split())
+
+
+def test_run_folder_names_are_spelled_in_runs_py_only():
+    offenders = []
+    for path in MODULES:
+        tree = ast.parse(path.read_text())
+        skip = _docstrings(tree) | _command_names(tree)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+                    and _names_a_run_folder_part(node.value)):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    spelled_in = {line.split(":")[0] for line in offenders}
+    assert spelled_in == {"imagenet_kit/runs.py"}, "\n".join(o for o in offenders if "runs.py" not in o)
+
+
+def test_the_check_itself_catches_a_spelled_out_path():
+    assert _names_a_run_folder_part("best.pt") and _names_a_run_folder_part("export")
+    assert _names_a_run_folder_part("looked for runs/*/export/model.json.")
+    assert _names_a_run_folder_part("a run folder (uses `checkpoints/best.pt`)")
+    assert not _names_a_run_folder_part("an export folder") and not _names_a_run_folder_part("model.ts")
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_and_functions_fit_on_a_screen(path):
+    lines = path.read_text().count("\n")
+    assert lines <= MAX_MODULE_LINES, f"{path.name}: {lines} lines"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= MAX_FUNCTION_LINES, f"{path.name}:{node.lineno} {node.name}: {length} lines"
+
+
+def test_cli_is_only_a_registry():
+    source = (PACKAGE / "cli.py").read_text()
+    assert source.count("\n") < MAX_CLI_LINES
+    tree = ast.parse(source)
+    commands = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+                and any("command" in ast.unparse(d) for d in n.decorator_list)]
+    assert commands == []  # the groups (cli, bench) only; every command lives with its stage
+
+
+# Each stage of the workflow, the module named for it, and the command that module owns.
+STAGES = {"convert": "imagenet_kit.data.convert", "lr-find": "imagenet_kit.engine.lr_find",
+          "train": "imagenet_kit.engine.train", "eval": "imagenet_kit.engine.evaluate",
+          "export": "imagenet_kit.serve.export", "demo": "imagenet_kit.serve.demo"}
+
+
+@pytest.mark.parametrize("command, module", STAGES.items())
+def test_each_stage_is_one_module_holding_its_command(command, module):
+    path, attr = cli.COMMANDS[command].split(":")
+    assert path == module
+    registered = getattr(importlib.import_module(path), attr)
+    assert registered.name == command and registered.callback.__module__ == module
+
+
+def _imports(path: Path) -> set[str]:
+    """Kit modules ``path`` imports anywhere in the file (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.startswith("imagenet_kit"):
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("imagenet_kit")}
+    return found
+
+
+def test_no_import_cycles():
+    modules = {_name(p): p for p in MODULES}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name and not modules[m].name == "__init__.py"}
+             for name, path in modules.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            assert state.get(target) != "open", "import cycle: " + " -> ".join([*trail, name, target])
+            if target not in state:
+                visit(target, [*trail, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_every_committed_result_row_has_a_kind_and_no_other_key_for_it():
+    for path in sorted((REPO / "bench" / "results").glob("*.jsonl")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            row = json.loads(line)
+            assert row.get("kind") in ("accuracy", "train", "data", "demo"), f"{path.name}:{number}"
+            assert "bench" not in row, f"{path.name}:{number}"
