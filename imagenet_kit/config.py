@@ -46,7 +46,7 @@ class ModelConfig:
     blurpool: bool = False  # anti-aliased strided convs, as FFCV's rn50 configs use
     channels_last: bool = True
     # Starting weights of a fresh run (a resumed one takes its checkpoint's): "" = random; "torchvision" = its published
-    # ImageNet weights; or a kit checkpoint (.pt) or export folder. All but the head loads (models/init_weights.py).
+    # ImageNet weights; or a kit checkpoint (.pt) or export folder. All but the head loads (engine/init_weights.py).
     init: str = ""
     # relu | mish (Misra 2019, the fastai Imagenette leaderboard's choice) | silu (Swish; far cheaper than
     # Mish on CPU, where torch's bf16 Mish kernel is slow)

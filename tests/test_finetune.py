@@ -11,9 +11,9 @@ import imagenet_kit.engine.train as train_module
 from imagenet_kit.config import ConfigError, ModelConfig, load_config
 from imagenet_kit.data.imagenet_meta import wnid_to_index, wnid_to_name
 from imagenet_kit.engine.checkpoint import load_checkpoint
+from imagenet_kit.engine.init_weights import InitError, init_model
 from imagenet_kit.engine.train import train
 from imagenet_kit.models.factory import create_model
-from imagenet_kit.models.init_weights import InitError, init_model
 from imagenet_kit.optim.optimizers import param_groups
 from imagenet_kit.optim.schedule import SCHEDULES, create_scheduler
 from imagenet_kit.runtime import Runtime

@@ -23,9 +23,9 @@ from imagenet_kit.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from imagenet_kit.engine.init_weights import init_model
 from imagenet_kit.engine.lr_find import auto_lr
 from imagenet_kit.models.factory import model_on_device
-from imagenet_kit.models.init_weights import init_model
 from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 from imagenet_kit.progress import console

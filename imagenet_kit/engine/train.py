@@ -19,10 +19,10 @@ from imagenet_kit.config import RunConfig
 from imagenet_kit.data.loaders import normalize, set_resolution
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine.evaluate import evaluate
+from imagenet_kit.engine.init_weights import freeze_backbone
 from imagenet_kit.engine.logbook import Logbook, peak_memory_mb, say_stopped
 from imagenet_kit.engine.setup import Training, build_training
 from imagenet_kit.errors import KitError
-from imagenet_kit.models.init_weights import freeze_backbone
 from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import progress_bar
