@@ -29,6 +29,7 @@ BENCH_COMMANDS = {
     "demo": "imagenet_kit.bench.demo:bench_demo_command",
     "run": "imagenet_kit.bench.run:bench_run_command",
     "report": "imagenet_kit.bench.report:report_command",
+    "lr-sweep": "imagenet_kit.bench.lr_sweep:lr_sweep_command",
 }
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 

@@ -134,7 +134,7 @@ class LRFindConfig:
     num_iter: int = 100
     smooth: float = 0.98  # EMA factor of the loss, bias-corrected
     diverge: float = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
-    suggestion: str = "valley"  # valley | steep | min10
+    suggestion: str = "turn"  # turn (the kit's: where the loss turns up) | valley | steep | min10 (fastai's)
     batch_size: int = 0  # 0 = the training batch size
 
 
@@ -270,7 +270,7 @@ def validate(cfg: RunConfig) -> None:
         "optim.optimizer": (cfg.optim.optimizer, OPTIMIZERS),
         "model.activation": (cfg.model.activation, ACTIVATIONS),
         "train.crop": (cfg.train.crop, TRAIN_CROPS),
-        "lr_find.suggestion": (cfg.lr_find.suggestion, ("valley", "steep", "min10")),
+        "lr_find.suggestion": (cfg.lr_find.suggestion, ("turn", "valley", "steep", "min10")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -35,12 +35,13 @@ def _cases(tmp):
         "bench run": (["bench", "run", str(tmp / "unfinished-run")], "metrics.jsonl not found"),
         "bench report": (["bench", "report", "--readme", str(tmp / "no-markers.md"), "--results-dir", str(empty)],
                          "results:begin"),
+        "bench lr-sweep": (["bench", "lr-sweep", "--recipe", "imagenette"], "optim.lr is 0.008, not auto"),
         "usage": (["train", "--epochs", "many"], "'many' is not a valid integer"),
     }
 
 
 COMMANDS = ["subset", "convert", "prepare", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
-            "bench train", "bench data", "bench demo", "bench run", "bench report", "usage"]
+            "bench train", "bench data", "bench demo", "bench run", "bench report", "bench lr-sweep", "usage"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

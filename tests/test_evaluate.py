@@ -1,7 +1,8 @@
 import numpy as np
 import torch
 
-from imagenet_kit.data.loaders import create_val_loader, normalize
+from imagenet_kit.data.loaders import create_val_loader
+from imagenet_kit.data.pixels import normalize
 from imagenet_kit.engine.evaluate import evaluate
 from imagenet_kit.models.factory import create_model
 

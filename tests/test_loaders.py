@@ -2,13 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from imagenet_kit.data.loaders import (
-    create_train_loader,
-    create_val_loader,
-    normalize,
-    random_square_crop,
-    set_resolution,
-)
+from imagenet_kit.data.loaders import create_train_loader, create_val_loader, random_square_crop, set_resolution
+from imagenet_kit.data.pixels import normalize
 
 CPU = torch.device("cpu")
 

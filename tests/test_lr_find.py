@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from imagenet_kit.data.loaders import normalize
-from imagenet_kit.engine.lr_find import lr_range_test, suggest_min10, suggest_steep, suggest_valley, suggestions
+from imagenet_kit.data.pixels import normalize
+from imagenet_kit.engine.lr_find import (
+    lr_range_test,
+    suggest_min10,
+    suggest_steep,
+    suggest_turn,
+    suggest_valley,
+    suggestions,
+)
 
 CPU = torch.device("cpu")
 
@@ -20,15 +27,18 @@ def _mlp():
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
 
 
-def _accuracy_after_training(lr: float, batches, steps: int = 150) -> float:
+def _accuracy_after_training(lr: float, batches, steps: int = 150, one_cycle: bool = False) -> float:
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.25) if one_cycle else None
     for i in range(steps):
         x, y = batches[i % len(batches)]
         loss = torch.nn.functional.cross_entropy(model(normalize(x, False)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if schedule:
+            schedule.step()
     with torch.no_grad():
         return sum((model(normalize(x, False)).argmax(1) == y).sum().item() for x, y in batches) / 2048
 
@@ -50,6 +60,16 @@ def test_suggestion_lands_in_the_known_good_range(name):
     assert 5e-3 < result["lr"] < 0.2
     assert _accuracy_after_training(result["lr"], batches) >= 0.95
     assert result["stopped_at"] < 100  # the 4x-minimum rule stopped it once the loss blew up
+
+
+def test_turn_is_a_one_cycle_peak_that_trains_the_task():
+    """turn picks the edge the test reached from a cold start; one-cycle (1/25 of it, warm-up) trains there."""
+    batches = _batches()
+    result = lr_range_test(_mlp(), batches, CPU, start_lr=1e-6, end_lr=10, num_iter=100, suggestion="turn",
+                           channels_last=False)
+    assert result["lr"] == pytest.approx(result["lrs"][result["losses"].index(min(result["losses"]))])
+    assert _accuracy_after_training(result["lr"], batches, one_cycle=True) >= 0.95
+    assert _accuracy_after_training(10 * result["lr"], batches, one_cycle=True) < 0.8  # past the edge it fails
 
 
 def test_model_and_bn_stats_are_restored(tiny_data):
@@ -83,8 +103,9 @@ def test_suggestion_rules_on_a_hand_made_curve():
     assert suggest_steep(lrs, losses) == pytest.approx(lrs[5])  # biggest drop per decade around index 5
     valley = suggest_valley(lrs, losses)
     assert lrs[3] <= valley <= lrs[8]
+    assert suggest_turn(lrs, losses) == pytest.approx(lrs[10])  # the lowest point, before the rise
     found = suggestions(lrs, losses)
-    assert set(found) == {"valley", "steep", "min10"}
+    assert set(found) == {"turn", "valley", "steep", "min10"}
 
 
 def test_steep_ignores_the_fall_after_a_blow_up():

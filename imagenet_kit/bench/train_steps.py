@@ -9,8 +9,7 @@ import torch
 import torchvision
 
 from imagenet_kit.config import ModelConfig, OptimConfig
-from imagenet_kit.data.loaders import create_train_loader
-from imagenet_kit.engine.train import train_step
+from imagenet_kit.engine.step import train_step
 from imagenet_kit.models.factory import create_model
 from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
 from imagenet_kit.optim.schedule import create_scheduler
@@ -81,6 +80,8 @@ def measure_synthetic(arch, model_options, res, batch, device, precision, channe
 def measure_real(arch, model_options, res, batch, device, precision, channels_last, compile_, steps, warmup,
                  beton, workers) -> float:
     step = _kit_step(arch, model_options, batch, warmup + steps, device, precision, channels_last, compile_)
+    from imagenet_kit.data.loaders import create_train_loader  # FFCV: only this mode needs it
+
     batches = _endless(create_train_loader(str(beton), batch, res, device, workers))
     try:
         return _timed(lambda: step(*next(batches)), steps, warmup, device)

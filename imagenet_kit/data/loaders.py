@@ -1,6 +1,6 @@
 """FFCV loaders for training and evaluation.
 
-Both yield ``(images, labels)`` with images as uint8 NCHW tensors on the target device; ``normalize``
+Both yield ``(images, labels)`` with images as uint8 NCHW tensors on the target device; ``pixels.normalize``
 turns them into float, channels_last tensors there. Doing the float conversion on the device keeps the
 host-to-device copy at one byte per pixel.
 """
@@ -21,10 +21,7 @@ from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, T
 
 import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's reader corrupts numba's types)
 from imagenet_kit.config import TRAIN_CROPS
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CENTER_CROP_RATIO = 224 / 256  # the standard ImageNet evaluation crop
+from imagenet_kit.data.pixels import CENTER_CROP_RATIO
 
 
 def random_square_crop(height: int, width: int, _scale, ratio: float) -> tuple[int, int, int, int]:
@@ -112,14 +109,6 @@ def set_resolution(loader: Loader, res: int) -> None:
     """Change the train crop size for the next epoch without rebuilding the loader."""
     decoder = loader.pipeline_specs["image"].decoder
     decoder.output_size = (res, res)
-
-
-def normalize(images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    """uint8 NCHW -> float32 normalised with ImageNet statistics, optionally channels_last."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
-    out = (images.float() - mean) / std
-    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def beton_num_samples(beton: str) -> int:

@@ -19,7 +19,8 @@ import torch.distributed as dist
 
 from imagenet_kit.config import RunConfig
 from imagenet_kit.data.convert import read_classes
-from imagenet_kit.data.loaders import create_train_loader, default_workers, normalize
+from imagenet_kit.data.loaders import create_train_loader, default_workers
+from imagenet_kit.data.pixels import normalize
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine import plots
 from imagenet_kit.errors import KitError
@@ -27,7 +28,7 @@ from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console
-from imagenet_kit.runtime import Runtime, autocast, init_runtime, resolve_precision, write_json
+from imagenet_kit.runtime import Runtime, autocast, init_runtime, resolve_precision, shutdown_runtime, write_json
 
 # Like torch-lr-finder's defaults: the first points are dominated by the initial noise of the EMA and the
 # last ones are the divergence itself; neither says anything about good LRs.
@@ -67,7 +68,17 @@ def suggest_min10(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[int(np.argmin(losses))] / 10)
 
 
-SUGGESTERS = {"valley": suggest_valley, "steep": suggest_steep, "min10": suggest_min10}
+def suggest_turn(lrs: list[float], losses: list[float]) -> float:
+    """The kit's one-cycle peak: the LR where the smoothed loss stops falling and turns up, its lowest point
+    before the blow-up (Smith's "largest LR at which the loss still falls").
+
+    One-cycle starts at 1/div_factor of it and warms up over pct_start of the steps, so the peak can sit at the
+    edge that the test reached from a cold start; the EMA's lag puts that point a little past the raw loss's own
+    minimum, where the raw loss has just begun to rise."""
+    return float(lrs[int(np.argmin(losses))])
+
+
+SUGGESTERS = {"turn": suggest_turn, "valley": suggest_valley, "steep": suggest_steep, "min10": suggest_min10}
 
 
 def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
@@ -79,7 +90,7 @@ def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
 def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_dtype: torch.dtype | None = None,
                   label_smoothing: float = 0.0, optimizer: dict | None = None, weight_decay: float = 0.0,
                   start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100, smooth: float = 0.98,
-                  diverge: float = 4.0, suggestion: str = "valley", channels_last: bool = True) -> dict:
+                  diverge: float = 4.0, suggestion: str = "turn", channels_last: bool = True) -> dict:
     """Run the test on ``batches`` (an iterable of (uint8 images, labels), re-iterated if short).
 
     ``optimizer``: ``create_optimizer``'s keyword arguments but the LR (default: SGD, momentum 0.9).
@@ -91,7 +102,7 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
     optimizer = create_optimizer(param_groups(model, weight_decay), lr=start_lr, **(optimizer or {}))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))
-    lrs, losses = [], []
+    lrs, losses, raw = [], [], []
     avg, best = 0.0, math.inf
     model.train()
     stream = _cycle(batches)
@@ -113,6 +124,7 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
             smoothed = avg / (1 - smooth ** (i + 1))  # bias correction: early values are not pulled to 0
             lrs.append(lr)
             losses.append(smoothed)
+            raw.append(value)
             best = min(best, smoothed)
             if smoothed > diverge * best:
                 break
@@ -122,7 +134,8 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
         raise LRFindError(f"LR range test diverged after {len(lrs)} steps from start_lr={start_lr:g}; "
                            "lower lr_find.start_lr")
     found = suggestions(lrs, losses)
-    return {"lrs": lrs, "losses": losses, "suggestions": found, "chosen": suggestion, "lr": found[suggestion],
+    return {"lrs": lrs, "losses": losses, "raw_losses": raw, "suggestions": found, "chosen": suggestion,
+            "lr": found[suggestion],
             "num_iter": num_iter, "stopped_at": len(lrs)}
 
 
@@ -173,13 +186,19 @@ def auto_lr(cfg: RunConfig, runtime: Runtime, model, train_beton: Path, amp_dtyp
 @click.command("lr-find")
 @recipe_options
 def lr_find_command(**flags):
-    """LR range test on the recipe's training data; writes lr_find.json and lr_find.png in the run folder."""
+    """LR range test on the recipe's training data; writes lr_find.json and lr_find.png in the run folder.
+
+    The same test as ``lr: auto`` runs before training: the same seeds, model, batches and precision."""
     cfg = build_config(**flags)
     require_betons(cfg)
     runtime = init_runtime()
-    train_beton = cfg.betons[0]
-    model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
-    amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
-    loader = lr_find_loader(cfg, train_beton, runtime.device, default_workers(cfg.data.workers))
-    result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
-    click.echo(f"suggested LR ({result['chosen']}): {result['lr']:.4g} -> {cfg.run.lr_find_png}")
+    try:
+        torch.manual_seed(cfg.train.seed + runtime.rank)  # as training seeds its model
+        train_beton = cfg.betons[0]
+        model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
+        amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
+        lr = auto_lr(cfg, runtime, model, train_beton, amp_dtype, default_workers(cfg.data.workers))
+    finally:
+        shutdown_runtime(runtime)
+    if runtime.is_main:
+        click.echo(f"suggested LR ({cfg.lr_find.suggestion}): {lr:.4g} -> {cfg.run.lr_find_png}")

@@ -16,18 +16,19 @@ import click
 import torch
 
 from imagenet_kit.config import RunConfig
-from imagenet_kit.data.loaders import normalize, set_resolution
+from imagenet_kit.data.loaders import set_resolution
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine.evaluate import evaluate
 from imagenet_kit.engine.init_weights import freeze_backbone
 from imagenet_kit.engine.logbook import Logbook, peak_memory_mb, say_stopped
 from imagenet_kit.engine.setup import Training, build_training
+from imagenet_kit.engine.step import train_step
 from imagenet_kit.errors import KitError
 from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import progress_bar
 from imagenet_kit.runs import BEST
-from imagenet_kit.runtime import Runtime, any_rank, autocast, init_runtime, mean_across_ranks, shutdown_runtime
+from imagenet_kit.runtime import Runtime, any_rank, init_runtime, mean_across_ranks, shutdown_runtime
 
 FINITE_CHECK_EVERY = 20  # steps between host syncs that look at the loss: the GPU queue stays full meanwhile
 
@@ -135,22 +136,6 @@ def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict)
     pos.step, pos.partial = 0, None
     train_loss = mean_across_ranks(loss_sum.item() / max(1, steps_done), t.runtime)
     return EpochStats(res, train_loss, images, time.perf_counter() - start)
-
-
-def train_step(model, images: torch.Tensor, labels: torch.Tensor, criterion, optimizer, scaler, scheduler,
-               amp_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
-    """One optimiser step on a loader batch (uint8 images on the device); returns the loss, unsynchronised.
-
-    Its own function so that ``imagenet-kit bench train`` times exactly the step that training runs."""
-    x = normalize(images, channels_last)
-    with autocast(images.device, amp_dtype):
-        loss = criterion(model(x), labels.long())
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    return loss
 
 
 def end_epoch(t: Training, epoch: int, stats: EpochStats, logbook: Logbook) -> dict:

@@ -15,7 +15,7 @@ import torch
 from rich.table import Table
 
 from imagenet_kit.config import PACKAGE_DIR, config_from_dict
-from imagenet_kit.data.loaders import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
+from imagenet_kit.data.pixels import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.images import UnreadableImage, load_rgb
 from imagenet_kit.models.architecture import architecture
