@@ -48,11 +48,15 @@ def run_command(**flags):
 
 def train_stage(cfg: RunConfig, runtime) -> bool:
     """Train (resuming), unless the last checkpoint has done every epoch; False if a signal stopped it."""
-    last = cfg.run.last
-    if last.is_file() and load_checkpoint(last)["epoch"] >= cfg.train.epochs:
-        console.print(f"train: skipped, {last} has finished all {cfg.train.epochs} epochs")
+    if training_finished(cfg):
+        console.print(f"train: skipped, {cfg.run.last} has finished all {cfg.train.epochs} epochs")
         return True
     return not train(cfg, runtime, resume="auto").get("interrupted")
+
+
+def training_finished(cfg: RunConfig) -> bool:
+    """Whether the run's last checkpoint has done every epoch of the recipe."""
+    return cfg.run.last.is_file() and load_checkpoint(cfg.run.last)["epoch"] >= cfg.train.epochs
 
 
 def export_stage(cfg: RunConfig) -> None:

@@ -83,10 +83,6 @@ class RunFolder:
         return self.checkpoints / name
 
 
-def is_run_folder(path: Path) -> bool:
-    return (Path(path) / CHECKPOINTS).is_dir() or ExportFolder(Path(path) / EXPORT).finished
-
-
 def resolve_checkpoint(path: Path | str | None, output_dir: Path | str = DEFAULT_OUTPUT_DIR) -> tuple[Path, RunFolder]:
     """(checkpoint file, its run folder) for a checkpoint file, a run folder (its best checkpoint), a run name
     under ``output_dir``, or None (the newest run under ``output_dir`` that has a best checkpoint)."""

@@ -9,8 +9,9 @@ import numpy as np
 
 from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.images import load_rgb
+from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import console
-from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, ExportFolder, resolve_export
+from imagenet_kit.runs import ExportFolder, resolve_export
 from imagenet_kit.runtime import environment
 from imagenet_kit.serve.demo import EXAMPLES_DIR
 from imagenet_kit.serve.predict import load_exported
@@ -53,8 +54,7 @@ def bench_demo(model_dir: Path | ExportFolder, n: int = 50, results: Path = RESU
 @click.command("demo")
 @click.option("--model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="An export folder, or a run folder holding one.  [default: the newest under --output-dir]")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUTPUT_DIR,
-              show_default=True, help="Where run folders are.")
+@output_dir_option
 @click.option("-n", "n", default=50, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Photo to classify.  [default: the first demo example]")

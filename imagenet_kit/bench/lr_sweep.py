@@ -13,21 +13,17 @@ from fractions import Fraction
 from pathlib import Path
 
 import click
-import torch
 
 from imagenet_kit.bench.results import RESULTS_DIR, append_results, read_results, utc_now
 from imagenet_kit.bench.run import run_record
 from imagenet_kit.config import ConfigError, RunConfig
-from imagenet_kit.data.convert import read_classes
-from imagenet_kit.data.loaders import default_workers
 from imagenet_kit.data.prepare import prepare
-from imagenet_kit.engine.checkpoint import load_checkpoint
-from imagenet_kit.engine.lr_find import SUGGESTERS, auto_lr, suggestions
+from imagenet_kit.engine.lr_find import SUGGESTERS, range_test, suggestions
 from imagenet_kit.engine.train import DivergenceError, train
-from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.options import build_config
+from imagenet_kit.pipeline import training_finished
 from imagenet_kit.progress import console
-from imagenet_kit.runtime import Runtime, init_runtime, resolve_precision
+from imagenet_kit.runtime import Runtime, init_runtime
 
 DEFAULT_FACTORS = "1/9,1/3,1,3,9"
 
@@ -50,11 +46,7 @@ def factor_label(factor: Fraction, sep: str = "/") -> str:
 def range_test_picks(cfg: RunConfig, runtime: Runtime) -> dict[str, float]:
     """Every rule's pick from this seed's range test, run once (its lr_find.json is reused after that)."""
     if not cfg.run.lr_find_json.is_file():
-        torch.manual_seed(cfg.train.seed)  # as training seeds the model the test starts from
-        train_beton = cfg.betons[0]
-        model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
-        amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
-        auto_lr(cfg, runtime, model, train_beton, amp_dtype, default_workers(cfg.data.workers))
+        range_test(cfg, runtime)
     curve = json.loads(cfg.run.lr_find_json.read_text())
     return suggestions(curve["lrs"], curve["losses"])  # the curve is the test's; the rules are today's
 
@@ -68,10 +60,6 @@ def diverged_record(cfg: RunConfig, reason: str) -> dict:
             "diverged": reason, "top1": None, "top5": None, "device": env["device"], "world_size": env["world_size"],
             "torch_threads": env["torch_threads"], "precision": env["precision"], "git": env["git"],
             "command": env["command"]}
-
-
-def _finished(cfg: RunConfig) -> bool:
-    return cfg.run.last.is_file() and load_checkpoint(cfg.run.last)["epoch"] >= cfg.train.epochs
 
 
 def _recorded(results: Path) -> set[tuple]:
@@ -105,7 +93,7 @@ def sweep(flags: dict, factors: list[Fraction], seeds: list[int], compare: list[
             if (name, sweep_id) in _recorded(results):
                 continue
             try:
-                if not _finished(cfg) and train(cfg, runtime, resume="auto").get("interrupted"):
+                if not training_finished(cfg) and train(cfg, runtime, resume="auto").get("interrupted"):
                     return rows
                 record = run_record(cfg.run_dir)
             except DivergenceError as err:  # too high an LR is a result of the sweep, not its end

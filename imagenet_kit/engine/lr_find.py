@@ -149,7 +149,7 @@ def _cycle(batches):
             raise LRFindError("LR range test: the training data yielded no batch")
 
 
-def lr_find_loader(cfg: RunConfig, train_beton: Path, device: torch.device, workers: int, seed: int = 0):
+def lr_find_loader(cfg: RunConfig, train_beton: Path, device: torch.device, workers: int, seed: int):
     """The range test's batches: the run's training crops at its first resolution and the test's batch size."""
     return create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size, cfg.train.min_res,
                                device, workers, seed=seed, min_scale=cfg.train.min_scale, crop=cfg.train.crop)
@@ -183,6 +183,15 @@ def auto_lr(cfg: RunConfig, runtime: Runtime, model, train_beton: Path, amp_dtyp
     return float(lr[0])
 
 
+def range_test(cfg: RunConfig, runtime: Runtime) -> float:
+    """The test ``lr: auto`` runs before training, on its own: the same seeds, model, batches and precision."""
+    torch.manual_seed(cfg.train.seed + runtime.rank)  # as training seeds its model
+    train_beton = cfg.betons[0]
+    model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
+    amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
+    return auto_lr(cfg, runtime, model, train_beton, amp_dtype, default_workers(cfg.data.workers))
+
+
 @click.command("lr-find")
 @recipe_options
 def lr_find_command(**flags):
@@ -193,11 +202,7 @@ def lr_find_command(**flags):
     require_betons(cfg)
     runtime = init_runtime()
     try:
-        torch.manual_seed(cfg.train.seed + runtime.rank)  # as training seeds its model
-        train_beton = cfg.betons[0]
-        model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
-        amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
-        lr = auto_lr(cfg, runtime, model, train_beton, amp_dtype, default_workers(cfg.data.workers))
+        lr = range_test(cfg, runtime)
     finally:
         shutdown_runtime(runtime)
     if runtime.is_main:

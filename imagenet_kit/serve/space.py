@@ -19,6 +19,7 @@ import click
 
 from imagenet_kit.config import PACKAGE_DIR
 from imagenet_kit.errors import KitError
+from imagenet_kit.options import output_dir_option
 from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, EXPORT_IN_RUN, ExportFolder, RunFolder, find_latest_export
 from imagenet_kit.serve.demo import EXAMPLES_DIR
 from imagenet_kit.serve.model_card import readme
@@ -178,8 +179,7 @@ def requirements() -> str:
 @click.option("--run", "run", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A run folder with an export (or the export folder, or a run name under --output-dir).  "
                    "[default: the newest run with a finished export]")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUTPUT_DIR,
-              show_default=True, help="Where run folders are (as train and run wrote them).")
+@output_dir_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder.  [default: RUN/space]")
 @click.option("--license", "license_id", default="other", show_default=True,
