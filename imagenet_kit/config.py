@@ -14,17 +14,14 @@ from typing import Any
 
 import yaml
 
-from imagenet_kit.errors import KitError
+from imagenet_kit.config_checks import validate
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.runs import RunFolder, beton_paths
 
 # Package data, so an installed kit (pip install .) finds them from any folder. `files` gives a real folder for
 # an installed or editable package (the kit is never imported from a zip).
 PACKAGE_DIR = Path(str(files("imagenet_kit")))
 RECIPES_DIR = PACKAGE_DIR / "recipes"
-
-
-class ConfigError(KitError, ValueError):
-    """A recipe or override that cannot be applied; the message names the key or file."""
 
 
 @dataclass
@@ -59,12 +56,6 @@ class ModelConfig:
     # Anti-aliased max pooling (Zhang 2019) for the stem's max pool and, on resnet50d/resnext50d, the shortcuts'
     # 2x2 pooling: as the best 5-epoch Imagenette leaderboard entry (87.5%) swaps in kornia's MaxBlurPool2d.
     maxblurpool: bool = False
-
-
-ACTIVATIONS = ("relu", "mish", "silu")
-OPTIMIZERS = ("sgd", "adamw", "radam")
-SCHEDULES = ("onecycle", "linear", "step", "flat_cos")
-TRAIN_CROPS = ("random_resized", "random_square")
 
 
 @dataclass
@@ -119,6 +110,9 @@ class TrainConfig:
     flip_tta: bool = True  # average logits of the image and its mirror at evaluation
     seed: int = 0
     checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (spot instances)
+    # torchrun: how long a rank waits in a collective before failing (NCCL's default is 10 minutes, less than rank
+    # 0's LR range test with a beton loading into RAM); a rank that died is then reported after this long.
+    dist_timeout_minutes: float = 30.0
     tensorboard: bool = False  # also log each epoch's metrics to <run>/tensorboard (needs `pip install tensorboard`)
     max_steps: int = 0  # stop after this many steps in total (smoke tests); 0 = no limit
     freeze_epochs: int = 0  # fine-tuning: only the head trains for this many epochs, then everything
@@ -249,43 +243,6 @@ def load_config(recipe: str | None = None, overrides: typing.Iterable[str] = ())
         set_key(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
     validate(cfg)
     return cfg
-
-
-# Numeric keys with a range: (key, test, what the value must be).
-RANGES = (
-    ("model.se_reduction", lambda v: v >= 0, "0 (off) or a channel divisor such as 16"),
-    ("optim.lookahead_k", lambda v: v >= 0, "0 (off) or a step count"),
-    ("optim.lookahead_alpha", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("optim.head_lr_mult", lambda v: v > 0, "positive"),
-    ("train.val_crop_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("train.batch_size", lambda v: v >= 1, "at least 1"),
-    ("train.freeze_epochs", lambda v: v >= 0, "0 or more"),
-)
-
-
-def validate(cfg: RunConfig) -> None:
-    choices = {
-        "train.precision": (cfg.train.precision, ("auto", "fp32", "fp16", "bf16")),
-        "optim.schedule": (cfg.optim.schedule, SCHEDULES),
-        "optim.optimizer": (cfg.optim.optimizer, OPTIMIZERS),
-        "model.activation": (cfg.model.activation, ACTIVATIONS),
-        "train.crop": (cfg.train.crop, TRAIN_CROPS),
-        "lr_find.suggestion": (cfg.lr_find.suggestion, ("turn", "valley", "steep", "min10")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-    if cfg.train.min_res > cfg.train.max_res:
-        raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
-    for key, allowed, what in RANGES:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not allowed(value):
-            raise ConfigError(f"{key} must be {what}, got {value}")
-    if cfg.model.arch == "resnet50v2" and (cfg.model.se_reduction or cfg.model.self_attention
-                                           or cfg.model.maxblurpool):
-        raise ConfigError("model.se_reduction, model.self_attention and model.maxblurpool need torchvision's "
-                          "ResNet layout; model.arch resnet50v2 has its own")
 
 
 def config_from_dict(tree: dict) -> RunConfig:

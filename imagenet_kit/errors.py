@@ -14,3 +14,7 @@ EXIT_CODE = 2
 
 class KitError(Exception):
     """An expected error: the message is the whole story for the user."""
+
+
+class ConfigError(KitError, ValueError):
+    """A recipe or override that cannot be applied; the message names the key or file."""

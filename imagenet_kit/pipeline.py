@@ -9,13 +9,13 @@ from __future__ import annotations
 import click
 
 from imagenet_kit.config import RunConfig
-from imagenet_kit.data.prepare import prepare
+from imagenet_kit.data.prepare import prepare, require_betons
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.engine.evaluate import run_eval
 from imagenet_kit.engine.train import train
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console
-from imagenet_kit.runtime import init_runtime, shutdown_runtime
+from imagenet_kit.runtime import init_runtime, launched_by_torchrun, shutdown_runtime
 from imagenet_kit.serve.export import export_model
 
 
@@ -26,12 +26,12 @@ def run_command(**flags):
 
     Stages whose outputs exist are skipped, so an interrupted run picks up where it stopped."""
     cfg = build_config(**flags)
-    runtime = init_runtime()
-    if runtime.is_main:
+    if launched_by_torchrun():  # every rank refuses at once, before a process group exists to time out
+        require_betons(cfg, " (under torchrun, run does not convert: rank 0 would convert for hours while the "
+                            "other ranks time out; `make full` converts first)")
+    else:
         prepare(cfg)
-    if runtime.distributed:  # ranks wait for rank 0's conversion (`make full` converts before torchrun)
-        import torch.distributed as dist
-        dist.barrier()
+    runtime = init_runtime(cfg.train.dist_timeout_minutes)
     try:
         if not train_stage(cfg, runtime):
             return

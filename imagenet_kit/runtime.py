@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -35,20 +36,39 @@ class Runtime:
         return self.rank == 0
 
 
-def init_runtime() -> Runtime:
-    """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE); NCCL on GPUs, gloo on CPU."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+def init_runtime(timeout_minutes: float = 30.0) -> Runtime:
+    """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE); NCCL on GPUs, gloo on CPU.
+
+    ``timeout_minutes`` (``train.dist_timeout_minutes``): how long a collective waits for the slowest rank."""
+    if not launched_by_torchrun():
+        return local_runtime()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = _local_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return Runtime(device, rank, local_rank, world_size)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several ranks (torchrun sets RANK and WORLD_SIZE for each)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_runtime() -> Runtime:
+    """One process on its own, with no process group: on the local rank's GPU under torchrun. For work that
+    rank 0 does alone (evaluation and export after training), where a new process group would wait for ranks
+    that have already finished."""
+    return Runtime(_local_device())
+
+
+def _local_device() -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def shutdown_runtime(runtime: Runtime) -> None:
@@ -145,8 +165,6 @@ def git_revision() -> str:
 
 def environment(runtime: Runtime | None = None) -> dict:
     """Versions, hardware and code revision: what env.json and every bench result record."""
-    from importlib.metadata import version
-
     import numpy
     import torchvision
 
@@ -155,7 +173,7 @@ def environment(runtime: Runtime | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "ffcv": version("ffcv"),  # ffcv.__version__ says 0.0.3rc1 in the 1.0.2 release
+        "ffcv": _package_version("ffcv"),  # ffcv.__version__ says 0.0.3rc1 in the 1.0.2 release
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
         "device": device_name(device),
@@ -170,6 +188,37 @@ def environment(runtime: Runtime | None = None) -> dict:
     }
 
 
+def _package_version(name: str) -> str | None:
+    """An installed package's version; None where it is absent (the GPU evidence runs without FFCV)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def algorithm_choice(deterministic: bool):
+    """cuDNN's autotuner on (the fastest kernels for each input shape, as FFCV's ImageNet example sets it), or,
+    for ``train.deterministic``, torch's deterministic algorithms. cuBLAS is then deterministic only with
+    CUBLAS_WORKSPACE_CONFIG set before its first call, and some kernels have no deterministic CUDA version
+    (``adaptive_avg_pool2d``'s backward, in every ResNet's head): torch warns about those instead of failing,
+    so a CUDA run replays up to them. The previous settings come back on exit."""
+    cudnn = torch.backends.cudnn
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                cudnn.benchmark, cudnn.deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.benchmark, cudnn.deterministic = not deterministic, deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        cudnn.benchmark, cudnn.deterministic = previous[2], previous[3]
+
+
 def write_json(path: Path, data) -> None:
     """Write atomically: readers never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -177,14 +226,13 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def any_rank(flag: bool, runtime: Runtime) -> bool:
-    """True on every rank if it is true on any (one all-reduce): all ranks then stop at the same step, where a
+def any_rank(flags: torch.Tensor, runtime: Runtime) -> list[bool]:
+    """Each of ``flags`` (a 1-D tensor of 0/1 on the device) true on every rank if it is true on any: one
+    all-reduce and one host sync for all of them. Ranks then take the same decision at the same step, where a
     rank that stopped alone would leave the others hanging in their next all-reduce."""
-    if not runtime.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    if runtime.distributed:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in flags.tolist()]
 
 
 def mean_across_ranks(value: float, runtime: Runtime) -> float:

@@ -70,3 +70,15 @@ def test_only_model_add_ons_can_be_set(tmp_path, option, message):
     run = CliRunner().invoke(bench_train_command, ["--set", option, "--results-dir", str(tmp_path)])
     assert run.exit_code == 2 and message in " ".join(run.output.split()), run.output
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_real_mode_needs_a_beton_holding_every_timed_batch(tiny_data, tmp_path):
+    beton = tiny_data["beton_dir"] / "tiny-train-64.beton"  # 32 images < (2 + 10) x 4
+    from imagenet_kit.cli import cli
+    run = CliRunner().invoke(cli, [
+        "bench", "train", "--arch", "resnet18", "--res", "32", "--batch", "4", "--steps", "10", "--warmup", "2",
+        "--precision", "fp32", "--beton", str(beton), "-j", "1", "--results-dir", str(tmp_path)])
+    assert run.exit_code == 2, run.output
+    message = " ".join(run.output.split())
+    assert f"{beton}: 32 images, fewer than the 48" in message and "imagenette2" in message
+    assert not (tmp_path / "train.jsonl").exists()

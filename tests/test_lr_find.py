@@ -113,3 +113,33 @@ def test_steep_ignores_the_fall_after_a_blow_up():
     lrs = [10 ** (-3 + i * 0.25) for i in range(17)]  # 1e-3 .. 10
     losses = [2.3, 2.3, 2.2, 1.9, 1.85, 1.84, 2.6, 3.5, 4.7, 4.7, 4.0, 3.0, 2.9, 2.9, 2.9, 2.9, 2.9]
     assert suggest_steep(lrs, losses) == pytest.approx(lrs[2])  # before the minimum (index 5), not at 10
+
+
+def test_no_loader_thread_is_left_after_the_test(tiny_data):
+    import threading
+
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    from imagenet_kit.data.loaders import create_train_loader
+    from imagenet_kit.models.factory import create_model
+    # batch 2: 16 batches per pass, the test stops after 5, with FFCV's thread blocked on a full queue
+    loader = create_train_loader(str(tiny_data["beton_dir"] / "tiny-train-64.beton"), 2, 32, CPU, 1)
+    lr_range_test(create_model("resnet18", 4), loader, CPU, start_lr=1e-7, end_lr=1e-5, num_iter=5)
+    left = [t for t in threading.enumerate() if isinstance(t, EpochIterator)]
+    for thread in left:
+        thread.join(timeout=10)
+    assert not [t for t in left if t.is_alive()]
+
+
+def test_fp16_steps_go_through_a_grad_scaler(monkeypatch):
+    calls = []
+    for name in ("scale", "step", "update"):
+        method = getattr(torch.amp.GradScaler, name)
+        monkeypatch.setattr(torch.amp.GradScaler, name,
+                            lambda self, *a, _m=method, _n=name, **k: calls.append((_n, self.is_enabled())) or
+                            _m(self, *a, **k))
+    lr_range_test(_mlp(), _batches(), CPU, amp_dtype=torch.float16, start_lr=1e-4, end_lr=1e-2, num_iter=6)
+    assert calls == [("scale", True), ("step", True), ("update", True)] * 6
+    calls.clear()
+    lr_range_test(_mlp(), _batches(), CPU, amp_dtype=torch.bfloat16, start_lr=1e-4, end_lr=1e-2, num_iter=3)
+    assert {enabled for _, enabled in calls} == {False}  # bf16 needs no loss scaling

@@ -201,3 +201,43 @@ def test_adamw_run_checkpoints_adam_state_and_resumes(tiny_config):
     assert result["epoch"] == 1  # 0-based: the second and last epoch, finished from step 3
     final = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
     assert int(next(iter(final["optimizer"]["state"].values()))["step"]) == 8  # 2 epochs x 4 steps
+
+
+def test_deterministic_mode_sets_what_cuda_needs_and_restores_the_rest(monkeypatch):
+    from imagenet_kit.runtime import algorithm_choice
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic)
+    with algorithm_choice(deterministic=True):
+        assert torch.are_deterministic_algorithms_enabled()
+        # warn, not fail, on kernels without a deterministic CUDA version (adaptive_avg_pool2d's backward)
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert __import__("os").environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert (cudnn.benchmark, cudnn.deterministic) == (False, True)
+    with algorithm_choice(deterministic=False):
+        assert (cudnn.benchmark, cudnn.deterministic) == (True, False)  # cuDNN picks the fastest kernels
+        assert torch.are_deterministic_algorithms_enabled() == before[0]
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.benchmark, cudnn.deterministic) == before
+
+
+def test_compiled_model_is_shape_specialised(tiny_config, monkeypatch):
+    from imagenet_kit.engine.setup import _step_model
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.append(kwargs) or model)
+    tiny_config.train.compile = True
+    _step_model(tiny_config, CPU, torch.nn.Linear(2, 2))
+    assert seen == [{"dynamic": False}]  # 160 -> 192 px recompiles once instead of going shape-generic
+
+
+def test_eval_after_training_makes_no_process_group_under_torchrun(tiny_config, monkeypatch):
+    import torch.distributed as dist
+
+    from imagenet_kit.engine.evaluate import run_eval
+    tiny_config.train.epochs = 1
+    train(tiny_config, CPU)
+    # rank 0 after `run`'s training: torchrun's variables are still set, the other ranks have exited
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("a process group for one rank"))
+    summary, _ = run_eval(tiny_config.run.best, tiny_config.run, tiny_config.betons[1])
+    assert summary["count"] == 16

@@ -17,6 +17,7 @@ and not a layout choice. Every mode uses 1000 classes, ImageNet's head; the real
 """
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -34,8 +35,6 @@ from imagenet_kit.bench.train_steps import (
     measure_synthetic,
 )
 from imagenet_kit.config import PACKAGE_DIR, ConfigError, ModelConfig, load_config
-from imagenet_kit.data.convert import convert, scan_imagefolder
-from imagenet_kit.data.loaders import beton_num_samples, default_workers
 from imagenet_kit.engine.logbook import peak_memory_mb
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture_label
 from imagenet_kit.models.factory import ARCHS
@@ -54,6 +53,8 @@ MODEL_OPTIONS = tuple(key for key in ARCHITECTURE_KEYS if key != "arch")
 
 def sample_beton(path=DEFAULT_BETON) -> Path:
     """The default real data: the embedded sample's train split at max side 256, converted once."""
+    from imagenet_kit.data.convert import convert, scan_imagefolder  # FFCV: only the real-data mode needs it
+
     path = Path(path)
     if not path.is_file():
         console.print(f"building {path} from {SAMPLE_TRAIN}")
@@ -62,7 +63,7 @@ def sample_beton(path=DEFAULT_BETON) -> Path:
 
 
 def _measure_all(arch, model_options, resolutions, batch, precision, compile_, channels_last, beton, beton_images,
-                 steps, warmup, workers, device) -> list[dict]:
+                 steps, warmup, workers, device, modes) -> list[dict]:
     resolved = precision_name(resolve_precision(precision, device)[0])
     env = environment()
     common = {"kind": "train", "host": env["host"], "device": device_name(device), "device_type": device.type,
@@ -74,7 +75,7 @@ def _measure_all(arch, model_options, resolutions, batch, precision, compile_, c
                 steps=steps, warmup=warmup)
     measures = {"synthetic": measure_synthetic, "real": partial(measure_real, beton=beton, workers=workers),
                 "bare": measure_bare}
-    modes = MODES if has_bare_reference(arch, model_options) else MODES[:2]
+    modes = [mode for mode in modes if mode != "bare" or has_bare_reference(arch, model_options)]
     rows = []
     for res in resolutions:
         measured = {}
@@ -84,7 +85,8 @@ def _measure_all(arch, model_options, resolutions, batch, precision, compile_, c
             seconds = measures[mode](arch, model_options, res, **args)
             measured[mode] = (round(steps * batch / seconds, 1), round(peak_memory_mb(device), 1))
         rate = {mode: img_per_s for mode, (img_per_s, _) in measured.items()}
-        overheads = {"data_overhead_pct": round(100 * (1 - rate["real"] / rate["synthetic"]), 1),
+        overheads = {"data_overhead_pct": round(100 * (1 - rate["real"] / rate["synthetic"]), 1) if "real" in rate
+                     else None,
                      "kit_overhead_pct": round(100 * (1 - rate["synthetic"] / rate["bare"]), 1) if "bare" in rate
                      else None}
         for mode, (img_per_s, peak) in measured.items():
@@ -98,32 +100,43 @@ def _measure_all(arch, model_options, resolutions, batch, precision, compile_, c
 def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, precision: str = "auto",
                 compile_: bool = False, channels_last: bool = True, beton=None, steps: int = 5, warmup: int = 2,
                 workers: int = 0, results_dir=RESULTS_DIR, device: torch.device | None = None,
-                model_options: dict | None = None) -> list[dict]:
+                model_options: dict | None = None, modes=MODES) -> list[dict]:
     """Measure every (resolution, mode), append one JSON line each to RESULTS_DIR/train.jsonl, return them.
-    ``model_options``: ``create_model`` keywords among MODEL_OPTIONS; every line records all of them."""
+    ``model_options``: ``create_model`` keywords among MODEL_OPTIONS; every line records all of them.
+    Without "real" among ``modes`` no beton is read and FFCV is never imported."""
     defaults = ModelConfig()
     model_options = {key: getattr(defaults, key) for key in MODEL_OPTIONS} | (model_options or {})
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    beton = sample_beton() if beton is None else beton
-    beton_images = beton_num_samples(str(beton))
-    if beton_images < batch:  # the loader drops the partial batch: the real-data mode would wait forever
-        raise ConfigError(f"{beton}: {beton_images} images, fewer than one batch of {batch}; lower --batch")
-    if beton_images < (warmup + steps) * batch:
-        console.print(f"[yellow]note:[/] {beton} holds {beton_images} images, fewer than the {(warmup + steps) * batch}"
-                      f" the real-data mode reads: its figure includes an FFCV epoch restart every "
-                      f"{beton_images // batch} step(s)")
-    workers = default_workers(workers)
+    workers = workers or os.cpu_count() or 1  # as the loaders' default_workers, without importing FFCV
+    beton_images = None
+    if "real" in modes:
+        beton = sample_beton() if beton is None else beton
+        beton_images = _check_beton(beton, batch, steps, warmup)
     threads = torch.get_num_threads()
     # Training computes with as many torch threads as loader workers (FFCV sets them on every epoch, and
     # importing FFCV sets 1): every mode gets that many, so on CPU the modes differ only in what they time.
     torch.set_num_threads(workers)
     try:
         rows = _measure_all(arch, model_options, resolutions, batch, precision, compile_, channels_last, beton,
-                            beton_images, steps, warmup, workers, device)
+                            beton_images, steps, warmup, workers, device, modes)
     finally:
         torch.set_num_threads(threads)
     append_results(Path(results_dir) / "train.jsonl", rows)
     return rows
+
+
+def _check_beton(beton, batch: int, steps: int, warmup: int) -> int:
+    """The real-data mode times one pass: a beton that runs out first would time FFCV's epoch restarts."""
+    from imagenet_kit.data.loaders import beton_num_samples
+
+    images, needed = beton_num_samples(str(beton)), (warmup + steps) * batch
+    if images < needed:
+        raise ConfigError(f"{beton}: {images} images, fewer than the {needed} the real-data mode reads "
+                          f"((warm-up {warmup} + {steps} steps) x batch {batch}), so FFCV would restart its epoch "
+                          "while timed. Build a larger one, e.g. imagenet-kit convert ../shared/data/imagenette2/train "
+                          "betons/imagenette2-train-256.beton --max-res 256 (9,469 images), and pass --beton, or "
+                          "lower --steps, --warmup or --batch")
+    return images
 
 
 NO_BARE = "no plain-PyTorch twin"

@@ -57,16 +57,10 @@ def _kit_step(arch: str, model_options: dict, batch: int, total_steps: int, devi
     scheduler = create_scheduler(optimizer, optim.schedule, max_lr, 1, total_steps + 8)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
-    step_model = torch.compile(model) if compile_ else model
+    step_model = torch.compile(model, dynamic=False) if compile_ else model  # as training compiles it
     step_model.train()
     return lambda images, labels: train_step(step_model, images, labels, criterion, optimizer, scaler, scheduler,
                                              amp_dtype, channels_last)
-
-
-def _endless(loader):
-    """Batches across epoch ends: a small beton holds fewer batches than the steps to time."""
-    while True:
-        yield from loader
 
 
 def measure_synthetic(arch, model_options, res, batch, device, precision, channels_last, compile_, steps,
@@ -82,7 +76,8 @@ def measure_real(arch, model_options, res, batch, device, precision, channels_la
     step = _kit_step(arch, model_options, batch, warmup + steps, device, precision, channels_last, compile_)
     from imagenet_kit.data.loaders import create_train_loader  # FFCV: only this mode needs it
 
-    batches = _endless(create_train_loader(str(beton), batch, res, device, workers))
+    # One pass (bench_train checked the beton holds every timed batch): no epoch restart is timed.
+    batches = iter(create_train_loader(str(beton), batch, res, device, workers))
     try:
         return _timed(lambda: step(*next(batches)), steps, warmup, device)
     finally:
@@ -96,7 +91,7 @@ def measure_bare(arch, model_options, res, batch, device, precision, channels_la
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES).to(device=device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    step_model = torch.compile(model) if compile_ else model
+    step_model = torch.compile(model, dynamic=False) if compile_ else model
     step_model.train()
     x = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)

@@ -20,7 +20,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's reader corrupts numba's types)
-from imagenet_kit.config import TRAIN_CROPS
+from imagenet_kit.config_checks import TRAIN_CROPS
 from imagenet_kit.data.pixels import CENTER_CROP_RATIO
 
 
@@ -94,15 +94,20 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
 
 
 def create_val_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
-                      distributed: bool = False, crop_ratio: float = CENTER_CROP_RATIO) -> Loader:
-    """Center crop keeping ``crop_ratio`` of the shorter side, resized to ``res``; sequential order."""
+                      rank: int = 0, world_size: int = 1, crop_ratio: float = CENTER_CROP_RATIO) -> Loader:
+    """Center crop keeping ``crop_ratio`` of the shorter side, resized to ``res``; sequential order.
+
+    Under torchrun rank r of W reads samples r, r+W, ...: every image once over all ranks. (FFCV's own
+    ``distributed=True`` pads the order to a multiple of W with repeats, as DistributedSampler does, and those
+    repeats would be counted twice.)"""
     pipelines = {
         "image": [CenterCropRGBImageDecoder((res, res), ratio=crop_ratio), ToTensor(),
                   ToDevice(device, non_blocking=True), ToTorchImage()],
         "label": _label_pipeline(device),
     }
+    indices = np.arange(rank, beton_num_samples(beton), world_size) if world_size > 1 else None
     return Loader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
-                  drop_last=False, pipelines=pipelines, distributed=distributed)
+                  drop_last=False, pipelines=pipelines, indices=indices)
 
 
 def set_resolution(loader: Loader, res: int) -> None:

@@ -17,12 +17,14 @@ class BetonNotFound(KitError):
     """A stage that reads betons found none; the message names the file and the command that makes it."""
 
 
-def require_betons(cfg: RunConfig) -> None:
+def require_betons(cfg: RunConfig, reason: str = "") -> None:
     """Refuse at once, before any model is built, when the run's betons are missing."""
+    root = cfg.data.root or "ROOT"
     for beton in cfg.betons:
         if not beton.is_file():
-            raise BetonNotFound(f"{beton} not found. Convert first: imagenet-kit prepare --recipe ... --data ROOT "
-                                f"(converts ROOT/train and ROOT/val), or imagenet-kit convert SRC {beton}")
+            raise BetonNotFound(f"{beton} not found{reason}. Convert first: imagenet-kit prepare --recipe ... "
+                                f"--data {root} (converts {root}/train and {root}/val), or imagenet-kit convert "
+                                f"SRC {beton}")
 
 
 def prepare(cfg: RunConfig) -> None:

@@ -21,7 +21,7 @@ from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import console
 from imagenet_kit.runs import BEST_IN_RUN, RunFolder, resolve_checkpoint
-from imagenet_kit.runtime import autocast, init_runtime, resolve_precision, write_json
+from imagenet_kit.runtime import autocast, local_runtime, resolve_precision, write_json
 
 
 @torch.no_grad()
@@ -31,8 +31,9 @@ def evaluate(model: torch.nn.Module, loader, num_classes: int, device: torch.dev
     """Returns top1/top5 (fractions), mean cross-entropy loss (no label smoothing), sample count and
     per-class correct/total counts. With ``flip_tta`` the logits of the image and its mirror are averaged."""
     model.eval()
-    # Sums kept on the device so there is one host sync at the end, not one per batch.
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    # Everything accumulates on the device: no host sync until the end (on a GPU a boolean mask, bincount or a
+    # tensor built from a Python number would each wait for the queue to drain, several times per batch).
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top1, top5
     correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
     total = torch.zeros(num_classes, dtype=torch.float64, device=device)
     for images, labels in loader:
@@ -43,20 +44,21 @@ def evaluate(model: torch.nn.Module, loader, num_classes: int, device: torch.dev
                 logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
         labels = labels.long().reshape(-1)
         top5 = logits.topk(min(5, num_classes), dim=1).indices
-        hit1 = top5[:, 0] == labels
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
-                             hit1.sum().double(), (top5 == labels[:, None]).any(1).sum().double(),
-                             torch.tensor(float(len(labels)), dtype=torch.float64, device=device)])
-        total += torch.bincount(labels, minlength=num_classes).double()
-        correct += torch.bincount(labels[hit1], minlength=num_classes).double()
-    if distributed:
-        for tensor in (sums, correct, total):
-            dist.all_reduce(tensor)
-    loss, top1, top5, count = sums.tolist()
+        hit1 = (top5[:, 0] == labels).double()
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(), hit1.sum(),
+                             (top5 == labels[:, None]).any(1).double().sum()])
+        total.index_add_(0, labels, torch.ones_like(hit1))
+        correct.index_add_(0, labels, hit1)
+    counts = torch.cat([sums, correct, total])
+    if distributed:  # each rank evaluated its own shard (create_val_loader's rank/world_size): sum them
+        dist.all_reduce(counts)
+    counts = counts.tolist()
+    (loss, top1, top5), correct, total = counts[:3], counts[3:3 + num_classes], counts[3 + num_classes:]
+    count = sum(total)
     if count == 0:
         raise ValueError("evaluation saw no images: the validation data is empty")
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count),
-            "per_class_correct": correct.long().tolist(), "per_class_total": total.long().tolist()}
+            "per_class_correct": [int(c) for c in correct], "per_class_total": [int(c) for c in total]}
 
 
 def evaluate_checkpoint(checkpoint: dict, beton: str, device: torch.device, res: int | None = None,
@@ -90,7 +92,7 @@ def run_eval(checkpoint: Path, run: RunFolder, data_path: Path, res: int | None 
     """Evaluate ``checkpoint`` on a val beton or an ImageFolder split (converted to a temporary beton); write the
     summary JSON (default: the run's eval.json) and the per-class CSV beside it."""
     state = load_checkpoint(checkpoint)
-    runtime = init_runtime()
+    runtime = local_runtime()  # also after training under torchrun: rank 0 evaluates alone
     with tempfile.TemporaryDirectory() as tmp:
         beton = data_path
         if data_path.is_dir():  # an ImageFolder split: same decode path as training evaluation

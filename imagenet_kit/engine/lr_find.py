@@ -25,7 +25,7 @@ from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine import plots
 from imagenet_kit.errors import KitError
 from imagenet_kit.models.factory import model_on_device
-from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups
+from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import Runtime, autocast, init_runtime, resolve_precision, shutdown_runtime, write_json
@@ -100,6 +100,9 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
         raise LRFindError("lr_find.num_iter must be at least 2")
     saved = copy.deepcopy(model.state_dict())  # includes BatchNorm running stats
     optimizer = create_optimizer(param_groups(model, weight_decay), lr=start_lr, **(optimizer or {}))
+    # fp16 (T4/V100) needs loss scaling here as in training: small gradients underflow to 0 without it, and an
+    # overflowing step is skipped (its loss still counts) instead of ending the curve on NaN.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))
     lrs, losses, raw = [], [], []
@@ -115,8 +118,9 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
             with autocast(device, amp_dtype):
                 loss = criterion(model(normalize(images, channels_last)), labels.long())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             value = loss.item()
             if not math.isfinite(value):
                 break
@@ -129,6 +133,7 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
             if smoothed > diverge * best:
                 break
     finally:
+        stream.close()  # stops FFCV's loader thread and frees its pinned batches now, not at exit
         model.load_state_dict(saved)
     if len(lrs) < 3:
         raise LRFindError(f"LR range test diverged after {len(lrs)} steps from start_lr={start_lr:g}; "
@@ -140,11 +145,17 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
 
 
 def _cycle(batches):
+    """``batches`` over and over. Closing the generator closes the pass in progress: an FFCV epoch iterator is a
+    thread that otherwise keeps waiting, with its pinned memory, for a consumer that never comes back."""
     while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
+        iterator, empty = iter(batches), True
+        try:
+            for batch in iterator:
+                empty = False
+                yield batch
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()
         if empty:
             raise LRFindError("LR range test: the training data yielded no batch")
 
@@ -155,29 +166,38 @@ def lr_find_loader(cfg: RunConfig, train_beton: Path, device: torch.device, work
                                device, workers, seed=seed, min_scale=cfg.train.min_scale, crop=cfg.train.crop)
 
 
-def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype) -> dict:
-    """The range test with the recipe's settings; writes lr_find.json and lr_find.png in the run folder."""
+def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype, world_size: int = 1) -> dict:
+    """The range test with the recipe's settings; writes lr_find.json and lr_find.png in the run folder.
+
+    ``lr`` is the pick at the test's batch; ``peak_lr`` is it scaled to the training's global batch."""
     f = cfg.lr_find
     result = lr_range_test(model, loader, device, amp_dtype=amp_dtype, label_smoothing=cfg.optim.label_smoothing,
                            optimizer=optimizer_settings(cfg.optim),
                            weight_decay=cfg.optim.weight_decay, start_lr=f.start_lr,
                            end_lr=f.end_lr, num_iter=f.num_iter, smooth=f.smooth, diverge=f.diverge,
                            suggestion=f.suggestion, channels_last=cfg.model.channels_last)
+    test_batch, global_batch = f.batch_size or cfg.train.batch_size, cfg.train.batch_size * world_size
+    result.update(test_batch=test_batch, global_batch=global_batch,
+                  peak_lr=scaled_lr(result["lr"], test_batch, global_batch))
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(cfg.run.lr_find_json, result)
     plots.plot_lr_find(result, cfg.run.lr_find_png)
+    scaled = (f" at batch {test_batch}, {result['peak_lr']:.3g} for the global batch {global_batch}"
+              if global_batch != test_batch else "")
     console.print(f"LR range test: {', '.join(f'{k} {v:.3g}' for k, v in result['suggestions'].items())}; "
-                  f"using {result['chosen']} = {result['lr']:.3g} as the peak LR")
+                  f"using {result['chosen']} = {result['lr']:.3g}{scaled} as the peak LR")
     return result
 
 
 def auto_lr(cfg: RunConfig, runtime: Runtime, model, train_beton: Path, amp_dtype, workers: int) -> float:
-    """``lr: auto``: rank 0 runs the LR range test at the training batch size; every rank gets its choice."""
+    """``lr: auto``: rank 0 runs the LR range test at one process's batch; its pick, scaled by the linear
+    rule (as ``optim.lr_batch`` scales a set LR) from that batch to the global one, is every rank's peak LR.
+    The other ranks wait in the broadcast, within ``train.dist_timeout_minutes``."""
     lr = torch.zeros(1, dtype=torch.float64, device=runtime.device)
     if runtime.is_main:
         loader = lr_find_loader(cfg, train_beton, runtime.device, workers, seed=cfg.train.seed + 1)
-        result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype)
-        lr[0] = result["lr"]
+        result = run_lr_find(cfg, model, loader, runtime.device, amp_dtype, runtime.world_size)
+        lr[0] = result["peak_lr"]
     if runtime.distributed:
         dist.broadcast(lr, src=0)
     return float(lr[0])
@@ -200,7 +220,7 @@ def lr_find_command(**flags):
     The same test as ``lr: auto`` runs before training: the same seeds, model, batches and precision."""
     cfg = build_config(**flags)
     require_betons(cfg)
-    runtime = init_runtime()
+    runtime = init_runtime(cfg.train.dist_timeout_minutes)
     try:
         lr = range_test(cfg, runtime)
     finally:

@@ -24,7 +24,10 @@ def plot_lr_find(result: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss (EMA-smoothed)")
-    ax.set_title(f"LR range test: chosen {result['chosen']} = {result['lr']:.3g}")
+    scaled = ""
+    if result.get("global_batch", 0) != result.get("test_batch", 0):
+        scaled = f", {result['peak_lr']:.3g} at global batch {result['global_batch']}"
+    ax.set_title(f"LR range test: chosen {result['chosen']} = {result['lr']:.3g}{scaled}")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

@@ -154,8 +154,8 @@ def _loaders(cfg: RunConfig, runtime: Runtime, train_beton: Path, val_beton: Pat
     train_loader = create_train_loader(str(train_beton), t.batch_size, t.min_res, device, workers, seed=t.seed,
                                        distributed=runtime.distributed, in_memory=cfg.data.in_memory,
                                        deterministic=t.deterministic, min_scale=t.min_scale, crop=t.crop)
-    val_loader = create_val_loader(str(val_beton), t.val_batch_size, t.val_res, device, workers,
-                                   distributed=runtime.distributed, crop_ratio=t.val_crop_ratio)
+    val_loader = create_val_loader(str(val_beton), t.val_batch_size, t.val_res, device, workers, runtime.rank,
+                                   runtime.world_size, crop_ratio=t.val_crop_ratio)
     return train_loader, val_loader
 
 
@@ -166,7 +166,9 @@ def _step_model(cfg: RunConfig, runtime: Runtime, model: torch.nn.Module) -> tor
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.train.freeze_epochs > 0)
-    return torch.compile(model) if cfg.train.compile else model
+    # dynamic=False: the progressive-resizing switch (160 -> 192 px) compiles one more graph instead of a
+    # slower shape-generic one.
+    return torch.compile(model, dynamic=False) if cfg.train.compile else model
 
 
 def _restore(t: Training, state: dict) -> None:

@@ -28,9 +28,12 @@ from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import progress_bar
 from imagenet_kit.runs import BEST
-from imagenet_kit.runtime import Runtime, any_rank, init_runtime, mean_across_ranks, shutdown_runtime
+from imagenet_kit.runtime import Runtime, algorithm_choice, any_rank, init_runtime, mean_across_ranks, shutdown_runtime
 
-FINITE_CHECK_EVERY = 20  # steps between host syncs that look at the loss: the GPU queue stays full meanwhile
+# Steps between the loop's only host syncs (and, under torchrun, its only all-reduce besides DDP's gradients):
+# the loss's finiteness, a stop signal and the timed checkpoint are agreed on there, so the GPU queue stays
+# full in between. A SIGTERM is acted on within this many steps, seconds inside a spot instance's notice.
+CHECK_EVERY = 20
 
 
 class DivergenceError(KitError):
@@ -38,7 +41,7 @@ class DivergenceError(KitError):
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checks it between steps (torchrun forwards signals to ranks)."""
+    """Set by SIGTERM/SIGINT; the loop looks at it every CHECK_EVERY steps (torchrun forwards signals to ranks)."""
 
     def __init__(self):
         self.requested = False
@@ -68,12 +71,8 @@ class EpochStats:
 
 def train(cfg: RunConfig, runtime: Runtime, resume: str | None = None) -> dict:
     """Train per ``cfg``; returns the last epoch's metrics (or {"interrupted": True, ...})."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(previous or cfg.train.deterministic)
-    try:
+    with algorithm_choice(cfg.train.deterministic):
         return _train(cfg, runtime, resume)
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
 
 def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
@@ -88,7 +87,7 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
                     say_stopped(epoch, stats.stopped_at)
                 return {**metrics, "interrupted": stop.requested, "epoch": epoch, "step": stats.stopped_at}
             metrics = end_epoch(t, epoch, stats, logbook)
-            if _should_stop(t, stop) and epoch < cfg.train.epochs - 1:
+            if _stop_after_epoch(t, stop) and epoch < cfg.train.epochs - 1:
                 if stop.requested and runtime.is_main:
                     say_stopped(epoch + 1, 0)
                 return {**metrics, "interrupted": stop.requested}
@@ -113,6 +112,7 @@ def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     last_step, last_checkpoint, start = t.steps_per_epoch - 1, time.monotonic(), time.perf_counter()
+    cap = cfg.train.max_steps or math.inf
     with progress_bar(f"epoch {epoch + 1}/{cfg.train.epochs} @ {res}px", t.steps_per_epoch * cfg.train.batch_size) \
             as advance:
         for step, (batch, labels) in enumerate(t.train_loader):
@@ -123,15 +123,17 @@ def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict)
                               t.amp_dtype, cfg.model.channels_last)
             loss_sum += loss.detach().double()
             steps_done, images, pos.global_step = steps_done + 1, images + len(labels), pos.global_step + 1
-            if steps_done % FINITE_CHECK_EVERY == 0 or step == last_step:
-                check_finite(loss_sum, pos.global_step, t.optimizer)
-            stop_now = _should_stop(t, stop)
+            capped = pos.global_step >= cap  # the same step on every rank: nothing to agree on
+            if pos.global_step % CHECK_EVERY and step < last_step and not capped:
+                continue
             timed = time.monotonic() - last_checkpoint > cfg.train.checkpoint_minutes * 60
-            if (stop_now or timed) and step < last_step:
-                check_finite(loss_sum, pos.global_step, t.optimizer)
+            signalled, timed, diverged = _agree(t, stop.requested, timed, loss_sum)
+            if diverged:
+                raise divergence_error(pos.global_step, t.optimizer)
+            if (signalled or capped or timed) and step < last_step:
                 t.save_checkpoint(epoch, step + 1, last_metrics, partial=(loss_sum.item(), steps_done))
                 last_checkpoint = time.monotonic()
-            if stop_now and step < last_step:
+            if (signalled or capped) and step < last_step:
                 return EpochStats(res, math.nan, images, time.perf_counter() - start, stopped_at=step + 1)
     pos.step, pos.partial = 0, None
     train_loss = mean_across_ranks(loss_sum.item() / max(1, steps_done), t.runtime)
@@ -158,17 +160,23 @@ def end_epoch(t: Training, epoch: int, stats: EpochStats, logbook: Logbook) -> d
     return metrics
 
 
-def _should_stop(t: Training, stop: StopFlag) -> bool:
+def _agree(t: Training, signalled: bool, timed: bool, loss_sum: torch.Tensor) -> list[bool]:
+    """(a stop signal, a timed checkpoint due, a non-finite loss) on any rank: one all-reduce, one host sync.
+    Every rank thus raises the divergence error at the same step instead of the others waiting for it."""
+    flags = torch.tensor([signalled, timed], dtype=torch.float64, device=t.runtime.device)
+    return any_rank(torch.cat([flags, (~torch.isfinite(loss_sum)).double().reshape(1)]), t.runtime)
+
+
+def _stop_after_epoch(t: Training, stop: StopFlag) -> bool:
     """A signal on any rank, or train.max_steps reached (smoke tests)."""
-    cap = t.cfg.train.max_steps or math.inf
-    return any_rank(stop.requested or t.position.global_step >= cap, t.runtime)
+    flags = torch.tensor([stop.requested], dtype=torch.float64, device=t.runtime.device)
+    return any_rank(flags, t.runtime)[0] or t.position.global_step >= (t.cfg.train.max_steps or math.inf)
 
 
-def check_finite(loss_sum: torch.Tensor, global_step: int, optimizer) -> None:
-    if not math.isfinite(loss_sum.item()):
-        lr = optimizer.param_groups[0]["lr"]
-        raise DivergenceError(f"loss became non-finite by step {global_step} (lr {lr:.4g}). The last good "
-                              f"checkpoint is kept; lower optim.lr (e.g. --lr {lr / 3:.3g}) or use --lr auto.")
+def divergence_error(global_step: int, optimizer) -> DivergenceError:
+    lr = optimizer.param_groups[0]["lr"]
+    return DivergenceError(f"loss became non-finite by step {global_step} (lr {lr:.4g}). The last good "
+                           f"checkpoint is kept; lower optim.lr (e.g. --lr {lr / 3:.3g}) or use --lr auto.")
 
 
 @click.command("train")
@@ -178,7 +186,7 @@ def train_command(resume, **flags):
     """Train (one-cycle, mixed precision). Multi-GPU: torchrun --nproc_per_node=N -m imagenet_kit train ..."""
     cfg = build_config(**flags)
     require_betons(cfg)
-    runtime = init_runtime()
+    runtime = init_runtime(cfg.train.dist_timeout_minutes)
     try:
         result = train(cfg, runtime, resume)
     finally:

@@ -7,7 +7,8 @@ import torchvision
 from torch import nn
 from torch.nn.utils import parametrize
 
-from imagenet_kit.config import ACTIVATIONS, ModelConfig
+from imagenet_kit.config import ModelConfig
+from imagenet_kit.config_checks import ACTIVATIONS
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture
 from imagenet_kit.models.layers import (
     ACTIVATION_MODULES,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imagenet_kit.config import OPTIMIZERS, OptimConfig
+from imagenet_kit.config import OptimConfig
+from imagenet_kit.config_checks import OPTIMIZERS
 from imagenet_kit.models.factory import HEAD
 from imagenet_kit.optim.lookahead import Lookahead
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from imagenet_kit.config import SCHEDULES
+from imagenet_kit.config_checks import SCHEDULES
 from imagenet_kit.optim.optimizers import create_optimizer
 
 

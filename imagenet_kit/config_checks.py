@@ -1,0 +1,52 @@
+"""What each config key may hold: the choices of the named settings and the ranges of the numeric ones.
+
+``validate`` runs after every recipe and override is applied, so a bad value is reported before any work.
+"""
+from __future__ import annotations
+
+from imagenet_kit.errors import ConfigError
+
+ACTIVATIONS = ("relu", "mish", "silu")
+OPTIMIZERS = ("sgd", "adamw", "radam")
+SCHEDULES = ("onecycle", "linear", "step", "flat_cos")
+TRAIN_CROPS = ("random_resized", "random_square")
+LR_SUGGESTIONS = ("turn", "valley", "steep", "min10")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+# Numeric keys with a range: (key, test, what the value must be).
+RANGES = (
+    ("model.se_reduction", lambda v: v >= 0, "0 (off) or a channel divisor such as 16"),
+    ("optim.lookahead_k", lambda v: v >= 0, "0 (off) or a step count"),
+    ("optim.lookahead_alpha", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.head_lr_mult", lambda v: v > 0, "positive"),
+    ("train.val_crop_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("train.batch_size", lambda v: v >= 1, "at least 1"),
+    ("train.freeze_epochs", lambda v: v >= 0, "0 or more"),
+    ("train.dist_timeout_minutes", lambda v: v > 0, "positive"),
+)
+
+
+def validate(cfg) -> None:
+    """Raise ConfigError naming the first key whose value is out of its choices or range."""
+    choices = {
+        "train.precision": (cfg.train.precision, PRECISIONS),
+        "optim.schedule": (cfg.optim.schedule, SCHEDULES),
+        "optim.optimizer": (cfg.optim.optimizer, OPTIMIZERS),
+        "model.activation": (cfg.model.activation, ACTIVATIONS),
+        "train.crop": (cfg.train.crop, TRAIN_CROPS),
+        "lr_find.suggestion": (cfg.lr_find.suggestion, LR_SUGGESTIONS),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    if cfg.train.min_res > cfg.train.max_res:
+        raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
+    for key, allowed, what in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not allowed(value):
+            raise ConfigError(f"{key} must be {what}, got {value}")
+    if cfg.model.arch == "resnet50v2" and (cfg.model.se_reduction or cfg.model.self_attention
+                                           or cfg.model.maxblurpool):
+        raise ConfigError("model.se_reduction, model.self_attention and model.maxblurpool need torchvision's "
+                          "ResNet layout; model.arch resnet50v2 has its own")

@@ -1,0 +1,78 @@
+"""One rank of the torchrun tests in test_ddp_checks.py (run by ``python -m torch.distributed.run``, gloo on CPU).
+
+``python ddp_worker.py MODE OUT_DIR KEY=VALUE...``: MODE is what the rank does; KEY=VALUE are config overrides
+(tiny_overrides'); each rank writes what the test checks to OUT_DIR/rank<r>.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from imagenet_kit.config import load_config
+from imagenet_kit.engine import train as train_module
+from imagenet_kit.runtime import init_runtime, shutdown_runtime
+
+
+def count_reductions(cfg, runtime) -> dict:
+    """Train with every ``dist.all_reduce`` counted (DDP's gradient buckets go through C++, not this)."""
+    calls = []
+    all_reduce = dist.all_reduce
+
+    def counted(tensor, *args, **kwargs):
+        calls.append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = counted
+    result = train_module.train(cfg, runtime)
+    return {"all_reduce": len(calls), "global_step": result["global_step"], "epochs": cfg.train.epochs}
+
+
+def diverge_on_rank_1(cfg, runtime) -> dict:
+    """Rank 1's loss turns NaN from its 3rd step on; every rank must stop with the divergence error."""
+    step, steps = train_module.train_step, [0]
+
+    def nan_step(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        steps[0] += 1
+        return loss * float("nan") if runtime.rank == 1 and steps[0] >= 3 else loss
+
+    train_module.train_step = nan_step
+    try:
+        train_module.train(cfg, runtime)
+    except train_module.DivergenceError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
+def evaluate_shard(cfg, runtime) -> dict:
+    from imagenet_kit.data.loaders import create_val_loader
+    from imagenet_kit.engine.evaluate import evaluate
+    from imagenet_kit.models.factory import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", 4)
+    loader = create_val_loader(str(cfg.betons[1]), 4, 32, runtime.device, 1, runtime.rank, runtime.world_size)
+    return evaluate(model, loader, 4, runtime.device, None, False, True, distributed=True)
+
+
+def auto_lr(cfg, runtime) -> dict:
+    from imagenet_kit.engine.lr_find import range_test
+
+    return {"lr": range_test(cfg, runtime)}
+
+
+MODES = {"reductions": count_reductions, "nan": diverge_on_rank_1, "eval": evaluate_shard, "auto_lr": auto_lr}
+
+if __name__ == "__main__":
+    mode, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+    cfg = load_config("sample", overrides)
+    runtime = init_runtime(cfg.train.dist_timeout_minutes)
+    try:
+        result = MODES[mode](cfg, runtime)
+    finally:
+        shutdown_runtime(runtime)
+    (out / f"rank{runtime.rank}.json").write_text(json.dumps(result))

@@ -1,0 +1,104 @@
+"""What torchrun changes, checked with real processes (gloo on CPU): cross-rank syncs in the loop, divergence on
+one rank, distributed evaluation, ``lr: auto`` for the global batch, and refusing to start without betons."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, tiny_overrides
+
+from imagenet_kit.data.loaders import create_val_loader
+from imagenet_kit.engine.evaluate import evaluate
+from imagenet_kit.engine.lr_find import suggestions
+from imagenet_kit.models.factory import create_model
+from imagenet_kit.optim.optimizers import scaled_lr
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(mode: str, nproc: int, out: Path, overrides: list[str], timeout: float = 300) -> tuple[list, float]:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(WORKER), mode, str(out), *overrides]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)], seconds
+
+
+def test_training_reduces_across_ranks_once_per_20_steps_besides_epoch_ends(tiny_data, tmp_path):
+    # batch 2 per rank: 32 images / global batch 4 = 8 steps per epoch, 4 epochs = 32 steps
+    overrides = tiny_overrides(tiny_data, tmp_path / "runs") + ["train.batch_size=2", "train.epochs=4"]
+    ranks, _ = _torchrun("reductions", 2, tmp_path / "out", overrides)
+    first = ranks[0]
+    assert first["global_step"] == 32
+    # Each epoch end reduces four times: the last step's check, the mean train loss, evaluation's counts (one
+    # tensor) and the stop check before the next epoch. In between: one check at global step 20.
+    assert all(r["all_reduce"] == first["all_reduce"] for r in ranks)
+    assert first["all_reduce"] <= 32 // 20 + 4 * first["epochs"], first
+
+
+def test_nan_on_one_rank_stops_every_rank_with_the_divergence_error(tiny_data, tmp_path):
+    ranks, seconds = _torchrun("nan", 2, tmp_path / "out", tiny_overrides(tiny_data, tmp_path / "runs"))
+    for rank in ranks:
+        assert rank["error"] and "loss became non-finite by step 4" in rank["error"], ranks
+    assert seconds < 60
+
+
+def test_distributed_eval_counts_every_image_once(tiny_data, tmp_path):
+    beton = str(tiny_data["beton_dir"] / "tiny-val-64.beton")  # 16 images: 6 + 5 + 5 over three ranks
+    ranks, _ = _torchrun("eval", 3, tmp_path / "out", tiny_overrides(tiny_data, tmp_path / "runs"))
+    torch.manual_seed(0)
+    single = evaluate(create_model("resnet18", 4), create_val_loader(beton, 4, 32, CPU, 1), 4, CPU, None, False)
+    assert single["count"] == 16
+    for rank in ranks:
+        assert rank["count"] == 16 and rank["per_class_total"] == single["per_class_total"]
+        assert rank["per_class_correct"] == single["per_class_correct"]
+        for key in ("loss", "top1", "top5"):
+            assert rank[key] == pytest.approx(single[key], rel=1e-6), key  # float32 sums in another order
+
+
+def test_auto_lr_under_two_processes_is_the_pick_scaled_to_the_global_batch(tiny_data, tmp_path):
+    overrides = tiny_overrides(tiny_data, tmp_path / "runs") + ["optim.lr=auto", "train.batch_size=4"]
+    ranks, _ = _torchrun("auto_lr", 2, tmp_path / "out", overrides)
+    curve = json.loads((tmp_path / "runs" / "tiny" / "lr_find.json").read_text())
+    assert curve["lr"] == suggestions(curve["lrs"], curve["losses"])["turn"]  # the rule, at one rank's batch
+    assert (curve["test_batch"], curve["global_batch"]) == (4, 8)
+    assert curve["peak_lr"] == pytest.approx(scaled_lr(curve["lr"], 4, 8))
+    assert [r["lr"] for r in ranks] == [pytest.approx(curve["peak_lr"])] * 2  # every rank trains with it
+
+
+def test_run_under_torchrun_without_betons_exits_2_on_every_rank_at_once(tmp_path):
+    port = _free_port()
+    procs, start = [], time.monotonic()
+    for rank in range(2):  # what torchrun gives each worker; no rendezvous is needed to refuse
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "imagenet_kit", "run", "--recipe", "sample", "--output-dir", str(tmp_path / "runs"),
+             "--set", f"data.beton_dir={tmp_path / 'betons'}"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, out + err
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "imagenet-kit prepare" in lines[0] and "Traceback" not in err
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "betons").exists()
