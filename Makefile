@@ -10,7 +10,7 @@ NPROC ?= 1
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps browser-deps mini full demo space test lint bench clean
+.PHONY: help setup system-deps browser-deps mini full demo space test lint bench gpu-evidence gpu-bundle clean
 
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
@@ -86,5 +86,16 @@ bench: setup
 	$(KIT) bench demo
 	$(KIT) bench report
 
+# The GPU rows of the README, in about 5 minutes on one GPU. Runs with the host's own torch when there is no .venv
+# (a bare GPU host: python3 -m imagenet_kit from this folder), with gpu-bundle/ when it is there (FFCV's rows).
+EVIDENCE_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-evidence:
+	$(EVIDENCE_PY) -m imagenet_kit bench gpu-evidence $(if $(wildcard gpu-bundle/manifest.json),--bundle gpu-bundle) $(ARGS)
+
+# FFCV, its shared libraries and 2,600 real Imagenette images in gpu-bundle/ (ignored), for gpu-evidence on a host
+# without FFCV; refuses when it and the working tree exceed the 64 MiB a device run carries.
+gpu-bundle: setup
+	$(KIT) bench gpu-bundle $(ARGS)
+
 clean:
-	rm -rf runs betons test-artifacts .pytest_cache
+	rm -rf runs betons test-artifacts .pytest_cache gpu-bundle

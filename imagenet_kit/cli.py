@@ -30,6 +30,8 @@ BENCH_COMMANDS = {
     "run": "imagenet_kit.bench.run:bench_run_command",
     "report": "imagenet_kit.bench.report:report_command",
     "lr-sweep": "imagenet_kit.bench.lr_sweep:lr_sweep_command",
+    "gpu-evidence": "imagenet_kit.bench.gpu_evidence:gpu_evidence_command",
+    "gpu-bundle": "imagenet_kit.bench.gpu_bundle:gpu_bundle_command",
 }
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 

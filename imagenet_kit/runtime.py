@@ -152,6 +152,9 @@ def cpu_model() -> str:
 
 
 def git_revision() -> str:
+    """HEAD (+ "-dirty"); a copy of the tree without .git (a GPU host's) names it in IMAGENET_KIT_GIT."""
+    if os.environ.get("IMAGENET_KIT_GIT"):
+        return os.environ["IMAGENET_KIT_GIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -176,6 +179,7 @@ def environment(runtime: Runtime | None = None) -> dict:
         "ffcv": _package_version("ffcv"),  # ffcv.__version__ says 0.0.3rc1 in the 1.0.2 release
         "numpy": numpy.__version__,
         "cuda": torch.version.cuda,
+        "cuda_driver": cuda_driver(),
         "device": device_name(device),
         "gpu_count": torch.cuda.device_count(),
         "cpu": cpu_model(),
@@ -186,6 +190,15 @@ def environment(runtime: Runtime | None = None) -> dict:
         "git": git_revision(),
         "command": command_line(),
     }
+
+
+def cuda_driver() -> str | None:
+    """The NVIDIA kernel driver's version (e.g. 550.54.15), None without one."""
+    with contextlib.suppress(OSError):
+        first = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+        words = [w for w in first.split() if w[:1].isdigit() and "." in w]
+        return words[0] if words else first.strip()
+    return None
 
 
 def _package_version(name: str) -> str | None:

@@ -241,3 +241,16 @@ def test_eval_after_training_makes_no_process_group_under_torchrun(tiny_config, 
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("a process group for one rank"))
     summary, _ = run_eval(tiny_config.run.best, tiny_config.run, tiny_config.betons[1])
     assert summary["count"] == 16
+
+
+def test_a_stop_mid_epoch_leaves_no_loader_thread(tiny_config):
+    import threading
+
+    from ffcv.loader.epoch_iterator import EpochIterator
+    earlier = set(threading.enumerate())
+    tiny_config.train.batch_size, tiny_config.train.max_steps = 2, 3  # 16 batches per epoch, stopped at 3
+    assert train(tiny_config, CPU)["step"] == 3
+    left = [t for t in threading.enumerate() if isinstance(t, EpochIterator) and t not in earlier]
+    for thread in left:
+        thread.join(timeout=10)
+    assert not [t for t in left if t.is_alive()]

@@ -59,7 +59,7 @@ def _data_row(r: dict) -> tuple[str, str, str]:
               else f"kit FFCV loader, beton max side {r['max_res']}")
     what = f"data loading, {loader}: {r['res']} px crops, batch {r['batch_size']}, {r['n_images']} images"
     value = f"{r['img_per_s']:,.0f} img/s"
-    if r["loader"] != "pil-torchvision":
+    if r.get("ratio_vs_baseline") is not None:  # gpu-evidence times FFCV's loader alone, with no baseline
         value += f" ({r['ratio_vs_baseline']:.2f}× the baseline)"
     return what, value, f"{r['cpu']}, {_count(r['workers'], 'worker')}"
 

@@ -136,8 +136,12 @@ def class_table(classes: list[str]) -> list[dict]:
 
 
 def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-            compress_prob: float = DEFAULT_COMPRESS_PROB, workers: int = 0, force: bool = False) -> dict:
-    """Write ``out`` (a .beton), ``out.classes.json`` and ``out.report.json``; return the report."""
+            compress_prob: float = DEFAULT_COMPRESS_PROB, workers: int = 0, force: bool = False,
+            page_size: int = 8 << 20) -> dict:
+    """Write ``out`` (a .beton), ``out.classes.json`` and ``out.report.json``; return the report.
+
+    ``page_size``: FFCV's allocation unit (a power of 2 from 2 MiB; its default, 8 MiB). Each writer process
+    leaves its last page part-empty, so a small beton is smaller with small pages."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -166,7 +170,7 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
             "image": RGBImageField(write_mode="proportion", max_resolution=max_res,
                                    compress_probability=compress_prob, jpeg_quality=jpeg_quality),
             "label": IntField(),
-        }, num_workers=workers)
+        }, num_workers=workers, page_size=page_size)
         writer.from_indexed_dataset(_ImageDataset(good, max_res))
         os.replace(tmp, out)
     finally:

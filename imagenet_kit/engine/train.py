@@ -7,6 +7,7 @@ from the newest readable checkpoint at the exact batch it stopped at.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -113,9 +114,11 @@ def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict)
         torch.cuda.reset_peak_memory_stats(device)
     last_step, last_checkpoint, start = t.steps_per_epoch - 1, time.monotonic(), time.perf_counter()
     cap = cfg.train.max_steps or math.inf
-    with progress_bar(f"epoch {epoch + 1}/{cfg.train.epochs} @ {res}px", t.steps_per_epoch * cfg.train.batch_size) \
+    # closing: a stop mid-epoch would otherwise leave FFCV's loader thread and its pinned batches behind
+    with contextlib.closing(iter(t.train_loader)) as batches, \
+            progress_bar(f"epoch {epoch + 1}/{cfg.train.epochs} @ {res}px", t.steps_per_epoch * cfg.train.batch_size) \
             as advance:
-        for step, (batch, labels) in enumerate(t.train_loader):
+        for step, (batch, labels) in enumerate(batches):
             advance(len(labels))
             if step < skip:  # mid-epoch resume: these batches were trained on already
                 continue

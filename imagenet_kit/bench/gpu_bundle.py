@@ -1,0 +1,165 @@
+"""``imagenet-kit bench gpu-bundle``: FFCV and a small real beton in one folder, for a GPU host that has torch but
+no FFCV, no compiler and no network (what ``bench gpu-evidence --bundle`` runs on).
+
+The folder holds FFCV's Python package (its ctypes loader patched to open ``_libffcv`` by path, so the extension
+built here for this Python also loads under another CPython 3), the shared libraries ``_libffcv`` links (OpenCV
+core and imgproc, libturbojpeg and what they need, but glibc and the C++ runtime, which every host has), FFCV's
+pure-Python dependencies the GPU image lacks, a stand-in for OpenCV's Python module (FFCV imports it only to
+*write* betons), and a beton of real Imagenette images. ``activate`` puts it first on the import and library path.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from imagenet_kit.errors import KitError
+from imagenet_kit.progress import console
+
+DEFAULT_DIR = Path("gpu-bundle")
+DEFAULT_SRC = Path("../shared/data/imagenette2/train")
+LIMIT_MIB = 64  # what one device run carries: the working tree and the bundle together
+# Every Linux host has these, and a second copy of the C/C++ runtime beside torch's would clash with it.
+HOST_LIBRARIES = re.compile(r"^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s)")
+PURE_PYTHON_DEPENDENCIES = ("tqdm",)  # FFCV imports it; the GPU image has torch, numpy, numba and PIL
+CV2_STAND_IN = '''"""Stand-in for OpenCV's Python module in the GPU bundle: FFCV imports cv2 at import time but calls it
+only when writing a beton, which the GPU host never does (betons are written where the kit is installed)."""
+
+
+def __getattr__(name):
+    raise ImportError(f"cv2.{name}: the GPU bundle carries no OpenCV Python module; write betons on the kit host")
+'''
+
+
+class BundleError(KitError):
+    pass
+
+
+def linked_libraries(extension: Path) -> list[Path]:
+    """The shared libraries ``extension`` loads (``ldd``), but the ones every host has."""
+    out = subprocess.run(["ldd", str(extension)], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/") and not HOST_LIBRARIES.match(parts[0]):
+            found.append(Path(parts[2]))
+    return found
+
+
+def _copy_ffcv(python_dir: Path) -> Path:
+    spec = importlib.util.find_spec("ffcv")
+    if spec is None or not spec.submodule_search_locations:
+        raise BundleError("FFCV is not installed here: run `make setup` first (the bundle copies this install)")
+    package = Path(list(spec.submodule_search_locations)[0])
+    target = python_dir / "ffcv"
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "benchmarks"))
+    loader = target / "libffcv.py"
+    text = loader.read_text()
+    opened = "import ffcv._libffcv\n\nlib = CDLL(ffcv._libffcv.__file__)"
+    if opened not in text:
+        raise BundleError(f"{package / 'libffcv.py'}: not the FFCV 1.0.2 loader the bundle knows how to patch")
+    # An extension's file name carries its CPython version (cpython-311); opened by path it loads under 3.12.
+    loader.write_text(text.replace(opened, "from pathlib import Path\n\nlib = CDLL(str(next(Path(__file__).parent"
+                                                ".glob('_libffcv*.so'))))"))
+    return next(target.glob("_libffcv*.so"))
+
+
+def build_bundle(out: Path, src: Path, images: int, max_res: int, quality: int, workers: int = 0) -> dict:
+    """Write the bundle to ``out`` (replacing it); return its manifest (also written as manifest.json)."""
+    from imagenet_kit.data.convert import convert, scan_imagefolder
+
+    source = scan_imagefolder(src)
+    if not source.items:
+        raise BundleError(f"{src}: no images; give --src an ImageFolder split (class folders of JPEGs)")
+    if out.exists():
+        shutil.rmtree(out)
+    python_dir, lib_dir = out / "python", out / "lib"
+    lib_dir.mkdir(parents=True)
+    extension = _copy_ffcv(python_dir)
+    libraries = linked_libraries(extension)
+    for library in libraries:
+        shutil.copy2(library, lib_dir / library.name)
+    for name in PURE_PYTHON_DEPENDENCIES:
+        shutil.copytree(Path(importlib.util.find_spec(name).origin).parent, python_dir / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (python_dir / "cv2").mkdir()
+    (python_dir / "cv2" / "__init__.py").write_text(CV2_STAND_IN)
+    # Every class, the same share of each: the first files of each class folder in sorted order.
+    per_class = max(1, images // len(source.classes))
+    taken, kept = {}, []
+    for path, label in sorted(source.items):
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            kept.append((path, label))
+    source.items = kept
+    beton = out / f"{src.parent.name or 'data'}-{src.name}-{max_res}.beton"
+    # All JPEG (the smallest file) in FFCV's smallest pages: the beton is most of the bundle's size.
+    report = convert(source, beton, max_res=max_res, jpeg_quality=quality, compress_prob=1.0, workers=workers,
+                     page_size=2 << 20)
+    manifest = {"beton": beton.name, "images": report["counts"]["written"], "max_res": max_res, "jpeg_quality": quality,
+                "src": str(src), "libraries": [p.name for p in libraries], "python": sys.version.split()[0],
+                "mib": round(folder_mib(out), 1)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def folder_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
+
+
+def working_tree_mib(repo: Path) -> float:
+    """What a device run carries besides the bundle: tracked and untracked, not ignored, files."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    return sum((repo / name).stat().st_size for name in listed if name and (repo / name).is_file()) / 2**20
+
+
+def activate(bundle: Path) -> dict:
+    """Make the bundle's FFCV the one ``import ffcv`` finds, with its own shared libraries; return its manifest.
+
+    Each library is opened by path, dependencies first (the dynamic linker matches a library's needs against
+    what is loaded by name), so nothing depends on LD_LIBRARY_PATH, which a running process cannot change."""
+    bundle = Path(bundle).resolve()
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise BundleError(f"{bundle}: not a GPU bundle (no manifest.json); build one with make gpu-bundle")
+    pending = sorted((bundle / "lib").iterdir())
+    while pending:
+        failed = []
+        for library in pending:
+            try:
+                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                failed.append(library)
+        if len(failed) == len(pending):
+            raise BundleError(f"{bundle}: cannot load {', '.join(p.name for p in failed)} on this host")
+        pending = failed
+    sys.path.insert(0, str(bundle / "python"))
+    return {**json.loads(manifest_path.read_text()), "path": str(bundle)}
+
+
+@click.command("gpu-bundle")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DIR, help="the bundle folder (replaced)")
+@click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_SRC,
+              help="an ImageFolder split to take the beton's images from")
+@click.option("--images", type=click.IntRange(min=1), default=2600, help="images in the beton (evenly per class)")
+@click.option("--max-res", type=click.IntRange(min=16), default=160, help="longest side stored")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90)
+@click.option("-j", "--workers", type=click.IntRange(min=0), default=0, help="conversion processes (0 = all cores)")
+def gpu_bundle_command(out, src, images, max_res, jpeg_quality, workers):
+    """FFCV, its libraries and a real beton in one folder, for bench gpu-evidence --bundle on a bare GPU host."""
+    manifest = build_bundle(out, src, images, max_res, jpeg_quality, workers)
+    tree = working_tree_mib(Path.cwd()) if (Path.cwd() / ".git").exists() else 0.0
+    total = manifest["mib"] + tree
+    console.print(f"{out}: {manifest['images']} images at max side {max_res}, {len(manifest['libraries'])} "
+                  f"libraries, {manifest['mib']:.1f} MiB; with the working tree ({tree:.1f} MiB) {total:.1f} MiB")
+    if total > LIMIT_MIB:
+        raise BundleError(f"{out} and the working tree are {total:.1f} MiB, over the {LIMIT_MIB} MiB a device run "
+                          f"carries; lower --images (now {images}) or --max-res (now {max_res})")

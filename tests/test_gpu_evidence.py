@@ -1,0 +1,164 @@
+"""`bench gpu-evidence` and `bench gpu-bundle` in smoke mode: the GPU commands run here at tiny sizes, with FFCV
+imported only from the bundle, so they are known to work before a GPU lease is spent on them."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SAMPLE
+
+README = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n"
+# Runs the CLI with FFCV, OpenCV and Gradio refused from site-packages: only a bundle may provide them.
+BLOCKING_CLI = """
+import importlib.abc, sys
+BUNDLE = sys.argv.pop(1)
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.split(".")[0]
+        if top in ("ffcv", "cv2", "gradio") and not (BUNDLE and sys.path[0].startswith(BUNDLE)):
+            raise ImportError(f"{name} imported outside the bundle")
+sys.meta_path.insert(0, Refuse())
+from imagenet_kit.cli import main
+sys.argv[0] = "imagenet-kit"
+main()
+"""
+
+
+def _cli(args: list[str], bundle: str = "", timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKING_CLI, bundle, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env={**os.environ, "IMAGENET_KIT_GIT": "abc1234"})
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "gpu-bundle"
+    run = subprocess.run([sys.executable, "-m", "imagenet_kit", "bench", "gpu-bundle", "--out", str(out), "--src",
+                          str(SAMPLE / "train"), "--images", "40", "--max-res", "64", "-j", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return out
+
+
+def test_bundle_holds_ffcv_its_libraries_and_a_real_beton(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["images"] == 40 and manifest["max_res"] == 64  # 4 images of each of the sample's 10 classes
+    names = set(manifest["libraries"])
+    assert {"libturbojpeg.so.0", "libopencv_core.so.406", "libopencv_imgproc.so.406"} <= names
+    assert not any(n.startswith(("libc.", "libstdc++", "ld-linux")) for n in names)  # the host's own
+    assert sorted(p.name for p in (bundle / "lib").iterdir()) == sorted(names)
+    assert (bundle / "python" / "ffcv" / "loader").is_dir() and (bundle / "python" / "tqdm").is_dir()
+    assert "CDLL(str(next(Path(__file__).parent" in (bundle / "python" / "ffcv" / "libffcv.py").read_text()
+
+
+def test_bundle_loads_in_a_clean_process_from_its_own_files(bundle):
+    script = f"""
+import sys
+from imagenet_kit.bench.gpu_bundle import activate
+info = activate({str(bundle)!r})
+import cv2, ffcv, tqdm, torch
+from imagenet_kit.data.loaders import create_train_loader
+images, labels = next(iter(create_train_loader(info["path"] + "/" + info["beton"], 8, 32, torch.device("cpu"), 1)))
+maps = open("/proc/self/maps").read()
+print(images.shape[0], labels.shape[0], ffcv.__file__, cv2.__file__, tqdm.__file__)
+for lib in ("libturbojpeg.so", "libopencv_core.so", "libopencv_imgproc.so"):
+    paths = {{line.split()[-1] for line in maps.splitlines() if lib in line}}
+    print(lib, sorted(paths))
+"""
+    run = subprocess.run([sys.executable, "-c", BLOCKING_CLI.split("from imagenet_kit.cli")[0] + script,
+                          str(bundle)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    first, *libs = run.stdout.strip().splitlines()[-4:]
+    count, labels, *files = first.split()
+    assert (count, labels) == ("8", "8")
+    assert all(f.startswith(str(bundle)) for f in files), files  # ffcv, the cv2 stand-in and tqdm
+    for line in libs:
+        assert f"'{bundle / 'lib'}/" in line and "/lib/x86_64-linux-gnu" not in line, line
+
+
+def _python_3_12() -> str | None:
+    """A working Python 3.12 (a pyenv shim may name one it will not run)."""
+    candidates = [shutil.which("python3.12"), *map(str, Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"))]
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+PYTHON_3_12 = _python_3_12()
+
+
+@pytest.mark.skipif(not PYTHON_3_12, reason="no Python 3.12 here (the GPU hosts run 3.12)")
+def test_bundles_ffcv_library_loads_under_python_3_12(bundle):
+    # The GPU hosts' Python: _libffcv was built for this one; opened by path its only Python symbol resolves.
+    script = f"""
+import ctypes, pathlib
+pending = sorted(pathlib.Path({str(bundle / 'lib')!r}).iterdir())
+while pending:
+    failed = []
+    for p in pending:
+        try:
+            ctypes.CDLL(str(p), mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            failed.append(p)
+    assert len(failed) < len(pending), failed
+    pending = failed
+lib = ctypes.CDLL(str(next(pathlib.Path({str(bundle / 'python' / 'ffcv')!r}).glob("_libffcv*.so"))))
+print("loaded", lib.imdecode is not None)
+"""
+    run = subprocess.run([PYTHON_3_12, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "loaded True" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_smoke_evidence_with_the_bundle_writes_every_row_and_the_readme(bundle, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    results = tmp_path / "results"
+    run = _cli(["bench", "gpu-evidence", "--smoke", "--bundle", str(bundle), "--results-dir", str(results),
+                "--readme", str(readme)], bundle=str(bundle))
+    assert run.returncode == 0, run.stdout + run.stderr
+    train = [json.loads(line) for line in (results / "train.jsonl").read_text().splitlines()]
+    seen = [(r["precision"], r["compile"], r["mode"]) for r in train]
+    assert seen == [("fp32", False, "synthetic"), ("fp32", False, "bare"), ("bf16", False, "synthetic"),
+                    ("bf16", False, "bare"), ("fp32", True, "synthetic"), ("fp32", True, "bare"),
+                    ("fp32", False, "synthetic"), ("fp32", False, "real")]
+    real = train[-1]
+    assert real["beton_images"] == 40 and (real["warmup"], real["steps"]) == (1, 2)  # 10 batches of 4: one pass
+    for r in train:
+        assert (r["arch"], r["res"], r["batch"], r["channels_last"]) == ("resnet18", 32, 4, True)
+        assert r["versions"]["git"] == "abc1234" and "cuda_driver" in r["versions"] and r["img_per_s"] > 0
+    data = [json.loads(line) for line in (results / "data.jsonl").read_text().splitlines()]
+    assert [(d["loader"], d["res"], d["n_images"]) for d in data] == [("ffcv", 32, 40)]
+    assert data[0]["versions"]["ffcv"] == "1.0.2" or data[0]["versions"]["ffcv"] is None
+    table = readme.read_text()
+    assert table.startswith("intro\n") and table.endswith("outro\n") and "old" not in table
+    assert table.count("resnet18, 32 px, batch 4") == len(train) and "kit FFCV loader, beton max side 64" in table
+    assert "smoke run on CPU" in run.stderr  # the console writes to stderr
+
+
+def test_evidence_without_a_bundle_never_imports_ffcv(tmp_path):
+    script = """
+import sys, torch
+from pathlib import Path
+from imagenet_kit.bench.gpu_evidence import Sizes, measure
+rows = measure(Sizes("resnet18", (32,), (32,), None, 4, 1, 1, ("fp32",)), torch.device("cpu"), Path(sys.argv[1]), None)
+print(len(rows), "ffcv" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", BLOCKING_CLI.split("from imagenet_kit.cli")[0] + script, "",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.split()[-2:] == ["2", "False"]  # synthetic and bare rows, FFCV never imported
+
+
+def test_without_a_gpu_the_full_evidence_is_refused(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("there is a GPU here")
+    run = _cli(["bench", "gpu-evidence", "--results-dir", str(tmp_path)])
+    assert run.returncode == 2 and "error: no CUDA GPU here" in run.stderr and "--smoke" in run.stderr
+    assert not list(tmp_path.iterdir())
