@@ -239,13 +239,17 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def any_rank(flags: torch.Tensor, runtime: Runtime) -> list[bool]:
+def any_rank(flags: torch.Tensor, runtime: Runtime, also: torch.Tensor | None = None):
     """Each of ``flags`` (a 1-D tensor of 0/1 on the device) true on every rank if it is true on any: one
     all-reduce and one host sync for all of them. Ranks then take the same decision at the same step, where a
-    rank that stopped alone would leave the others hanging in their next all-reduce."""
+    rank that stopped alone would leave the others hanging in their next all-reduce.
+
+    ``also``: a 1-D tensor of this rank's to read back in the same sync; then returns (flags, its values)."""
     if runtime.distributed:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in flags.tolist()]
+    values = torch.cat([flags, also.to(flags.dtype)]).tolist() if also is not None else flags.tolist()
+    agreed = [bool(v) for v in values[:len(flags)]]
+    return agreed if also is None else (agreed, values[len(flags):])
 
 
 def mean_across_ranks(value: float, runtime: Runtime) -> float:

@@ -36,12 +36,16 @@ def _cases(tmp):
         "bench report": (["bench", "report", "--readme", str(tmp / "no-markers.md"), "--results-dir", str(empty)],
                          "results:begin"),
         "bench lr-sweep": (["bench", "lr-sweep", "--recipe", "imagenette"], "optim.lr is 0.008, not auto"),
+        "bench gpu-evidence": (["bench", "gpu-evidence", "--smoke", "--bundle", str(empty), "--results-dir",
+                                str(tmp / "results")], "not a GPU bundle (no manifest.json)"),
+        "bench gpu-bundle": (["bench", "gpu-bundle", "--out", str(tmp / "bundle"), "--src", str(empty)], "empty"),
         "usage": (["train", "--epochs", "many"], "'many' is not a valid integer"),
     }
 
 
 COMMANDS = ["subset", "convert", "prepare", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
-            "bench train", "bench data", "bench demo", "bench run", "bench report", "bench lr-sweep", "usage"]
+            "bench train", "bench data", "bench demo", "bench run", "bench report", "bench lr-sweep",
+            "bench gpu-evidence", "bench gpu-bundle", "usage"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -20,7 +20,7 @@ COMPARED = ("train_loss", "val_loss", "top1", "top5", "lr")
 def _overrides(cfg) -> list[str]:
     return [f"output_dir={cfg.output_dir}", f"name={cfg.name}", f"data.beton_dir={cfg.data.beton_dir}",
             "data.name=tiny", "data.max_res=64", "data.workers=1", "model.arch=resnet18", "optim.lr=0.05",
-            "optim.lr_batch=8", "optim.lr=0.05", "train.epochs=2", "train.batch_size=8", "train.min_res=32",
+            "optim.lr_batch=8", "optim.lr=0.05", "train.epochs=2", "train.batch_size=2", "train.min_res=32",
             "train.max_res=32", "train.val_res=32", "train.precision=fp32", "train.deterministic=true",
             "train.flip_tta=false"]
 
@@ -29,12 +29,13 @@ def _overrides(cfg) -> list[str]:
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_config, capsys):
     tiny_config.train.deterministic = True
     tiny_config.train.flip_tta = False
+    tiny_config.train.batch_size = 2  # 16 steps per epoch: the loop checkpoints at its 20-step checks
     tiny_config.name = "uninterrupted"
     reference = train(tiny_config, CPU)
 
     tiny_config.name = "killed"
     cmd = [sys.executable, "-m", "imagenet_kit", "train", "--recipe", "sample"]
-    for item in _overrides(tiny_config) + ["train.checkpoint_minutes=0"]:  # checkpoint after every step
+    for item in _overrides(tiny_config) + ["train.checkpoint_minutes=0"]:  # checkpoint at every check
         cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tiny_config.run_dir / "checkpoints" / "last.pt"
@@ -42,7 +43,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_config, ca
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if last.exists() and load_checkpoint(last)["global_step"] >= 5:  # epoch 2, step 1 of 4
+                if last.exists() and load_checkpoint(last)["global_step"] >= 20:  # epoch 2, step 4 of 16
                     break
             except CheckpointError:
                 pass
@@ -51,7 +52,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_config, ca
     finally:
         proc.wait(timeout=60)
     killed_at = load_checkpoint(last)
-    assert killed_at["epoch"] == 1 and 0 < killed_at["step"] < 4, "the kill should land mid-epoch"
+    assert killed_at["epoch"] == 1 and 0 < killed_at["step"] < 16, "the kill should land mid-epoch"
 
     # A different seed would change the initial weights: only a real resume can still match the reference.
     tiny_config.train.seed = 123

@@ -7,6 +7,7 @@ temporary name and renamed on success, so an interrupted conversion never leaves
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -130,6 +131,28 @@ class _ImageDataset:
         return np.asarray(load_rgb(path, self.max_res)), label
 
 
+@contextlib.contextmanager
+def _ffcv_progress(advance):
+    """FFCV's writer opens a tqdm bar of its own (unlabelled, in it/s); the kit's bar takes its updates instead."""
+    import ffcv.writer
+
+    class KitBar:
+        def __init__(self, total=None, **_):
+            pass
+
+        def update(self, n=1):
+            advance(n)
+
+        def close(self):
+            pass
+
+    original, ffcv.writer.tqdm = ffcv.writer.tqdm, KitBar
+    try:
+        yield
+    finally:
+        ffcv.writer.tqdm = original
+
+
 def class_table(classes: list[str]) -> list[dict]:
     """index, wnid and human-readable name (ImageNet-1K's where the folder is an ImageNet wnid)."""
     return [{"index": i, "wnid": c, "name": wnid_to_name(c) or c} for i, c in enumerate(classes)]
@@ -155,8 +178,10 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
 
     good: list[tuple[Path, int]] = []
     skipped = list(source.skipped)
-    with ProcessPoolExecutor(workers) as pool, progress_bar("check", len(source.items), "img") as advance:
-        reasons = pool.map(_check, [(str(p), max_res) for p, _ in source.items], chunksize=64)
+    with ProcessPoolExecutor(workers) as pool, \
+            progress_bar(f"check {out.name}: decode every image", len(source.items), "img") as advance:
+        # small chunks: results (and the bar) arrive as they are done, not in bursts of hundreds
+        reasons = pool.map(_check, [(str(p), max_res) for p, _ in source.items], chunksize=8)
         for (path, label), reason in zip(source.items, reasons, strict=False):
             (good.append((path, label)) if reason is None else skipped.append((path, reason)))
             advance(1)
@@ -171,7 +196,8 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
                                    compress_probability=compress_prob, jpeg_quality=jpeg_quality),
             "label": IntField(),
         }, num_workers=workers, page_size=page_size)
-        writer.from_indexed_dataset(_ImageDataset(good, max_res))
+        with progress_bar(f"write {out.name}", len(good), "img") as advance, _ffcv_progress(advance):
+            writer.from_indexed_dataset(_ImageDataset(good, max_res))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

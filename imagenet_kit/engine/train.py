@@ -27,7 +27,7 @@ from imagenet_kit.engine.step import train_step
 from imagenet_kit.errors import KitError
 from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.options import build_config, recipe_options
-from imagenet_kit.progress import progress_bar
+from imagenet_kit.progress import ProgressLine
 from imagenet_kit.runs import BEST
 from imagenet_kit.runtime import Runtime, algorithm_choice, any_rank, init_runtime, mean_across_ranks, shutdown_runtime
 
@@ -35,6 +35,7 @@ from imagenet_kit.runtime import Runtime, algorithm_choice, any_rank, init_runti
 # the loss's finiteness, a stop signal and the timed checkpoint are agreed on there, so the GPU queue stays
 # full in between. A SIGTERM is acted on within this many steps, seconds inside a spot instance's notice.
 CHECK_EVERY = 20
+WAITING = "waiting for the first batch (FFCV compiles its data pipeline in the first epoch)"
 
 
 class DivergenceError(KitError):
@@ -67,6 +68,7 @@ class EpochStats:
     train_loss: float
     images: int  # trained on by this rank in this run (a resumed epoch's skipped batches do not count)
     seconds: float
+    img_per_s: float | None  # every rank's images per second from the epoch's first batch (``ProgressLine.rate``)
     stopped_at: int | None = None  # the step a stop (signal or train.max_steps) ended the epoch at
 
 
@@ -97,7 +99,49 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
 
 def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict) -> EpochStats:
     """One pass over the train loader from ``t.position.step``; stops early, with a checkpoint, on request."""
-    cfg, pos, device = t.cfg, t.position, t.runtime.device
+    cfg, pos = t.cfg, t.position
+    res = _start_epoch(t, epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.runtime.device)
+    steps_done, images, skip = 0, 0, pos.step
+    if pos.partial:
+        loss_sum += pos.partial["loss_sum"]
+        steps_done = pos.partial["steps"]
+    last_step, last_checkpoint, start = t.steps_per_epoch - 1, time.monotonic(), time.perf_counter()
+    cap = cfg.train.max_steps or math.inf
+    # closing: a stop mid-epoch would otherwise leave FFCV's loader thread and its pinned batches behind
+    with contextlib.closing(iter(t.train_loader)) as batches, _epoch_bar(t, epoch, res) as bar:
+        for step, (batch, labels) in enumerate(batches):
+            if step < skip:  # mid-epoch resume: these batches were trained on already
+                bar.skip(len(labels), steps=1)
+                continue
+            loss = train_step(t.step_model, batch, labels, t.criterion, t.optimizer, t.scaler, t.scheduler,
+                              t.amp_dtype, cfg.model.channels_last)
+            loss_sum += loss.detach().double()
+            steps_done, images, pos.global_step = steps_done + 1, images + len(labels), pos.global_step + 1
+            if bar.line_due(len(labels)):  # a log line is due (every 10% or 60 s): worth one host sync
+                bar.set_loss(loss_sum.item() / steps_done)
+            bar.advance(len(labels))
+            capped = pos.global_step >= cap  # the same step on every rank: nothing to agree on
+            if pos.global_step % CHECK_EVERY and step < last_step and not capped:
+                continue
+            timed = time.monotonic() - last_checkpoint > cfg.train.checkpoint_minutes * 60
+            (signalled, timed, diverged), running = _agree(t, stop.requested, timed, loss_sum)
+            if diverged:
+                raise divergence_error(pos.global_step, t.optimizer)
+            bar.set_loss(running / steps_done)
+            if (signalled or capped or timed) and step < last_step:
+                t.save_checkpoint(epoch, step + 1, last_metrics, partial=(running, steps_done))
+                last_checkpoint = time.monotonic()
+            if (signalled or capped) and step < last_step:
+                return EpochStats(res, math.nan, images, time.perf_counter() - start, bar.rate, stopped_at=step + 1)
+    pos.step, pos.partial = 0, None
+    train_loss = mean_across_ranks(loss_sum.item() / max(1, steps_done), t.runtime)
+    return EpochStats(res, train_loss, images, time.perf_counter() - start, bar.rate)
+
+
+def _start_epoch(t: Training, epoch: int) -> int:
+    """Resolution, loader order, train mode and frozen layers of ``epoch``; returns the resolution."""
+    cfg = t.cfg
     res = resolution_for_epoch(epoch, cfg.train.min_res, cfg.train.max_res, cfg.train.start_ramp,
                                cfg.train.end_ramp)
     set_resolution(t.train_loader, res)
@@ -105,42 +149,16 @@ def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict)
     t.step_model.train()
     if cfg.train.freeze_epochs:
         freeze_backbone(t.model, frozen=epoch < cfg.train.freeze_epochs)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    steps_done, images, skip = 0, 0, pos.step
-    if pos.partial:
-        loss_sum += pos.partial["loss_sum"]
-        steps_done = pos.partial["steps"]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    last_step, last_checkpoint, start = t.steps_per_epoch - 1, time.monotonic(), time.perf_counter()
-    cap = cfg.train.max_steps or math.inf
-    # closing: a stop mid-epoch would otherwise leave FFCV's loader thread and its pinned batches behind
-    with contextlib.closing(iter(t.train_loader)) as batches, \
-            progress_bar(f"epoch {epoch + 1}/{cfg.train.epochs} @ {res}px", t.steps_per_epoch * cfg.train.batch_size) \
-            as advance:
-        for step, (batch, labels) in enumerate(batches):
-            advance(len(labels))
-            if step < skip:  # mid-epoch resume: these batches were trained on already
-                continue
-            loss = train_step(t.step_model, batch, labels, t.criterion, t.optimizer, t.scaler, t.scheduler,
-                              t.amp_dtype, cfg.model.channels_last)
-            loss_sum += loss.detach().double()
-            steps_done, images, pos.global_step = steps_done + 1, images + len(labels), pos.global_step + 1
-            capped = pos.global_step >= cap  # the same step on every rank: nothing to agree on
-            if pos.global_step % CHECK_EVERY and step < last_step and not capped:
-                continue
-            timed = time.monotonic() - last_checkpoint > cfg.train.checkpoint_minutes * 60
-            signalled, timed, diverged = _agree(t, stop.requested, timed, loss_sum)
-            if diverged:
-                raise divergence_error(pos.global_step, t.optimizer)
-            if (signalled or capped or timed) and step < last_step:
-                t.save_checkpoint(epoch, step + 1, last_metrics, partial=(loss_sum.item(), steps_done))
-                last_checkpoint = time.monotonic()
-            if (signalled or capped) and step < last_step:
-                return EpochStats(res, math.nan, images, time.perf_counter() - start, stopped_at=step + 1)
-    pos.step, pos.partial = 0, None
-    train_loss = mean_across_ranks(loss_sum.item() / max(1, steps_done), t.runtime)
-    return EpochStats(res, train_loss, images, time.perf_counter() - start)
+    if t.runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(t.runtime.device)
+    return res
+
+
+def _epoch_bar(t: Training, epoch: int, res: int) -> ProgressLine:
+    """Rank 0's progress of the epoch; its img/s counts every rank's images (metrics.jsonl's figure)."""
+    return ProgressLine(f"epoch {epoch + 1}/{t.cfg.train.epochs} @ {res}px",
+                        t.steps_per_epoch * t.cfg.train.batch_size, steps=t.steps_per_epoch, waiting=WAITING,
+                        rate_scale=t.runtime.world_size, enabled=t.runtime.is_main)
 
 
 def end_epoch(t: Training, epoch: int, stats: EpochStats, logbook: Logbook) -> dict:
@@ -151,7 +169,9 @@ def end_epoch(t: Training, epoch: int, stats: EpochStats, logbook: Logbook) -> d
     metrics = {
         "epoch": epoch, "res": stats.res, "train_loss": stats.train_loss, "val_loss": val["loss"],
         "top1": val["top1"], "top5": val["top5"], "lr": t.optimizer.param_groups[0]["lr"],
-        "img_per_s": stats.images * runtime.world_size / stats.seconds, "epoch_seconds": stats.seconds,
+        # a one-step epoch has no rate after its first step: then the whole epoch's
+        "img_per_s": stats.img_per_s or stats.images * runtime.world_size / stats.seconds,
+        "epoch_seconds": stats.seconds,
         "peak_mem_mb": peak_memory_mb(runtime.device), "global_step": t.position.global_step,
     }
     best_is_new = val["top1"] > t.position.best_top1
@@ -163,11 +183,14 @@ def end_epoch(t: Training, epoch: int, stats: EpochStats, logbook: Logbook) -> d
     return metrics
 
 
-def _agree(t: Training, signalled: bool, timed: bool, loss_sum: torch.Tensor) -> list[bool]:
-    """(a stop signal, a timed checkpoint due, a non-finite loss) on any rank: one all-reduce, one host sync.
-    Every rank thus raises the divergence error at the same step instead of the others waiting for it."""
+def _agree(t: Training, signalled: bool, timed: bool, loss_sum: torch.Tensor) -> tuple[list[bool], float]:
+    """(a stop signal, a timed checkpoint due, a non-finite loss) on any rank, and this rank's loss sum: one
+    all-reduce, one host sync. Every rank thus raises the divergence error at the same step instead of the
+    others waiting for it."""
     flags = torch.tensor([signalled, timed], dtype=torch.float64, device=t.runtime.device)
-    return any_rank(torch.cat([flags, (~torch.isfinite(loss_sum)).double().reshape(1)]), t.runtime)
+    flags = torch.cat([flags, (~torch.isfinite(loss_sum)).double().reshape(1)])
+    agreed, (loss,) = any_rank(flags, t.runtime, also=loss_sum.reshape(1))
+    return agreed, loss
 
 
 def _stop_after_epoch(t: Training, stop: StopFlag) -> bool:
