@@ -6,6 +6,7 @@ so a typo in a recipe can never silently fall back to a default.
 """
 from __future__ import annotations
 
+import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
@@ -190,6 +191,17 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
 
 
+def _key_hint(key: str) -> str:
+    """The nearest valid key, else the keys of the section named, else the sections."""
+    close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.75)
+    if close:
+        return f"did you mean {close[0]}?"
+    section = key.split(".")[0]
+    if section in SECTIONS:
+        return f"the keys of {section}: " + ", ".join(k for k in _valid_keys() if k.startswith(section + "."))
+    return f"keys are section.key, the sections {', '.join(SECTIONS)}; or one of {', '.join(TOP_LEVEL)}"
+
+
 def set_key(cfg: RunConfig, key: str, value: Any) -> None:
     """Set ``section.key`` (or a top-level key) on ``cfg``, checking the key and the value's type."""
     parts = key.split(".")
@@ -197,7 +209,7 @@ def set_key(cfg: RunConfig, key: str, value: Any) -> None:
         setattr(cfg, parts[0], str(value))
         return
     if len(parts) != 2 or parts[0] not in SECTIONS or parts[1] not in {f.name for f in fields(SECTIONS[parts[0]])}:
-        raise ConfigError(f"unknown config key '{key}'. Valid keys: {', '.join(_valid_keys())}")
+        raise ConfigError(f"unknown config key '{key}'; {_key_hint(key)}")
     section = getattr(cfg, parts[0])
     default = getattr(SECTIONS[parts[0]](), parts[1])
     setattr(section, parts[1], _coerce(key, value, default))

@@ -23,6 +23,27 @@ RANGES = (
     ("train.batch_size", lambda v: v >= 1, "at least 1"),
     ("train.freeze_epochs", lambda v: v >= 0, "0 or more"),
     ("train.dist_timeout_minutes", lambda v: v > 0, "positive"),
+    ("optim.lr", lambda v: v == "auto" or v > 0, "positive or auto (e.g. --lr 0.1 or --lr auto)"),
+    ("optim.lr_batch", lambda v: v >= 1, "at least 1"),
+    ("optim.weight_decay", lambda v: v >= 0, "0 or more"),
+    ("optim.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.pct_start", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("optim.div_factor", lambda v: v > 0, "positive"),
+    ("optim.final_div_factor", lambda v: v > 0, "positive"),
+    ("train.epochs", lambda v: v >= 1, "at least 1 (e.g. --epochs 5)"),
+    ("train.val_batch_size", lambda v: v >= 1, "at least 1"),
+    ("train.min_res", lambda v: v >= 16, "at least 16 (pixels)"),
+    ("train.val_res", lambda v: v >= 16, "at least 16 (pixels)"),
+    ("train.min_scale", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("train.checkpoint_minutes", lambda v: v >= 0, "0 (at every check) or more"),
+    ("train.max_steps", lambda v: v >= 0, "0 (no limit) or more"),
+    ("data.max_res", lambda v: v >= 16, "at least 16 (pixels)"),
+    ("data.jpeg_quality", lambda v: 1 <= v <= 100, "in 1..100"),
+    ("data.compress_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.workers", lambda v: v >= 0, "0 (one per core) or more"),
+    ("lr_find.num_iter", lambda v: v >= 2, "at least 2"),
+    ("lr_find.start_lr", lambda v: v > 0, "positive"),
+    ("lr_find.batch_size", lambda v: v >= 0, "0 (the training batch) or more"),
 )
 
 
@@ -39,6 +60,9 @@ def validate(cfg) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    if cfg.lr_find.end_lr <= cfg.lr_find.start_lr:
+        raise ConfigError(f"lr_find.end_lr ({cfg.lr_find.end_lr:g}) must exceed lr_find.start_lr "
+                          f"({cfg.lr_find.start_lr:g})")
     if cfg.train.min_res > cfg.train.max_res:
         raise ConfigError(f"train.min_res ({cfg.train.min_res}) must not exceed train.max_res ({cfg.train.max_res})")
     for key, allowed, what in RANGES:

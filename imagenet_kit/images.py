@@ -6,6 +6,7 @@ of this file) all open images with ``load_rgb``, so they all see the same pixels
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -36,9 +37,9 @@ def load_rgb(path: Path, max_res: int | None = None) -> Image.Image:
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise UnreadableImage(f"decompression bomb: {err}") from None
+        raise UnreadableImage(_too_large(str(err))) from None
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image Pillow can read") from None
+        raise UnreadableImage(f"not an image file: accepted {ACCEPTED}") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated data, bad markers, broken chunks
         raise UnreadableImage(f"corrupt or truncated image: {err}") from None
     if max_res and max(image.size) > max_res:
@@ -46,6 +47,17 @@ def load_rgb(path: Path, max_res: int | None = None) -> Image.Image:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image
+
+
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP, TIFF"
+
+
+def _too_large(pillow_message: str) -> str:
+    """Pillow's decompression-bomb message in user words: how many megapixels, and the limit (Pillow's
+    MAX_IMAGE_PIXELS; the kit refuses from there, where Pillow would only warn up to twice that)."""
+    found = re.search(r"\((\d+) pixels\)", pillow_message)
+    size = f"{int(found[1]) / 1e6:,.0f} megapixels" if found else "more pixels than allowed"
+    return f"image too large: {size}, the limit is {Image.MAX_IMAGE_PIXELS / 1e6:.0f} (a decompression-bomb guard)"
 
 
 class UnreadableImage(ValueError):

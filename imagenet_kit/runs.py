@@ -51,6 +51,11 @@ class ExportFolder:
     def preprocess(self) -> Path:
         return self.root / "preprocess.json"
 
+    @property
+    def examples(self) -> Path:
+        """Validation photos of the model's own classes, named ``<wnid>_<k>.jpg``: the demo's examples."""
+        return self.root / "examples"
+
     def model_file(self, fmt: str) -> Path:
         return self.root / MODEL_FILES[fmt]
 

@@ -254,3 +254,20 @@ def test_a_stop_mid_epoch_leaves_no_loader_thread(tiny_config):
     for thread in left:
         thread.join(timeout=10)
     assert not [t for t in left if t.is_alive()]
+
+
+def test_curves_are_titled_with_the_run_and_mark_the_exported_epoch(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from imagenet_kit.engine.plots import plot_curves
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    metrics = [{"epoch": e, "train_loss": 2 - e / 4, "val_loss": 2 - e / 5, "top1": top1, "top5": 0.9}
+               for e, top1 in enumerate([0.30, 0.52, 0.48])]
+    plot_curves(metrics, tmp_path / "curves.png", "imagenette-r18")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    fig = figures[0]
+    assert fig._suptitle.get_text() == "run imagenette-r18: 3 epochs"
+    accuracy = fig.axes[1]
+    assert "exported (best.pt): epoch 2, 52.0%" in [t.get_text() for t in accuracy.get_legend().get_texts()]
+    assert [line.get_xdata()[0] for line in accuracy.get_lines() if line.get_linestyle() == "--"] == [2]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -25,6 +26,19 @@ def require_betons(cfg: RunConfig, reason: str = "") -> None:
             raise BetonNotFound(f"{beton} not found{reason}. Convert first: imagenet-kit prepare --recipe ... "
                                 f"--data {root} (converts {root}/train and {root}/val), or imagenet-kit convert "
                                 f"SRC {beton}")
+    from imagenet_kit.data.loaders import beton_num_samples
+
+    require_batch_fits(cfg, beton_num_samples(str(cfg.betons[0])), cfg.betons[0])
+
+
+def require_batch_fits(cfg: RunConfig, images: int, source: Path) -> None:
+    """Refuse, before any conversion or run folder, a batch that the training images cannot fill once."""
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, before the process group exists
+    for key, batch in (("train.batch_size", cfg.train.batch_size), ("lr_find.batch_size", cfg.lr_find.batch_size)):
+        if batch * ranks > images:
+            gpus = f" x {ranks} processes" if ranks > 1 else ""
+            raise ConfigError(f"{key} {batch}{gpus} is more than the {images} training images of {source}: no "
+                              f"step would get a full batch; lower it (-b {max(1, images // ranks)} at most)")
 
 
 def prepare(cfg: RunConfig) -> None:
@@ -38,6 +52,8 @@ def prepare(cfg: RunConfig) -> None:
                           f"in the recipe; betons {train_beton} and {val_beton} do not exist")
     root = Path(cfg.data.root)
     check_imagefolder_root(root)
+    if not train_beton.is_file():  # listing the files is quick; converting them first and failing after is not
+        require_batch_fits(cfg, len(scan_imagefolder(root / "train").items), root / "train")
     _convert_split(cfg, root / "train", train_beton, None)
     _convert_split(cfg, root / "val", val_beton, train_beton)
 

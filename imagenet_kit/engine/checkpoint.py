@@ -43,7 +43,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint, not a file torch.save wrote or cut short by a kill "
+                              f"({type(err).__name__}: {err}); give a run's checkpoints/last.pt or best.pt, or "
+                              "resume with --resume auto, which takes the newest readable one") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a training checkpoint of this kit (missing {', '.join(missing)})")

@@ -31,7 +31,7 @@ class Logbook:
         self.history.append(metrics)
         with open(self.run.metrics, "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
-        plots.plot_curves(self.history, self.run.curves_png)
+        plots.plot_curves(self.history, self.run.curves_png, self.run.root.name)
         if self.tensorboard:
             log_tensorboard(self.run, metrics)
         console.print(f"epoch {metrics['epoch'] + 1}/{self.epochs}: train loss {metrics['train_loss']:.4f}  "

@@ -55,8 +55,11 @@ def plot_schedule(trace: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_curves(metrics: list[dict], path: Path) -> None:
+def plot_curves(metrics: list[dict], path: Path, run_name: str) -> None:
+    """Loss and accuracy per epoch, titled with the run; the epoch best.pt holds (what export and the demo use,
+    the best top-1 so far) is marked on both panels."""
     epochs = [m["epoch"] + 1 for m in metrics]
+    best = max(metrics, key=lambda m: m["top1"])
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], marker="o", label="train")
     ax_loss.plot(epochs, [m["val_loss"] for m in metrics], marker="o", label="val")
@@ -65,11 +68,15 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     ax_loss.legend()
     ax_acc.plot(epochs, [100 * m["top1"] for m in metrics], marker="o", label="top-1")
     ax_acc.plot(epochs, [100 * m["top5"] for m in metrics], marker="o", label="top-5")
+    ax_acc.plot([best["epoch"] + 1], [100 * best["top1"]], marker="*", color="tab:red", markersize=14,
+                linestyle="none", label=f"exported (best.pt): epoch {best['epoch'] + 1}, {100 * best['top1']:.1f}%")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("val accuracy (%)")
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):
+        ax.axvline(best["epoch"] + 1, color="tab:red", linestyle="--", linewidth=1)
         ax.grid(True, alpha=0.3)
+    fig.suptitle(f"run {run_name}: {len(metrics)} epoch{'s' if len(metrics) != 1 else ''}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagenet_kit.config import ConfigError, RunConfig, dump_config
+from imagenet_kit.config import RunConfig, dump_config
 from imagenet_kit.data.convert import read_classes
 from imagenet_kit.data.loaders import create_train_loader, create_val_loader, default_workers
 from imagenet_kit.data.prepare import require_betons
@@ -81,11 +81,11 @@ class Training:
 def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Training:
     torch.manual_seed(cfg.train.seed + runtime.rank)
     np.random.seed(cfg.train.seed + runtime.rank)
+    require_betons(cfg)  # and that a batch fits them: before the run folder exists
     state = _resume_state(cfg, resume)
     if runtime.is_main:
         cfg.run.checkpoints.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, cfg.run.config)
-    require_betons(cfg)
     train_beton, val_beton = cfg.betons
     classes = read_classes(train_beton)
     workers = default_workers(cfg.data.workers)
@@ -102,10 +102,7 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one
         # the precision `auto` resolved to here: the same recipe runs bf16 on one CPU and fp32 on another
         write_json(cfg.run.env, {**environment(runtime), "precision": precision_name(amp_dtype)})
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{train_beton}: fewer images than one batch of {cfg.train.batch_size}; "
-                         "lower train.batch_size")
+    steps_per_epoch = len(train_loader)  # at least 1: require_betons checked that a batch fits
     optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult), lr=max_lr,
                                  **optimizer_settings(cfg.optim))
     scheduler = create_scheduler(optimizer, cfg.optim.schedule, max_lr, cfg.train.epochs, steps_per_epoch,

@@ -8,6 +8,7 @@ Inference-only (imports ``errors``, ``runs``, ``images`` and ``serve.predict``, 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     import gradio as gr
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+CLASSES_SHOWN = 100
+log = logging.getLogger("imagenet_kit.demo")
 MAX_UPLOAD = "25mb"  # refused by Gradio before it is stored; phone photos are 2-12 MB
 
 
@@ -46,6 +49,7 @@ def torchvision_predictor() -> Predictor:
     info = {"arch": "resnet50", "num_classes": len(weights.meta["categories"]), "data": "ImageNet-1K",
             "top1": published["acc@1"] / 100, "top5": published["acc@5"] / 100, "epoch": None,
             "res": spec["crop"], "source": "torchvision's ResNet50_Weights.IMAGENET1K_V2 (published accuracy)"}
+    # wnids None: ImageNet-1K's 1000 classes, which every bundled photo is one of
     return Predictor(model, spec, list(weights.meta["categories"]), info, "torchvision")
 
 
@@ -71,8 +75,30 @@ def model_card(info: dict) -> str:
             f"**Origin:** {origin}")
 
 
-def build_app(model: Path | str | Predictor, examples: Path | str = EXAMPLES_DIR) -> gr.Blocks:
-    """The demo page for an export folder (or an already loaded predictor), with ``examples``/*.jpg below."""
+def example_photos(predictor: Predictor, examples: Path | None = None) -> list[Path]:
+    """The page's examples, all of classes the model has: ``examples`` if given, else the export's own
+    (validation photos it carries), else the bundled photos whose wnid (file name prefix) is one of its classes."""
+    if examples is None and predictor.export is not None and predictor.export.examples.is_dir():
+        examples = predictor.export.examples
+    if examples is not None:
+        return sorted(Path(examples).glob("*.jpg"))
+    bundled = sorted(EXAMPLES_DIR.glob("*.jpg"))
+    if predictor.wnids is None:
+        return bundled
+    return [p for p in bundled if p.name.split("_")[0] in set(predictor.wnids)]
+
+
+def class_list(names: list[str], shown: int = CLASSES_SHOWN) -> str:
+    """The classes the model can answer, as the page lists them (all up to ``shown``, then the first ones)."""
+    if len(names) <= shown:
+        return f"**It answers with one of its {len(names)} classes:** " + ", ".join(names)
+    return (f"**It answers with one of its {len(names):,} classes**, from " + ", ".join(names[:shown])
+            + f" to {names[-1]}")
+
+
+def build_app(model: Path | str | Predictor, examples: Path | str | None = None) -> gr.Blocks:
+    """The demo page for an export folder (or an already loaded predictor); ``examples``: a folder of *.jpg to
+    show instead of ``example_photos``' choice."""
     import gradio as gr
 
     predictor = model if isinstance(model, Predictor) else load_exported(Path(model))
@@ -81,7 +107,8 @@ def build_app(model: Path | str | Predictor, examples: Path | str = EXAMPLES_DIR
         try:
             image = load_rgb(Path(path))
         except UnreadableImage as err:
-            raise gr.Error(f"Cannot classify this file: {err}") from None
+            log.warning("rejected upload %s: %s", Path(path).name, err)  # one line, no traceback
+            raise gr.Error(f"Cannot classify this file: {err}", print_exception=False) from None
         return dict(predictor.predict(image, k=5))
 
     def classify_upload(image: dict | None) -> dict | None:
@@ -92,6 +119,7 @@ def build_app(model: Path | str | Predictor, examples: Path | str = EXAMPLES_DIR
 
     with gr.Blocks(title="imagenet-kit demo", analytics_enabled=False) as demo:
         gr.Markdown(model_card(predictor.info))
+        gr.Markdown(class_list(predictor.names), elem_id="classes")
         with gr.Row():
             # image_mode=None: Gradio hands over the file as uploaded; load_rgb does the conversion.
             image = gr.Image(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"])
@@ -101,10 +129,10 @@ def build_app(model: Path | str | Predictor, examples: Path | str = EXAMPLES_DIR
         gr.on([image.upload, button.click], classify_upload, inputs=image, outputs=label, api_name="predict",
               preprocess=False)
         image.clear(lambda: None, outputs=label, api_visibility="private")
-        # The examples are the kit's own JPEGs, so Gradio's preprocessing (which yields their path) is safe.
-        gr.Examples(examples=[[str(p)] for p in sorted(Path(examples).glob("*.jpg"))], inputs=image, outputs=label,
-                    fn=classify, run_on_click=True, cache_examples=False,
-                    label="Example photos (ImageNet validation-style)")
+        photos = example_photos(predictor, Path(examples) if examples else None)
+        if photos:  # the examples are the kit's own JPEGs, so Gradio's preprocessing (their path) is safe
+            gr.Examples(examples=[[str(p)] for p in photos], inputs=image, outputs=label, fn=classify,
+                        run_on_click=True, cache_examples=False, label="Example photos of the model's classes")
     return demo
 
 

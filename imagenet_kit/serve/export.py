@@ -7,6 +7,7 @@ which needs no training dependencies.
 """
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +34,7 @@ FORMATS = tuple(MODEL_FILES)
 TOLERANCES = {"torchscript": 1e-4, "onnx": 1e-3, "safetensors": 0.0}
 ONNX_OPSET = 17
 PARITY_IMAGES = 8
+EXAMPLES_PER_CLASS, EXAMPLES_MAX, EXAMPLE_SIDE = 3, 12, 400  # demo example photos: enough to try, small to ship
 SAMPLE_VAL = PACKAGE_DIR / "sample_data" / "imagenette-sample" / "val"
 
 
@@ -159,10 +161,34 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
                               f"{tolerance:g} on {len(batch)} images ({path})")
         info["formats"][fmt] = {"file": path.name, "bytes": path.stat().st_size, "max_abs_diff": delta,
                                 "tolerance": tolerance}
+    info["examples"] = write_examples(export, cfg.data.root, classes)
     write_json(export.classes, classes)
     write_json(export.preprocess, spec)
     write_json(export.model_info, info)
     return info
+
+
+def write_examples(export: ExportFolder, data_root: str, classes: list[dict]) -> int:
+    """A few validation photos of the model's own classes in ``export.examples``, so the demo's examples are
+    ones it can answer: up to EXAMPLES_PER_CLASS per class, EXAMPLES_MAX in all, classes evenly spread.
+    None when the run's val folder is not here (the demo then shows the bundled photos of its classes)."""
+    val = Path(data_root) / "val" if data_root else None
+    shutil.rmtree(export.examples, ignore_errors=True)
+    if val is None or not val.is_dir():
+        return 0
+    per_class = max(1, min(EXAMPLES_PER_CLASS, EXAMPLES_MAX // len(classes)))
+    step = max(1, len(classes) / EXAMPLES_MAX)
+    chosen = [classes[int(i * step)] for i in range(min(len(classes), EXAMPLES_MAX))]
+    export.examples.mkdir(parents=True)
+    written = 0
+    for c in chosen:
+        for k, path in enumerate(sorted((val / c["wnid"]).glob("*"))[:per_class]):
+            try:
+                load_rgb(path, EXAMPLE_SIDE).save(export.examples / f"{c['wnid']}_{k}.jpg", quality=90)
+                written += 1
+            except UnreadableImage:  # the converter listed it already; the demo just shows one photo fewer
+                continue
+    return written
 
 
 @click.command("export")

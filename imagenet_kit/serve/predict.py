@@ -40,8 +40,12 @@ def preprocess(image: Image.Image, spec: dict) -> torch.Tensor:
 class Predictor:
     """A classifier plus the preprocessing and class names it was exported with."""
 
-    def __init__(self, model: torch.nn.Module, spec: dict, names: list[str], info: dict, backend: str):
+    def __init__(self, model: torch.nn.Module, spec: dict, names: list[str], info: dict, backend: str,
+                 wnids: list[str] | None = None, export: ExportFolder | None = None):
+        """``wnids``: the classes' WordNet IDs (None: ImageNet-1K's, in its order); ``export``: the folder it came
+        from, if any."""
         self.model, self.spec, self.names, self.info, self.backend = model.eval(), spec, names, info, backend
+        self.wnids, self.export = wnids, export
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -73,17 +77,18 @@ def load_exported(model_dir: Path | ExportFolder) -> Predictor:
                           "'imagenet-kit export'")
     info = json.loads(export.model_info.read_text())
     spec = json.loads(export.preprocess.read_text())
-    names = [c["name"] for c in json.loads(export.classes.read_text())]
+    classes = json.loads(export.classes.read_text())
+    names, wnids = [c["name"] for c in classes], [c.get("wnid", "") for c in classes]
     if export.model_file("torchscript").is_file():
         with _quiet_deprecations():
             model = torch.jit.load(str(export.model_file("torchscript")), map_location="cpu")
-        return Predictor(model, spec, names, info, "torchscript")
+        return Predictor(model, spec, names, info, "torchscript", wnids, export)
     if export.model_file("safetensors").is_file():
         from safetensors.torch import load_file
 
         from imagenet_kit.models.factory import model_from_export_info  # not shipped in a Space folder (model.ts)
         model = model_from_export_info(info)
         model.load_state_dict(load_file(export.model_file("safetensors")))
-        return Predictor(model, spec, names, info, "safetensors")
+        return Predictor(model, spec, names, info, "safetensors", wnids, export)
     raise ExportError(f"{export.root}: neither {export.model_file('torchscript').name} nor "
                       f"{export.model_file('safetensors').name} to load; export with --format torchscript or safetensors")

@@ -34,7 +34,6 @@ REQUIREMENTS = ("torch", "torchvision", "gradio", "pillow", "numpy", "click")
 SERVED = ExportFolder(Path("."))
 MODEL_FILES = tuple(p.name for p in (SERVED.model_file("torchscript"), SERVED.classes, SERVED.preprocess,
                                      SERVED.model_info))
-N_EXAMPLES = 3
 SIZE_SLACK = 5_000_000  # the folder may exceed the model file by at most this (5 MB)
 
 APP_PY = '''\
@@ -114,7 +113,7 @@ def build_space(run_dir: Path, out: Path | None = None, license_id: str = "other
             (tmp / "imagenet_kit" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(PACKAGE_DIR / name, tmp / "imagenet_kit" / name)
         (tmp / "examples").mkdir()
-        for path in pick_examples(classes):
+        for path in pick_examples(ExportFolder(export_dir), classes):
             shutil.copyfile(path, tmp / "examples" / path.name)
         (tmp / "app.py").write_text(APP_PY)
         (tmp / "requirements.txt").write_text(requirements())
@@ -156,11 +155,13 @@ def _public(info: dict, run_dir: Path) -> dict:
     return strip(info)
 
 
-def pick_examples(classes: list[dict], n: int = N_EXAMPLES) -> list[Path]:
-    """``n`` of the kit's example photos, those of the model's own classes first (file names start with the wnid)."""
-    photos = sorted(EXAMPLES_DIR.glob("*.jpg"))
+def pick_examples(export: ExportFolder, classes: list[dict]) -> list[Path]:
+    """The demo's examples, all of the model's own classes: the export's validation photos, else the kit's
+    bundled photos of those classes (file names start with the wnid)."""
+    if export.examples.is_dir():
+        return sorted(export.examples.glob("*.jpg"))
     wnids = {c.get("wnid") for c in classes}
-    return sorted(photos, key=lambda p: p.name.split("_")[0] not in wnids)[:n]
+    return [p for p in sorted(EXAMPLES_DIR.glob("*.jpg")) if p.name.split("_")[0] in wnids]
 
 
 def requirements() -> str:
