@@ -9,7 +9,6 @@ pure-Python dependencies the GPU image lacks, a stand-in for OpenCV's Python mod
 """
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from imagenet_kit.bench.shared_libraries import load_libraries
 from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console
 
@@ -124,23 +124,15 @@ def working_tree_mib(repo: Path) -> float:
 def activate(bundle: Path) -> dict:
     """Make the bundle's FFCV the one ``import ffcv`` finds, with its own shared libraries; return its manifest.
 
-    Each library is opened by path, dependencies first (the dynamic linker matches a library's needs against
-    what is loaded by name), so nothing depends on LD_LIBRARY_PATH, which a running process cannot change."""
+    Each library is opened by path, dependencies first (``shared_libraries.load_libraries``)."""
     bundle = Path(bundle).resolve()
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise BundleError(f"{bundle}: not a GPU bundle (no manifest.json); build one with make gpu-bundle")
-    pending = sorted((bundle / "lib").iterdir())
-    while pending:
-        failed = []
-        for library in pending:
-            try:
-                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
-            except OSError:
-                failed.append(library)
-        if len(failed) == len(pending):
-            raise BundleError(f"{bundle}: cannot load {', '.join(p.name for p in failed)} on this host")
-        pending = failed
+    try:
+        load_libraries(bundle / "lib")
+    except OSError as err:
+        raise BundleError(f"{bundle}: {err}") from None
     sys.path.insert(0, str(bundle / "python"))
     return {**json.loads(manifest_path.read_text()), "path": str(bundle)}
 
