@@ -155,9 +155,11 @@ def _start_epoch(t: Training, epoch: int) -> int:
 
 
 def _epoch_bar(t: Training, epoch: int, res: int) -> ProgressLine:
-    """Rank 0's progress of the epoch; its img/s counts every rank's images (metrics.jsonl's figure)."""
+    """Rank 0's progress of the epoch; its img/s counts every rank's images (metrics.jsonl's figure). The first
+    epoch this process trains says why its first batch takes a while."""
     return ProgressLine(f"epoch {epoch + 1}/{t.cfg.train.epochs} @ {res}px",
-                        t.steps_per_epoch * t.cfg.train.batch_size, steps=t.steps_per_epoch, waiting=WAITING,
+                        t.steps_per_epoch * t.cfg.train.batch_size, steps=t.steps_per_epoch,
+                        waiting=WAITING if epoch == t.position.epoch else "",
                         rate_scale=t.runtime.world_size, enabled=t.runtime.is_main)
 
 
