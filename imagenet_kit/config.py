@@ -129,7 +129,8 @@ class LRFindConfig:
     num_iter: int = 100
     smooth: float = 0.98  # EMA factor of the loss, bias-corrected
     diverge: float = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
-    suggestion: str = "turn"  # turn (the kit's: where the loss turns up) | valley | steep | min10 (fastai's)
+    # turn_x3 (the kit's: 3 x where the loss turns up) | turn | valley | steep | min10 (fastai's)
+    suggestion: str = "turn_x3"
     batch_size: int = 0  # 0 = the training batch size
 
 
@@ -192,13 +193,17 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def _key_hint(key: str) -> str:
-    """The nearest valid key, else the keys of the section named, else the sections."""
+    """The nearest valid key (by its name within a known section), else that section's keys, else the sections."""
+    section, _, name = key.partition(".")
+    if section in SECTIONS:
+        names = [f.name for f in fields(SECTIONS[section])]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if close:
+            return f"did you mean {section}.{close[0]}?"
+        return f"the keys of {section}: " + ", ".join(f"{section}.{n}" for n in names)
     close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.75)
     if close:
         return f"did you mean {close[0]}?"
-    section = key.split(".")[0]
-    if section in SECTIONS:
-        return f"the keys of {section}: " + ", ".join(k for k in _valid_keys() if k.startswith(section + "."))
     return f"keys are section.key, the sections {', '.join(SECTIONS)}; or one of {', '.join(TOP_LEVEL)}"
 
 

@@ -10,7 +10,7 @@ ACTIVATIONS = ("relu", "mish", "silu")
 OPTIMIZERS = ("sgd", "adamw", "radam")
 SCHEDULES = ("onecycle", "linear", "step", "flat_cos")
 TRAIN_CROPS = ("random_resized", "random_square")
-LR_SUGGESTIONS = ("turn", "valley", "steep", "min10")
+LR_SUGGESTIONS = ("turn_x3", "turn", "valley", "steep", "min10")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 # Numeric keys with a range: (key, test, what the value must be).

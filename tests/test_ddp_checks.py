@@ -79,7 +79,7 @@ def test_auto_lr_under_two_processes_is_the_pick_scaled_to_the_global_batch(tiny
     overrides = tiny_overrides(tiny_data, tmp_path / "runs") + ["optim.lr=auto", "train.batch_size=4"]
     ranks, _ = _torchrun("auto_lr", 2, tmp_path / "out", overrides)
     curve = json.loads((tmp_path / "runs" / "tiny" / "lr_find.json").read_text())
-    assert curve["lr"] == suggestions(curve["lrs"], curve["losses"])["turn"]  # the rule, at one rank's batch
+    assert curve["lr"] == suggestions(curve["lrs"], curve["losses"])["turn_x3"]  # the rule, at one rank's batch
     assert (curve["test_batch"], curve["global_batch"]) == (4, 8)
     assert curve["peak_lr"] == pytest.approx(scaled_lr(curve["lr"], 4, 8))
     assert [r["lr"] for r in ranks] == [pytest.approx(curve["peak_lr"])] * 2  # every rank trains with it

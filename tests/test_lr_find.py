@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -105,7 +108,8 @@ def test_suggestion_rules_on_a_hand_made_curve():
     assert lrs[3] <= valley <= lrs[8]
     assert suggest_turn(lrs, losses) == pytest.approx(lrs[10])  # the lowest point, before the rise
     found = suggestions(lrs, losses)
-    assert set(found) == {"turn", "valley", "steep", "min10"}
+    assert set(found) == {"turn_x3", "turn", "valley", "steep", "min10"}
+    assert found["turn_x3"] == pytest.approx(3 * lrs[10])
 
 
 def test_steep_ignores_the_fall_after_a_blow_up():
@@ -144,3 +148,35 @@ def test_fp16_steps_go_through_a_grad_scaler(monkeypatch):
     calls.clear()
     lr_range_test(_mlp(), _batches(), CPU, amp_dtype=torch.bfloat16, start_lr=1e-4, end_lr=1e-2, num_iter=3)
     assert {enabled for _, enabled in calls} == {False}  # bf16 needs no loss scaling
+
+
+CURVES = Path(__file__).with_name("fixtures") / "lr_find"
+# Recorded range tests (tests/fixtures/lr_find/*.json, each naming its command) and the LR of each rule there:
+# the sweep rows in bench/results/accuracy.jsonl trained at these LRs.
+PICKS = {
+    "sample-s0": 0.1264, "sample-s1": 0.1264, "sample-s2": 0.1264,  # sweep: 36.7% mean at turn, 34.3% at 3x
+    "sample-make-mini": 0.0677,  # the same seed on another run: FFCV's crops are not seeded
+    "imagenette-resnet18-s0": 0.0792,  # sweep: 70.6% at turn, 75.8% at 3x, 76.7% at 9x
+}
+
+
+@pytest.mark.parametrize("name", sorted(PICKS))
+def test_rules_on_recorded_curves(name):
+    curve = json.loads((CURVES / f"{name}.json").read_text())
+    found = suggestions(curve["lrs"], curve["losses"])
+    assert found["turn"] == pytest.approx(PICKS[name], rel=1e-3)
+    assert found["turn_x3"] == pytest.approx(3 * PICKS[name], rel=1e-3)
+    for rule in ("turn", "valley", "steep", "min10"):  # what the test itself chose back then
+        assert found[rule] == pytest.approx(curve["suggestions"][rule], rel=1e-9)
+    # the default lies before the curve's blow-up ends: the test reached it, and more than 3x beyond is the blow-up
+    assert found["turn_x3"] < curve["lrs"][-1]
+
+
+def test_turn_x3_is_the_sweeps_good_region_on_imagenette():
+    rows = [json.loads(line) for line in (Path(__file__).parent.parent / "bench" / "results" / "accuracy.jsonl")
+            .read_text().splitlines()]
+    sweep = {round(r["lr"], 4): r["top1"] for r in rows
+             if r.get("sweep", {}).get("recipe") == "imagenette-resnet18" and r["top1"] is not None}
+    curve = json.loads((CURVES / "imagenette-resnet18-s0.json").read_text())
+    pick = round(suggestions(curve["lrs"], curve["losses"])["turn_x3"], 4)
+    assert sweep[pick] >= max(sweep.values()) - 0.015, (pick, sweep)  # within 1.5 points of the best run

@@ -29,11 +29,11 @@ def test_a_sweep_trains_each_factor_of_the_pick_and_records_each_run_once(tiny_d
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "results" / "accuracy.jsonl").read_text().splitlines()]
-    pick = json.loads((tmp_path / "runs" / "sample-lr-test-s0" / "lr_find.json").read_text())["suggestions"]["turn"]
-    assert [r["run"] for r in rows] == ["sample-s0-turn-x1_3", "sample-s0-turn-x1"]
+    pick = json.loads((tmp_path / "runs" / "sample-lr-test-s0" / "lr_find.json").read_text())["suggestions"]["turn_x3"]
+    assert [r["run"] for r in rows] == ["sample-s0-turn_x3-x1_3", "sample-s0-turn_x3-x1"]
     assert [r["sweep"]["factor"] for r in rows] == ["1/3", "1"]
     assert rows[0]["lr"] == pytest.approx(pick / 3, rel=1e-5) and rows[1]["lr"] == pytest.approx(pick, rel=1e-5)
-    assert all(r["kind"] == "accuracy" and 0 <= r["top1"] <= 1 and r["sweep"]["rule"] == "turn" for r in rows)
+    assert all(r["kind"] == "accuracy" and 0 <= r["top1"] <= 1 and r["sweep"]["rule"] == "turn_x3" for r in rows)
     again = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert again.exit_code == 0
     assert len((tmp_path / "results" / "accuracy.jsonl").read_text().splitlines()) == 2  # nothing recorded twice

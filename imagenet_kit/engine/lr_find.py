@@ -78,7 +78,19 @@ def suggest_turn(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[int(np.argmin(losses))])
 
 
-SUGGESTERS = {"turn": suggest_turn, "valley": suggest_valley, "steep": suggest_steep, "min10": suggest_min10}
+TURN_FACTOR = 3  # measured by bench lr-sweep: the one multiple of turn within the sweep's best on every recipe
+
+
+def suggest_turn_x3(lrs: list[float], losses: list[float]) -> float:
+    """The kit's default one-cycle peak: three times ``turn``. The range test climbs from a cold start, 20-40% a
+    step; one-cycle reaches its peak after warming up from 1/25 of it over a quarter of the run, with a
+    trained network, and takes LRs past where the test's loss turned up (SGD ResNet-18, ``bench lr-sweep``:
+    Imagenette trained best at 3-9 x turn, the embedded sample at 1-3 x turn)."""
+    return TURN_FACTOR * suggest_turn(lrs, losses)
+
+
+SUGGESTERS = {"turn_x3": suggest_turn_x3, "turn": suggest_turn, "valley": suggest_valley, "steep": suggest_steep,
+              "min10": suggest_min10}
 
 
 def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
@@ -90,7 +102,7 @@ def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
 def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_dtype: torch.dtype | None = None,
                   label_smoothing: float = 0.0, optimizer: dict | None = None, weight_decay: float = 0.0,
                   start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100, smooth: float = 0.98,
-                  diverge: float = 4.0, suggestion: str = "turn", channels_last: bool = True) -> dict:
+                  diverge: float = 4.0, suggestion: str = "turn_x3", channels_last: bool = True) -> dict:
     """Run the test on ``batches`` (an iterable of (uint8 images, labels), re-iterated if short).
 
     ``optimizer``: ``create_optimizer``'s keyword arguments but the LR (default: SGD, momentum 0.9).

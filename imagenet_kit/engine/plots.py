@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_lr_find(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(result["lrs"], result["losses"], color="tab:blue", label="smoothed loss")
-    markers = {"turn": ("*", "tab:red"), "valley": ("o", "tab:green"), "steep": ("^", "tab:orange"),
-               "min10": ("s", "tab:purple")}
+    markers = {"turn_x3": ("*", "tab:red"), "turn": ("x", "tab:red"), "valley": ("o", "tab:green"),
+               "steep": ("^", "tab:orange"), "min10": ("s", "tab:purple")}
     for name, lr in result["suggestions"].items():
         marker, color = markers[name]
         loss = result["losses"][min(range(len(result["lrs"])), key=lambda i: abs(result["lrs"][i] - lr))]
