@@ -44,10 +44,11 @@ mini: setup
 full: setup
 	@if [ -z "$(DATA)" ]; then \
 	  echo "make full needs DATA=/path/to/imagenet. ImageNet-1K (ILSVRC2012) comes from image-net.org"; \
-	  echo "(registration) or Kaggle's imagenet-object-localization-challenge. Accepted layouts:"; \
-	  echo "  DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG (ImageFolder), or a flat val folder"; \
-	  echo "  converted first with: imagenet-kit convert VAL_DIR betons/imagenet-val-500.beton --labels"; \
-	  echo "  ILSVRC2012_validation_ground_truth.txt|LOC_val_solution.csv --classes-from betons/imagenet-train-500.beton"; \
+	  echo "(registration) or Kaggle's imagenet-object-localization-challenge. DATA is read in place, one of:"; \
+	  echo "  a folder with ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and"; \
+	  echo "    ILSVRC2012_validation_ground_truth.txt (devkit) or LOC_val_solution.csv (Kaggle);"; \
+	  echo "  a folder with Kaggle's imagenet-object-localization-challenge.zip, or its extracted ILSVRC/ folder;"; \
+	  echo "  an ImageFolder: DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG"; \
 	  exit 2; fi
 	$(KIT) prepare --recipe full --data "$(DATA)" $(ARGS)
 ifeq ($(NPROC),1)

@@ -6,6 +6,7 @@ of this file) all open images with ``load_rgb``, so they all see the same pixels
 """
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
@@ -14,21 +15,28 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
-def load_rgb(path: Path, max_res: int | None = None) -> Image.Image:
-    """Open any image Pillow reads as an upright 8-bit RGB image, longest side at most ``max_res``.
+def load_rgb(path, max_res: int | None = None) -> Image.Image:
+    """Open any image Pillow reads as an upright 8-bit RGB image, longest side at most ``max_res``. ``path``: a
+    ``Path``, or an archive member with ``read_bytes()``.
 
     Handles CMYK, grayscale, palette, alpha (composited on white), 16-bit, PNG/WebP under a .JPEG
     name, progressive JPEG, and EXIF orientation. Raises ``UnreadableImage`` with a reason otherwise.
     """
     try:
-        if not path.exists():
-            raise UnreadableImage("broken symbolic link or file removed during conversion")
-        if path.stat().st_size == 0:
-            raise UnreadableImage("empty file (0 bytes)")
+        if isinstance(path, Path):
+            if not path.exists():
+                raise UnreadableImage("broken symbolic link or file removed during conversion")
+            if path.stat().st_size == 0:
+                raise UnreadableImage("empty file (0 bytes)")
+            opened = path
+        else:  # a member of an archive (data/archives.py): its bytes, read in place
+            opened = io.BytesIO(path.read_bytes())
+            if not opened.getbuffer().nbytes:
+                raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; treat both as the bomb they are.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(opened) as image:
                 if max_res:
                     image.draft(image.mode, (max_res, max_res))  # JPEG: decode at 1/2, 1/4, 1/8 scale
                 image = ImageOps.exif_transpose(image)

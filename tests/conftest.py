@@ -24,7 +24,8 @@ def _tiny_imagefolder(dst: Path, classes: int, train_per_class: int, val_per_cla
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict:
     """4 classes, 8 train + 4 val real images each, converted to betons at max side 64."""
-    from imagenet_kit.data.convert import convert, scan_imagefolder
+    from imagenet_kit.data.convert import convert
+    from imagenet_kit.data.sources import scan_imagefolder
 
     base = tmp_path_factory.mktemp("tiny")
     root = _tiny_imagefolder(base / "images", classes=4, train_per_class=8, val_per_class=4)

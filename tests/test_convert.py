@@ -23,7 +23,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from imagenet_kit.cli import cli
-from imagenet_kit.data.convert import ConvertError, convert, scan_imagefolder
+from imagenet_kit.data.convert import convert
+from imagenet_kit.data.sources import ConvertError, scan_imagefolder
 from imagenet_kit.images import UnreadableImage, load_rgb
 
 W, H = 64, 32  # quadrant edges on 8-px JPEG block edges; JPEGs are 4:4:4, so no chroma bleeds across them

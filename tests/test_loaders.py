@@ -51,7 +51,8 @@ def gradient_beton(tmp_path_factory) -> str:
     """Eight copies of a 64x32 (wide) picture whose red channel is the column and green the row, as raw pixels."""
     from PIL import Image
 
-    from imagenet_kit.data.convert import convert, scan_imagefolder
+    from imagenet_kit.data.convert import convert
+    from imagenet_kit.data.sources import scan_imagefolder
 
     base = tmp_path_factory.mktemp("gradient")
     cols, rows = np.meshgrid(np.arange(64), np.arange(32))

@@ -23,14 +23,8 @@ from PIL import Image
 from rich.table import Table
 
 from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
-from imagenet_kit.data.convert import (
-    DEFAULT_COMPRESS_PROB,
-    DEFAULT_JPEG_QUALITY,
-    Source,
-    convert,
-    scan_imagefolder,
-    scan_labelled_flat,
-)
+from imagenet_kit.data.convert import DEFAULT_COMPRESS_PROB, DEFAULT_JPEG_QUALITY, convert
+from imagenet_kit.data.sources import Source, scan_imagefolder, scan_labelled_flat
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import command_line, cpu_model, environment
 

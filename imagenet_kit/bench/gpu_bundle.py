@@ -73,7 +73,8 @@ def _copy_ffcv(python_dir: Path) -> Path:
 
 def build_bundle(out: Path, src: Path, images: int, max_res: int, quality: int, workers: int = 0) -> dict:
     """Write the bundle to ``out`` (replacing it); return its manifest (also written as manifest.json)."""
-    from imagenet_kit.data.convert import convert, scan_imagefolder
+    from imagenet_kit.data.convert import convert
+    from imagenet_kit.data.sources import scan_imagefolder
 
     source = scan_imagefolder(src)
     if not source.items:

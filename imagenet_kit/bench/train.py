@@ -53,7 +53,8 @@ MODEL_OPTIONS = tuple(key for key in ARCHITECTURE_KEYS if key != "arch")
 
 def sample_beton(path=DEFAULT_BETON) -> Path:
     """The default real data: the embedded sample's train split at max side 256, converted once."""
-    from imagenet_kit.data.convert import convert, scan_imagefolder  # FFCV: only the real-data mode needs it
+    from imagenet_kit.data.convert import convert  # FFCV: only the real-data mode needs it
+    from imagenet_kit.data.sources import scan_imagefolder
 
     path = Path(path)
     if not path.is_file():

@@ -11,19 +11,16 @@ import contextlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 import numpy as np
 
-from imagenet_kit.data.imagenet_meta import read_devkit_ground_truth, read_kaggle_val_solution, wnid_to_name
-from imagenet_kit.errors import KitError
+from imagenet_kit.data.archives import scan_train_tar, scan_val_tar
+from imagenet_kit.data.imagenet_meta import wnid_to_name
+from imagenet_kit.data.sources import ConvertError, Source, read_val_labels, scan_imagefolder, scan_labelled_flat
 from imagenet_kit.images import UnreadableImage, load_rgb
 from imagenet_kit.progress import console, progress_bar
-
-# Files that file managers leave behind: never images, never worth a line in the report.
-SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"}
 
 # FFCV's published ImageNet write settings (ffcv-imagenet, write_imagenet.sh: 500 px, 50% JPEG, quality 90).
 DEFAULT_MAX_RES = 500
@@ -31,87 +28,10 @@ DEFAULT_COMPRESS_PROB = 0.5
 DEFAULT_JPEG_QUALITY = 90
 
 
-class ConvertError(KitError):
-    """A problem with the source as a whole (missing folder, no classes, unknown label file)."""
-
-
-@dataclass
-class Source:
-    """What a scan found: files to try with their class index, and files set aside with a reason."""
-    root: Path
-    classes: list[str]
-    items: list[tuple[Path, int]] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    ignored: list[Path] = field(default_factory=list)
-    empty_classes: list[str] = field(default_factory=list)
-
-
-def _is_system(path: Path) -> bool:
-    return path.name in SYSTEM_FILES or path.name.startswith(".")
-
-
-def _files_under(folder: Path) -> list[Path]:
-    # followlinks: ImageNet mirrors are often farms of symlinks.
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        out += [Path(dirpath) / name for name in sorted(filenames)]
-    return out
-
-
-def scan_imagefolder(src: Path, classes: list[str] | None = None) -> Source:
-    """``src/<class>/**/<file>``. Class indices follow sorted folder names (torchvision's ImageFolder
-    order, which for ImageNet wnids is the standard 0..999 order) unless ``classes`` fixes them, as it
-    must for a val split that lacks some training class."""
-    src = Path(src)
-    if not src.is_dir():
-        raise ConvertError(f"{src}: not a folder. Expected an ImageFolder split: {src}/<class>/<image files>")
-    folders = sorted(p for p in src.iterdir() if p.is_dir() and not _is_system(p))
-    if not folders:
-        raise ConvertError(f"{src}: no class folders inside. Expected {src}/<class>/<image files>")
-    source = Source(root=src, classes=list(classes) if classes else [p.name for p in folders])
-    index = {name: i for i, name in enumerate(source.classes)}
-    for entry in sorted(p for p in src.iterdir() if p.is_file()):
-        if _is_system(entry):
-            source.ignored.append(entry)
-        else:
-            source.skipped.append((entry, "not inside a class folder"))
-    for folder in folders:
-        files = _files_under(folder)
-        wanted = [f for f in files if not _is_system(f)]
-        source.ignored += [f for f in files if _is_system(f)]
-        if not wanted:
-            source.empty_classes.append(folder.name)
-        if folder.name not in index:
-            source.skipped += [(f, f"class '{folder.name}' is not among the training classes") for f in wanted]
-            continue
-        source.items += [(f, index[folder.name]) for f in wanted]
-    return source
-
-
-def scan_labelled_flat(src: Path, labels: dict[str, str], classes: list[str] | None = None) -> Source:
-    """A flat folder (ILSVRC2012 val layout) with a file-stem -> wnid map from the devkit or Kaggle."""
-    src = Path(src)
-    if not src.is_dir():
-        raise ConvertError(f"{src}: not a folder of validation images")
-    source = Source(root=src, classes=list(classes) if classes else sorted(set(labels.values())))
-    index = {name: i for i, name in enumerate(source.classes)}
-    for path in _files_under(src):
-        if _is_system(path):
-            source.ignored.append(path)
-        elif path.stem not in labels:
-            source.skipped.append((path, "no label for this file in the labels file"))
-        elif labels[path.stem] not in index:
-            source.skipped.append((path, f"class '{labels[path.stem]}' is not among the training classes"))
-        else:
-            source.items.append((path, index[labels[path.stem]]))
-    return source
-
-
 def _check(args: tuple[str, int]) -> str | None:
     path, max_res = args
     try:
-        load_rgb(Path(path), max_res)
+        load_rgb(path, max_res)
     except UnreadableImage as err:
         return str(err)
     return None
@@ -181,7 +101,7 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
     with ProcessPoolExecutor(workers) as pool, \
             progress_bar(f"check {out.name}: decode every image", len(source.items), "img") as advance:
         # small chunks: results (and the bar) arrive as they are done, not in bursts of hundreds
-        reasons = pool.map(_check, [(str(p), max_res) for p, _ in source.items], chunksize=8)
+        reasons = pool.map(_check, [(p, max_res) for p, _ in source.items], chunksize=8)
         for (path, label), reason in zip(source.items, reasons, strict=False):
             (good.append((path, label)) if reason is None else skipped.append((path, reason)))
             advance(1)
@@ -226,18 +146,6 @@ def read_classes(beton: Path) -> list[dict]:
     return json.loads(path.read_text())
 
 
-def check_imagefolder_root(root: Path) -> None:
-    """A dataset root must hold train/ and val/, each with one folder per class."""
-    layout = (f"expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
-              "(ImageFolder layout, as in Kaggle's mini-ImageNet or an extracted ImageNet)")
-    if not root.is_dir():
-        raise ConvertError(f"data root {root} does not exist; {layout}")
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
-            raise ConvertError(f"{folder} is missing or has no class folders; {layout}")
-
-
 def print_summary(report: dict) -> None:
     """The first skipped files with their reasons, empty class folders, and one line of counts."""
     c = report["counts"]
@@ -249,14 +157,6 @@ def print_summary(report: dict) -> None:
         console.print(f"[yellow]empty class folder[/] {name}")
     click.echo(f"{report['out']}: seen {c['seen']}, written {c['written']}, skipped {c['skipped']}, "
                f"ignored {c['ignored']} system files, {c['classes']} classes")
-
-
-def read_val_labels(path: Path) -> dict[str, str]:
-    """file stem -> wnid from the devkit's ground truth (ILSVRC2012_val_<8 digits> by line) or Kaggle's CSV."""
-    if path.suffix == ".csv":
-        return read_kaggle_val_solution(path)
-    wnids = read_devkit_ground_truth(path)
-    return {f"ILSVRC2012_val_{i + 1:08d}": wnid for i, wnid in enumerate(wnids)}
 
 
 @click.command("convert")
@@ -274,15 +174,19 @@ def read_val_labels(path: Path) -> dict[str, str]:
               help="a train beton (or its .classes.json) whose class indices this split must share")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
 def convert_command(src, out, max_res, jpeg_quality, compress_prob, workers, labels, classes_from, force):
-    """Convert an ImageFolder split (SRC/<class>/*) or a flat ILSVRC2012 val folder to an FFCV beton.
+    """Convert an ImageFolder split (SRC/<class>/*), a flat ILSVRC2012 val folder, or an official ILSVRC2012
+    tar (train: a tar of class tars; val: flat, with --labels), read in place, to an FFCV beton.
 
     Writes OUT, OUT.classes.json and OUT.report.json (every file: written, or skipped with its reason)."""
     classes = None
     if classes_from:
         table_path = classes_from if classes_from.endswith(".json") else f"{classes_from}.classes.json"
         classes = [c["wnid"] for c in json.loads(Path(table_path).read_text())]
-    if labels:
-        source = scan_labelled_flat(Path(src), read_val_labels(Path(labels)), classes)
+    src = Path(src)
+    if src.suffix == ".tar":  # the official archives, read in place: val is the flat one, and needs --labels
+        source = scan_val_tar(src, read_val_labels(Path(labels)), classes) if labels else scan_train_tar(src, classes)
+    elif labels:
+        source = scan_labelled_flat(src, read_val_labels(Path(labels)), classes)
     else:
-        source = scan_imagefolder(Path(src), classes)
+        source = scan_imagefolder(src, classes)
     print_summary(convert(source, Path(out), max_res, jpeg_quality, compress_prob, workers, force))

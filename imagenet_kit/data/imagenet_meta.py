@@ -77,28 +77,30 @@ def read_devkit_ground_truth(path: str | Path) -> list[str]:
     return wnids
 
 
-def read_kaggle_val_solution(path: str | Path) -> dict[str, str]:
-    """Read Kaggle's ``LOC_val_solution.csv`` into ``{image id: wnid}``.
+def read_kaggle_val_solution(path: str | Path, handle=None) -> dict[str, str]:
+    """Read Kaggle's ``LOC_val_solution.csv`` into ``{image id: wnid}``; ``handle``: an open text stream of it
+    (a member of Kaggle's zip), ``path`` then only names it in errors.
 
     Each PredictionString lists boxes as ``wnid x0 y0 x1 y1`` repeated; every box in a validation
     image carries the image's class, so the first token is the label.
     """
-    path = Path(path)
+    if handle is None:
+        with open(path, newline="", encoding="utf-8") as f:
+            return read_kaggle_val_solution(path, f)
     known = wnid_to_index()
     out: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise ValueError(f"{path}: expected header 'ImageId,PredictionString', got {header!r}")
-        for row in reader:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            where = f"{path}:{reader.line_num}"
-            if len(row) < 2 or not row[0].strip() or not row[1].split():
-                raise ValueError(f"{where}: expected 'ImageId,PredictionString', got {row!r}")
-            image_id, wnid = row[0].strip(), row[1].split()[0]
-            if wnid not in known:
-                raise ValueError(f"{where}: {wnid!r} is not an ImageNet-1K WNID")
-            out[image_id] = wnid
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
+        raise ValueError(f"{path}: expected header 'ImageId,PredictionString', got {header!r}")
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        where = f"{path}:{reader.line_num}"
+        if len(row) < 2 or not row[0].strip() or not row[1].split():
+            raise ValueError(f"{where}: expected 'ImageId,PredictionString', got {row!r}")
+        image_id, wnid = row[0].strip(), row[1].split()[0]
+        if wnid not in known:
+            raise ValueError(f"{where}: {wnid!r} is not an ImageNet-1K WNID")
+        out[image_id] = wnid
     return out

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from imagenet_kit.config import ConfigError, RunConfig
-from imagenet_kit.data.convert import check_imagefolder_root, convert, print_summary, read_classes, scan_imagefolder
+from imagenet_kit.data.archives import find_splits
+from imagenet_kit.data.convert import convert, print_summary, read_classes
+from imagenet_kit.data.sources import check_imagefolder_root, scan_imagefolder
 from imagenet_kit.errors import KitError
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console
@@ -42,20 +44,36 @@ def require_batch_fits(cfg: RunConfig, images: int, source: Path) -> None:
 
 
 def prepare(cfg: RunConfig) -> None:
+    """Convert ``data.root`` to the run's two betons, unless they exist. The root is an ImageFolder root
+    (train/ and val/), or holds ImageNet as downloaded (``archives.find_splits``): read in place."""
     train_beton, val_beton = cfg.betons
     if train_beton.is_file() and val_beton.is_file():
         _check_beton_source(cfg, train_beton)
         console.print(f"convert: skipped, {train_beton} and {val_beton} exist")
         return
     if not cfg.data.root:
-        raise ConfigError(f"no data: give --data ROOT (an ImageFolder root with train/ and val/) or set data.root "
-                          f"in the recipe; betons {train_beton} and {val_beton} do not exist")
-    root = Path(cfg.data.root)
+        raise ConfigError(f"no data: give --data ROOT (an ImageFolder root with train/ and val/, or a folder with "
+                          f"ImageNet's official tars or Kaggle's download) or set data.root in the recipe; betons "
+                          f"{train_beton} and {val_beton} do not exist")
+    scan_train, scan_val = data_splits(Path(cfg.data.root))
+    if not train_beton.is_file():
+        source = scan_train()  # listing is quick; converting first and failing after is not
+        require_batch_fits(cfg, len(source.items), source.root)
+        _convert(cfg, source, train_beton)
+    if not val_beton.is_file():
+        _convert(cfg, scan_val([c["wnid"] for c in read_classes(train_beton)]), val_beton)
+    else:
+        console.print(f"convert: skipped, {val_beton} exists")
+
+
+def data_splits(root: Path):
+    """The scanners of ``root``'s train and val splits: functions of ``classes`` returning a ``Source``."""
+    found = find_splits(root) if root.is_dir() else None
+    if found is not None:
+        return found
     check_imagefolder_root(root)
-    if not train_beton.is_file():  # listing the files is quick; converting them first and failing after is not
-        require_batch_fits(cfg, len(scan_imagefolder(root / "train").items), root / "train")
-    _convert_split(cfg, root / "train", train_beton, None)
-    _convert_split(cfg, root / "val", val_beton, train_beton)
+    return (lambda classes=None: scan_imagefolder(root / "train", classes),
+            lambda classes=None: scan_imagefolder(root / "val", classes))
 
 
 def _check_beton_source(cfg: RunConfig, beton: Path) -> None:
@@ -64,19 +82,15 @@ def _check_beton_source(cfg: RunConfig, beton: Path) -> None:
     if not cfg.data.root or not report.is_file():
         return
     source = Path(json.loads(report.read_text())["source"]).resolve()
-    wanted = (Path(cfg.data.root) / "train").resolve()
-    if source != wanted:
-        raise ConfigError(f"{beton} was converted from {source}, not {wanted}. Give this dataset its own name "
-                          f"(--set data.name=...) or delete the old betons")
+    root = Path(cfg.data.root).resolve()
+    if root not in (source, *source.parents):
+        raise ConfigError(f"{beton} was converted from {source}, which is not in {root}. Give this dataset its "
+                          f"own name (--set data.name=...) or delete the old betons")
 
 
-def _convert_split(cfg: RunConfig, src: Path, beton: Path, classes_from: Path | None) -> None:
-    if beton.is_file():
-        console.print(f"convert: skipped, {beton} exists")
-        return
-    classes = [c["wnid"] for c in read_classes(classes_from)] if classes_from else None
-    report = convert(scan_imagefolder(src, classes), beton, cfg.data.max_res, cfg.data.jpeg_quality,
-                     cfg.data.compress_prob, cfg.data.workers)
+def _convert(cfg: RunConfig, source, beton: Path) -> None:
+    report = convert(source, beton, cfg.data.max_res, cfg.data.jpeg_quality, cfg.data.compress_prob,
+                     cfg.data.workers)
     print_summary(report)
 
 

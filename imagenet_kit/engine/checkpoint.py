@@ -14,7 +14,7 @@ import torch
 
 from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console
-from imagenet_kit.runs import BEST, RunFolder
+from imagenet_kit.runs import BEST, CHECKPOINTS, LAST, RunFolder
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
 
@@ -44,7 +44,7 @@ def load_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors...
         raise CheckpointError(f"{path}: unreadable checkpoint, not a file torch.save wrote or cut short by a kill "
-                              f"({type(err).__name__}: {err}); give a run's checkpoints/last.pt or best.pt, or "
+                              f"({type(err).__name__}: {err}); give a run's {CHECKPOINTS}/{LAST} or {BEST}, or "
                               "resume with --resume auto, which takes the newest readable one") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:

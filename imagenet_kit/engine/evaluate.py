@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from imagenet_kit.config import config_from_dict
-from imagenet_kit.data.convert import convert, scan_imagefolder
+from imagenet_kit.data.convert import convert
 from imagenet_kit.data.loaders import create_val_loader, default_workers
 from imagenet_kit.data.pixels import normalize
+from imagenet_kit.data.sources import scan_imagefolder
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.options import output_dir_option

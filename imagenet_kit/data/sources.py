@@ -1,0 +1,112 @@
+"""Where a split's images come from, as a ``Source``: an ImageFolder split, or a flat val folder with labels.
+Archives (the official tars, Kaggle's zip) are ``data/archives.py``. Every file found is either an item to
+convert or set aside with its reason; nothing is dropped unreported.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imagenet_kit.data.imagenet_meta import read_devkit_ground_truth, read_kaggle_val_solution
+from imagenet_kit.errors import KitError
+
+# Files that file managers leave behind: never images, never worth a line in the report.
+SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"}
+
+
+class ConvertError(KitError):
+    """A problem with the source as a whole (missing folder, no classes, unknown label file)."""
+
+
+@dataclass
+class Source:
+    """What a scan found: files to try with their class index, and files set aside with a reason."""
+    root: Path
+    classes: list[str]
+    items: list[tuple[Path, int]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def _is_system(path: Path) -> bool:
+    return path.name in SYSTEM_FILES or path.name.startswith(".")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    # followlinks: ImageNet mirrors are often farms of symlinks.
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        out += [Path(dirpath) / name for name in sorted(filenames)]
+    return out
+
+
+def scan_imagefolder(src: Path, classes: list[str] | None = None) -> Source:
+    """``src/<class>/**/<file>``. Class indices follow sorted folder names (torchvision's ImageFolder
+    order, which for ImageNet wnids is the standard 0..999 order) unless ``classes`` fixes them, as it
+    must for a val split that lacks some training class."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ConvertError(f"{src}: not a folder. Expected an ImageFolder split: {src}/<class>/<image files>")
+    folders = sorted(p for p in src.iterdir() if p.is_dir() and not _is_system(p))
+    if not folders:
+        raise ConvertError(f"{src}: no class folders inside. Expected {src}/<class>/<image files>")
+    source = Source(root=src, classes=list(classes) if classes else [p.name for p in folders])
+    index = {name: i for i, name in enumerate(source.classes)}
+    for entry in sorted(p for p in src.iterdir() if p.is_file()):
+        if _is_system(entry):
+            source.ignored.append(entry)
+        else:
+            source.skipped.append((entry, "not inside a class folder"))
+    for folder in folders:
+        files = _files_under(folder)
+        wanted = [f for f in files if not _is_system(f)]
+        source.ignored += [f for f in files if _is_system(f)]
+        if not wanted:
+            source.empty_classes.append(folder.name)
+        if folder.name not in index:
+            source.skipped += [(f, f"class '{folder.name}' is not among the training classes") for f in wanted]
+            continue
+        source.items += [(f, index[folder.name]) for f in wanted]
+    return source
+
+
+def scan_labelled_flat(src: Path, labels: dict[str, str], classes: list[str] | None = None) -> Source:
+    """A flat folder (ILSVRC2012 val layout) with a file-stem -> wnid map from the devkit or Kaggle."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ConvertError(f"{src}: not a folder of validation images")
+    source = Source(root=src, classes=list(classes) if classes else sorted(set(labels.values())))
+    index = {name: i for i, name in enumerate(source.classes)}
+    for path in _files_under(src):
+        if _is_system(path):
+            source.ignored.append(path)
+        elif path.stem not in labels:
+            source.skipped.append((path, "no label for this file in the labels file"))
+        elif labels[path.stem] not in index:
+            source.skipped.append((path, f"class '{labels[path.stem]}' is not among the training classes"))
+        else:
+            source.items.append((path, index[labels[path.stem]]))
+    return source
+
+
+def check_imagefolder_root(root: Path) -> None:
+    """A dataset root must hold train/ and val/, each with one folder per class."""
+    layout = (f"expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
+              "(ImageFolder layout, as in Kaggle's mini-ImageNet or an extracted ImageNet)")
+    if not root.is_dir():
+        raise ConvertError(f"data root {root} does not exist; {layout}")
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
+            raise ConvertError(f"{folder} is missing or has no class folders; {layout}")
+
+
+def read_val_labels(path: Path) -> dict[str, str]:
+    """file stem -> wnid from the devkit's ground truth (ILSVRC2012_val_<8 digits> by line) or Kaggle's CSV."""
+    if path.suffix == ".csv":
+        return read_kaggle_val_solution(path)
+    wnids = read_devkit_ground_truth(path)
+    return {f"ILSVRC2012_val_{i + 1:08d}": wnid for i, wnid in enumerate(wnids)}

@@ -1,0 +1,153 @@
+"""ImageNet as downloaded, read in place: miniature official tars (train: a tar of class tars; val: flat, with the
+devkit's ground truth) and Kaggle's zip, built from the shared ImageNet originals. Every image lands with its label;
+a truncated member and a non-image member are listed with their reason, not fatal."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from imagenet_kit.data.archives import TRAIN_TAR, VAL_TAR, find_splits
+from imagenet_kit.data.convert import convert
+from imagenet_kit.data.imagenet_meta import imagenet_classes
+
+ORIGINALS = REPO.parent / "shared" / "data" / "imagenet-samples"
+CLASSES = 4
+pytestmark = pytest.mark.skipif(not ORIGINALS.is_dir(), reason=f"{ORIGINALS} not here")
+
+
+def _originals() -> list[tuple[str, bytes]]:
+    files = sorted(ORIGINALS.glob("n*.JPEG"))[:CLASSES]
+    return [(f.name.split("_")[0], f.read_bytes()) for f in files]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _official(root: Path) -> dict:
+    """root/ILSVRC2012_img_train.tar (class tars of 3 images; one class also holds a cut JPEG and a text file),
+    root/ILSVRC2012_img_val.tar (2 images per class) and root/ILSVRC2012_validation_ground_truth.txt."""
+    ids = {c["wnid"]: c["ilsvrc2012_id"] for c in imagenet_classes()}
+    originals = _originals()
+    root.mkdir(parents=True)
+    with tarfile.open(root / TRAIN_TAR, "w") as outer:
+        for i, (wnid, jpeg) in enumerate(originals):
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as inner:
+                for k in range(3):
+                    _add(inner, f"{wnid}_{k}.JPEG", jpeg)
+                if i == 0:
+                    _add(inner, f"{wnid}_cut.JPEG", jpeg[: len(jpeg) // 3])
+                    _add(inner, f"{wnid}_notes.JPEG", b"not a picture\n")
+            _add(outer, f"{wnid}.tar", buffer.getvalue())
+        _add(outer, "README.txt", b"not a class tar\n")
+    truth = []
+    with tarfile.open(root / VAL_TAR, "w") as val:
+        for k in range(2 * len(originals)):
+            wnid, jpeg = originals[k % len(originals)]
+            _add(val, f"ILSVRC2012_val_{k + 1:08d}.JPEG", jpeg)
+            truth.append(str(ids[wnid]))
+    (root / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(truth) + "\n")
+    return {"wnids": sorted(w for w, _ in originals), "val": [w for w, _ in originals] * 2}
+
+
+def _kaggle_zip(root: Path) -> dict:
+    originals = _originals()
+    root.mkdir(parents=True)
+    rows = ["ImageId,PredictionString"]
+    with zipfile.ZipFile(root / "imagenet-object-localization-challenge.zip", "w") as archive:
+        for wnid, jpeg in originals:
+            for k in range(2):
+                archive.writestr(f"ILSVRC/Data/CLS-LOC/train/{wnid}/{wnid}_{k}.JPEG", jpeg)
+        for k, (wnid, jpeg) in enumerate(originals):
+            archive.writestr(f"ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_{k + 1:08d}.JPEG", jpeg)
+            rows.append(f"ILSVRC2012_val_{k + 1:08d},{wnid} 1 2 3 4")
+        archive.writestr("ILSVRC/Data/CLS-LOC/val/ILSVRC2012_val_00000099.JPEG", b"\x89PNG broken")
+        rows.append(f"ILSVRC2012_val_00000099,{originals[0][0]} 1 2 3 4")
+        archive.writestr("LOC_val_solution.csv", "\n".join(rows) + "\n")
+    return {"wnids": sorted(w for w, _ in originals), "val": [w for w, _ in originals]}
+
+
+def _member(where: str) -> str:
+    """The file name of a report's ``archive:member/path``."""
+    assert ":" in where, where  # the archive and the member, so the user finds it
+    return Path(where.rsplit(":", 1)[1]).name
+
+
+def _labels(beton: Path) -> list[int]:
+    from imagenet_kit.data.loaders import create_val_loader
+    return [int(y) for _, labels in create_val_loader(str(beton), 4, 32, torch.device("cpu"), 1)
+            for y in labels.reshape(-1)]
+
+
+def test_official_tars_convert_in_place_with_every_label(tmp_path):
+    expected = _official(tmp_path / "imagenet")
+    scan_train, scan_val = find_splits(tmp_path / "imagenet")
+    train = scan_train()
+    assert train.classes == expected["wnids"]  # sorted WNIDs: torchvision's class order
+    report = convert(train, tmp_path / "train.beton", max_res=64, workers=1)
+    assert report["counts"]["written"] == 3 * CLASSES
+    reasons = {_member(s["path"]): s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"README.txt", f"{expected['wnids'][0]}_cut.JPEG", f"{expected['wnids'][0]}_notes.JPEG"}
+    assert "not a class tar" in reasons["README.txt"]
+    assert "truncated" in reasons[f"{expected['wnids'][0]}_cut.JPEG"]
+    assert "not an image file" in reasons[f"{expected['wnids'][0]}_notes.JPEG"]
+    assert _labels(tmp_path / "train.beton") == [i for i in range(CLASSES) for _ in range(3)]
+
+    val = scan_val(train.classes)
+    report = convert(val, tmp_path / "val.beton", max_res=64, workers=1)
+    assert report["counts"]["written"] == 2 * CLASSES and not report["skipped"]
+    assert _labels(tmp_path / "val.beton") == [train.classes.index(w) for w in expected["val"]]
+    # the same pixels as the original file: nothing was re-encoded on the way out of the archive
+    member = val.items[0][0]
+    assert member.read_bytes() == (ORIGINALS / next(p.name for p in ORIGINALS.iterdir()
+                                                    if p.name.startswith(expected["val"][0]))).read_bytes()
+
+
+def test_kaggle_zip_converts_in_place(tmp_path):
+    expected = _kaggle_zip(tmp_path / "kaggle")
+    scan_train, scan_val = find_splits(tmp_path / "kaggle")
+    train = scan_train()
+    report = convert(train, tmp_path / "train.beton", max_res=64, workers=1)
+    assert train.classes == expected["wnids"] and report["counts"]["written"] == 2 * CLASSES
+    assert _labels(tmp_path / "train.beton") == [i for i in range(CLASSES) for _ in range(2)]
+    report = convert(scan_val(train.classes), tmp_path / "val.beton", max_res=64, workers=1)
+    assert report["counts"]["written"] == CLASSES
+    assert [_member(s["path"]) for s in report["skipped"]] == ["ILSVRC2012_val_00000099.JPEG"]
+    assert _labels(tmp_path / "val.beton") == [train.classes.index(w) for w in expected["val"]]
+
+
+def test_official_tars_without_val_labels_say_what_is_missing(tmp_path):
+    _official(tmp_path / "imagenet")
+    (tmp_path / "imagenet" / "ILSVRC2012_validation_ground_truth.txt").unlink()
+    with pytest.raises(Exception, match="ILSVRC2012_validation_ground_truth.txt or Kaggle's LOC_val_solution.csv"):
+        find_splits(tmp_path / "imagenet")
+
+
+@pytest.mark.slow
+def test_make_full_on_the_official_tars_needs_no_manual_step(tmp_path):
+    _official(tmp_path / "imagenet")
+    out = tmp_path / "out"
+    args = (f"--output-dir {out} --set data.beton_dir={out}/betons --set data.max_res=64 --arch resnet18 -b 4 "
+            "--epochs 1 --set train.min_res=32 --set train.max_res=32 --set train.val_res=32 "
+            "--set train.val_batch_size=4 --set train.precision=fp32 --set data.workers=1 --lr 0.05")
+    proc = subprocess.run(["make", "-C", str(REPO), "full", f"DATA={tmp_path / 'imagenet'}", f"ARGS={args}"],
+                          capture_output=True, text=True, timeout=900,
+                          env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = {p.name: json.loads(p.read_text()) for p in (out / "betons").glob("*.report.json")}
+    assert [r["counts"]["written"] for _, r in sorted(reports.items())] == [3 * CLASSES, 2 * CLASSES]  # train, val
+    summary = json.loads((out / "full" / "eval.json").read_text())
+    assert summary["count"] == 2 * CLASSES and np.isfinite(summary["loss"])
