@@ -35,6 +35,10 @@ class DataConfig:
     compress_prob: float = 0.5  # share of images stored as JPEG; the rest raw pixels (faster decode)
     workers: int = 0  # loader/convert worker processes; 0 = one per CPU core
     in_memory: bool = True  # let the OS page cache hold the beton (FFCV's os_cache)
+    # A root of class folders with no train/ and val/: this share of each class is held out as val, chosen by
+    # the seed (the same files every time); both are recorded in the betons' reports.
+    holdout_fraction: float = 0.1
+    holdout_seed: int = 0
 
 
 @dataclass

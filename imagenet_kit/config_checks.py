@@ -41,6 +41,7 @@ RANGES = (
     ("data.jpeg_quality", lambda v: 1 <= v <= 100, "in 1..100"),
     ("data.compress_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("data.workers", lambda v: v >= 0, "0 (one per core) or more"),
+    ("data.holdout_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
     ("lr_find.num_iter", lambda v: v >= 2, "at least 2"),
     ("lr_find.start_lr", lambda v: v > 0, "positive"),
     ("lr_find.batch_size", lambda v: v >= 0, "0 (the training batch) or more"),

@@ -151,3 +151,35 @@ def test_make_full_on_the_official_tars_needs_no_manual_step(tmp_path):
     assert [r["counts"]["written"] for _, r in sorted(reports.items())] == [3 * CLASSES, 2 * CLASSES]  # train, val
     summary = json.loads((out / "full" / "eval.json").read_text())
     assert summary["count"] == 2 * CLASSES and np.isfinite(summary["loss"])
+
+
+def test_a_root_of_class_folders_gets_a_recorded_deterministic_held_out_split(tmp_path):
+    import shutil
+
+    from conftest import SAMPLE
+
+    from imagenet_kit.config import load_config
+    from imagenet_kit.data.prepare import data_splits, prepare
+    root = tmp_path / "mini"  # class folders only, as some mini-ImageNet downloads come
+    for wnid in sorted(p.name for p in (SAMPLE / "train").iterdir())[:3]:
+        shutil.copytree(SAMPLE / "train" / wnid, root / wnid)
+    scan_train, scan_val = data_splits(root, 0.2, 7)
+    train = scan_train()
+    val = scan_val(train.classes)
+    everything = sorted(str(p) for p in root.glob("*/*"))
+    assert sorted(str(p) for p, _ in train.items + val.items) == everything  # each file on exactly one side
+    assert not {p for p, _ in train.items} & {p for p, _ in val.items}
+    assert [sum(1 for _, y in val.items if y == c) for c in range(3)] == [10, 10, 10]  # 20% of 50 per class
+    again_train, again_val = data_splits(root, 0.2, 7)
+    assert again_val(train.classes).items == val.items  # the same files every time
+    assert data_splits(root, 0.2, 8)[1](train.classes).items != val.items  # another seed, another draw
+
+    cfg = load_config("sample", [f"data.root={root}", f"data.beton_dir={tmp_path / 'betons'}", "data.name=mini",
+                                 "data.max_res=64", "data.holdout_fraction=0.2", "data.holdout_seed=7",
+                                 "data.workers=1", "train.batch_size=8"])
+    prepare(cfg)
+    reports = [json.loads(Path(f"{beton}.report.json").read_text()) for beton in cfg.betons]
+    assert [r["counts"]["written"] for r in reports] == [120, 30]
+    for report, side in zip(reports, ("train", "val"), strict=True):
+        assert report["split"] == {"held_out_from": str(root), "fraction": 0.2, "seed": 7, "train": 120, "val": 30,
+                                   "side": side}

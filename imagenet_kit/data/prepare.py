@@ -10,7 +10,7 @@ import click
 from imagenet_kit.config import ConfigError, RunConfig
 from imagenet_kit.data.archives import find_splits
 from imagenet_kit.data.convert import convert, print_summary, read_classes
-from imagenet_kit.data.sources import check_imagefolder_root, scan_imagefolder
+from imagenet_kit.data.sources import check_imagefolder_root, hold_out, is_class_folder_root, scan_imagefolder
 from imagenet_kit.errors import KitError
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console
@@ -55,7 +55,7 @@ def prepare(cfg: RunConfig) -> None:
         raise ConfigError(f"no data: give --data ROOT (an ImageFolder root with train/ and val/, or a folder with "
                           f"ImageNet's official tars or Kaggle's download) or set data.root in the recipe; betons "
                           f"{train_beton} and {val_beton} do not exist")
-    scan_train, scan_val = data_splits(Path(cfg.data.root))
+    scan_train, scan_val = data_splits(Path(cfg.data.root), cfg.data.holdout_fraction, cfg.data.holdout_seed)
     if not train_beton.is_file():
         source = scan_train()  # listing is quick; converting first and failing after is not
         require_batch_fits(cfg, len(source.items), source.root)
@@ -66,11 +66,15 @@ def prepare(cfg: RunConfig) -> None:
         console.print(f"convert: skipped, {val_beton} exists")
 
 
-def data_splits(root: Path):
+def data_splits(root: Path, holdout_fraction: float = 0.1, holdout_seed: int = 0):
     """The scanners of ``root``'s train and val splits: functions of ``classes`` returning a ``Source``."""
     found = find_splits(root) if root.is_dir() else None
     if found is not None:
         return found
+    if is_class_folder_root(root):  # no split given: hold one out, the same files every time
+        def split(classes=None):
+            return hold_out(scan_imagefolder(root, classes), holdout_fraction, holdout_seed)
+        return (lambda classes=None: split(classes)[0], lambda classes=None: split(classes)[1])
     check_imagefolder_root(root)
     return (lambda classes=None: scan_imagefolder(root / "train", classes),
             lambda classes=None: scan_imagefolder(root / "val", classes))

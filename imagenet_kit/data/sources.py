@@ -5,6 +5,7 @@ convert or set aside with its reason; nothing is dropped unreported.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class Source:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    split: dict | None = None  # how a held-out split was drawn (``hold_out``), for the report
 
 
 def _is_system(path: Path) -> bool:
@@ -90,6 +92,32 @@ def scan_labelled_flat(src: Path, labels: dict[str, str], classes: list[str] | N
         else:
             source.items.append((path, index[labels[path.stem]]))
     return source
+
+
+def hold_out(source: Source, fraction: float, seed: int) -> tuple[Source, Source]:
+    """(train, val) from one ImageFolder scan: ``fraction`` of each class's files, drawn by ``seed``, go to val.
+    At least one file of a class with two or more stays on each side. Skipped and ignored files stay listed on
+    the train side, so each appears in one report."""
+    rng = random.Random(seed)
+    train = Source(source.root, source.classes, skipped=source.skipped, ignored=source.ignored,
+                   empty_classes=source.empty_classes)
+    val = Source(source.root, source.classes)
+    for label in range(len(source.classes)):
+        files = [item for item in source.items if item[1] == label]
+        rng.shuffle(files)
+        n_val = min(len(files) - 1, max(1, round(fraction * len(files)))) if len(files) > 1 else 0
+        val.items += sorted(files[:n_val])
+        train.items += sorted(files[n_val:])
+    record = {"held_out_from": str(source.root), "fraction": fraction, "seed": seed,
+              "train": len(train.items), "val": len(val.items)}
+    train.split, val.split = {**record, "side": "train"}, {**record, "side": "val"}
+    return train, val
+
+
+def is_class_folder_root(root: Path) -> bool:
+    """Class folders of images and no train/ or val/: a dataset without a split (some mini-ImageNet downloads)."""
+    return (root.is_dir() and not (root / "train").exists() and not (root / "val").exists()
+            and any(p.is_dir() and not _is_system(p) for p in root.iterdir()))
 
 
 def check_imagefolder_root(root: Path) -> None:
