@@ -1,5 +1,6 @@
 """ImageNet as downloaded, read in place: miniature official tars (train: a tar of class tars; val: flat, with the
-devkit's ground truth) and Kaggle's zip, built from the shared ImageNet originals. Every image lands with its label;
+devkit's ground truth) and Kaggle's zip, built from the embedded sample's ImageNet JPEGs (in the repo, so these
+tests never skip). Every image lands with its label;
 a truncated member and a non-image member are listed with their reason, not fatal."""
 from __future__ import annotations
 
@@ -14,20 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, SAMPLE
 
 from imagenet_kit.data.archives import TRAIN_TAR, VAL_TAR, find_splits
 from imagenet_kit.data.convert import convert
 from imagenet_kit.data.imagenet_meta import imagenet_classes
 
-ORIGINALS = REPO.parent / "shared" / "data" / "imagenet-samples"
 CLASSES = 4
-pytestmark = pytest.mark.skipif(not ORIGINALS.is_dir(), reason=f"{ORIGINALS} not here")
 
 
 def _originals() -> list[tuple[str, bytes]]:
-    files = sorted(ORIGINALS.glob("n*.JPEG"))[:CLASSES]
-    return [(f.name.split("_")[0], f.read_bytes()) for f in files]
+    """(wnid, the JPEG's bytes): the first image of each of the sample's first CLASSES classes."""
+    folders = sorted(p for p in (SAMPLE / "train").iterdir() if p.is_dir())[:CLASSES]
+    return [(f.name, sorted(f.glob("*.JPEG"))[0].read_bytes()) for f in folders]
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -112,8 +112,7 @@ def test_official_tars_convert_in_place_with_every_label(tmp_path):
     assert _labels(tmp_path / "val.beton") == [train.classes.index(w) for w in expected["val"]]
     # the same pixels as the original file: nothing was re-encoded on the way out of the archive
     member = val.items[0][0]
-    assert member.read_bytes() == (ORIGINALS / next(p.name for p in ORIGINALS.iterdir()
-                                                    if p.name.startswith(expected["val"][0]))).read_bytes()
+    assert member.read_bytes() == dict(_originals())[expected["val"][0]]
 
 
 def test_kaggle_zip_converts_in_place(tmp_path):
