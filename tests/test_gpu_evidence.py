@@ -62,7 +62,10 @@ from imagenet_kit.bench.gpu_bundle import activate
 info = activate({str(bundle)!r})
 import cv2, ffcv, tqdm, torch
 from imagenet_kit.data.loaders import create_train_loader
-images, labels = next(iter(create_train_loader(info["path"] + "/" + info["beton"], 8, 32, torch.device("cpu"), 1)))
+batches = iter(create_train_loader(info["path"] + "/" + info["beton"], 8, 32, torch.device("cpu"), 1))
+images, labels = next(batches)
+batches.close()  # FFCV's loader thread must end before the interpreter does
+batches.join(timeout=30)
 maps = open("/proc/self/maps").read()
 print(images.shape[0], labels.shape[0], ffcv.__file__, cv2.__file__, tqdm.__file__)
 for lib in ("libturbojpeg.so", "libopencv_core.so", "libopencv_imgproc.so"):
