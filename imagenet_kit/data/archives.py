@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagenet_kit.data.imagenet_meta import read_kaggle_val_solution
-from imagenet_kit.data.sources import ConvertError, Source, read_val_labels, scan_imagefolder, scan_labelled_flat
+from imagenet_kit.data.sources import (
+    ConvertError,
+    Source,
+    label_by_stem,
+    read_val_labels,
+    scan_imagefolder,
+    scan_labelled_flat,
+)
 
 TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
 GROUND_TRUTH, KAGGLE_CSV = "ILSVRC2012_validation_ground_truth.txt", "LOC_val_solution.csv"
@@ -43,9 +50,6 @@ class TarMember:
     def __str__(self) -> str:
         return f"{self.archive}:{self.name}"
 
-    def __lt__(self, other) -> bool:
-        return str(self) < str(other)
-
 
 @dataclass(frozen=True)
 class ZipMember:
@@ -57,9 +61,6 @@ class ZipMember:
 
     def __str__(self) -> str:
         return f"{self.archive}:{self.name}"
-
-    def __lt__(self, other) -> bool:
-        return str(self) < str(other)
 
 
 @functools.lru_cache(maxsize=4)  # one open index per archive and process: ImageNet's has 1.3 million entries
@@ -145,21 +146,11 @@ def scan_val_tar(path: Path, labels: dict[str, str], classes: list[str] | None =
     with _open_tar(path) as archive:
         members = [TarMember(str(path), m.offset_data, m.size, m.name)
                    for m in sorted(archive.getmembers(), key=lambda m: m.name) if m.isfile()]
-    return _labelled(path, members, labels, classes)
+    return label_by_stem(path, members, _member_stem, labels, classes)
 
 
-def _labelled(root: Path, members: list, labels: dict[str, str], classes: list[str] | None) -> Source:
-    source = Source(root=root, classes=list(classes) if classes else sorted(set(labels.values())))
-    index = {name: i for i, name in enumerate(source.classes)}
-    for member in members:
-        stem = Path(member.name).stem
-        if stem not in labels:
-            source.skipped.append((member, "no label for this file in the labels file"))
-        elif labels[stem] not in index:
-            source.skipped.append((member, f"class '{labels[stem]}' is not among the training classes"))
-        else:
-            source.items.append((member, index[labels[stem]]))
-    return source
+def _member_stem(member) -> str:
+    return Path(member.name).stem
 
 
 def scan_kaggle_zip(path: Path, split: str, classes: list[str] | None = None) -> Source:
@@ -174,7 +165,7 @@ def scan_kaggle_zip(path: Path, split: str, classes: list[str] | None = None) ->
             raise ConvertError(f"{path}: no {KAGGLE_CSV} inside, so the val images have no labels")
         with io.TextIOWrapper(archive.open(csv_name), encoding="utf-8", newline="") as handle:
             labels = read_kaggle_val_solution(f"{path}:{csv_name}", handle)
-        return _labelled(Path(path), members, labels, classes)
+        return label_by_stem(Path(path), members, _member_stem, labels, classes)
     folders = sorted({n[len(prefix):].split("/")[0] for n in names if "/" in n[len(prefix):]})
     source = Source(root=Path(path), classes=list(classes) if classes else folders)
     index = {name: i for i, name in enumerate(source.classes)}

@@ -80,17 +80,25 @@ def scan_labelled_flat(src: Path, labels: dict[str, str], classes: list[str] | N
     src = Path(src)
     if not src.is_dir():
         raise ConvertError(f"{src}: not a folder of validation images")
-    source = Source(root=src, classes=list(classes) if classes else sorted(set(labels.values())))
+    files = _files_under(src)
+    source = label_by_stem(src, [f for f in files if not _is_system(f)], lambda f: f.stem, labels, classes)
+    source.ignored += [f for f in files if _is_system(f)]
+    return source
+
+
+def label_by_stem(root: Path, files: list, stem_of, labels: dict[str, str], classes: list[str] | None) -> Source:
+    """Files labelled by their stem (``stem_of(file)``) through ``labels`` (stem -> wnid); the unlabelled and
+    those of another class set aside with the reason. Flat folders and flat archives alike."""
+    source = Source(root=root, classes=list(classes) if classes else sorted(set(labels.values())))
     index = {name: i for i, name in enumerate(source.classes)}
-    for path in _files_under(src):
-        if _is_system(path):
-            source.ignored.append(path)
-        elif path.stem not in labels:
-            source.skipped.append((path, "no label for this file in the labels file"))
-        elif labels[path.stem] not in index:
-            source.skipped.append((path, f"class '{labels[path.stem]}' is not among the training classes"))
+    for file in files:
+        stem = stem_of(file)
+        if stem not in labels:
+            source.skipped.append((file, "no label for this file in the labels file"))
+        elif labels[stem] not in index:
+            source.skipped.append((file, f"class '{labels[stem]}' is not among the training classes"))
         else:
-            source.items.append((path, index[labels[path.stem]]))
+            source.items.append((file, index[labels[stem]]))
     return source
 
 
