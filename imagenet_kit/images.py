@@ -53,7 +53,9 @@ def load_rgb(path, max_res: int | None = None) -> Image.Image:
     if max_res and max(image.size) > max_res:
         scale = max_res / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
+        # Area averaging, the filter FFCV's writer applies (OpenCV's INTER_AREA): the stored pixels match what
+        # ffcv-imagenet's conversion stores, and it is ~1.5x cheaper than Lanczos (bench convert).
+        image = image.resize(size, Image.Resampling.BOX)
     return image
 
 

@@ -285,6 +285,104 @@ def test_beton_pixels_match_the_decoded_files(tmp_path):
         _assert_image(np.asarray(got), want, tol, name)
 
 
+def _distinct_jpeg(path: Path, value: int) -> np.ndarray:
+    """A flat image of grey ``value``: which sample FFCV hands back is visible in its pixels."""
+    pixels = np.full((24, 32, 3), value, dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "PNG")
+    return pixels
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unreadable_files_between_good_ones_are_dropped_from_the_beton(tmp_path, workers):
+    """Bad files interleaved with good ones, across chunks of several writer processes: the beton holds exactly
+    the good images, each with its own pixels and label, in source order, readable by FFCV's Loader; the report
+    lists every bad one with its reason."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    import imagenet_kit.data.ffcv_compat  # noqa: F401
+
+    src = tmp_path / "train"
+    expected = []
+    for i in range(230):  # > 2 of FFCV's 100-sample chunks, so the drops land in several workers' pages
+        label = i % 3
+        (src / "abc"[label]).mkdir(parents=True, exist_ok=True)
+        name = f"{i:03d}.png"
+        if i % 7 == 3:
+            (src / "abc"[label] / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        else:
+            expected.append((label, name, _distinct_jpeg(src / "abc"[label] / name, i)))
+    expected.sort(key=lambda e: (e[0], e[1]))
+    out = tmp_path / "dropped.beton"
+    report = convert(scan_imagefolder(src), out, compress_prob=0.0, workers=workers, page_size=1 << 21)
+
+    assert report["counts"]["written"] == len(expected) and report["counts"]["skipped"] == 230 - len(expected)
+    assert all("corrupt or truncated" in s["reason"] or "not an image" in s["reason"] for s in report["skipped"])
+    assert report["per_class_written"] == [sum(e[0] == c for e in expected) for c in range(3)]
+    loader = Loader(str(out), batch_size=len(expected), num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    images, labels = next(iter(loader))
+    assert labels.ravel().tolist() == [e[0] for e in expected]
+    for got, (_, name, want) in zip(images, expected, strict=True):
+        _assert_image(np.asarray(got), want, 0, name)
+    assert not list(tmp_path.glob("dropped.beton.tmp-*")), "temporary files left behind"
+
+
+def test_each_image_is_decoded_once(tmp_path, monkeypatch):
+    """One decode per file, in FFCV's writer processes: no separate checking pass."""
+    import imagenet_kit.data.convert as convert_module
+
+    calls = tmp_path / "decodes.log"
+
+    def counting_load_rgb(path, max_res=None):
+        with open(calls, "a") as log:
+            log.write(f"{path}\n")
+        return load_rgb(path, max_res)
+
+    monkeypatch.setattr(convert_module, "load_rgb", counting_load_rgb)  # the forked writers inherit it
+    src = tmp_path / "train"
+    (src / "a").mkdir(parents=True)
+    for i in range(12):
+        _plain_jpeg(src / "a" / f"{i}.JPEG")
+    BAD["truncated.JPEG"][0](src / "a" / "truncated.JPEG")
+    report = convert(scan_imagefolder(src), tmp_path / "once.beton", workers=2)
+    decoded = calls.read_text().splitlines()
+    assert len(decoded) == 13 and len(set(decoded)) == 13
+    assert report["counts"]["written"] == 12 and report["counts"]["skipped"] == 1
+
+
+def test_a_writer_process_that_dies_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    """FFCV's writer would wait forever for a process the kernel killed; the kit names the exit code instead."""
+    import imagenet_kit.data.convert as convert_module
+
+    def dying_load_rgb(path, max_res=None):
+        if path.name == "5.JPEG":
+            os._exit(9)  # as abruptly as the out-of-memory killer
+        return load_rgb(path, max_res)
+
+    monkeypatch.setattr(convert_module, "load_rgb", dying_load_rgb)
+    src = tmp_path / "train"
+    (src / "a").mkdir(parents=True)
+    for i in range(12):
+        _plain_jpeg(src / "a" / f"{i}.JPEG")
+    out = tmp_path / "dies.beton"
+    with pytest.raises(ConvertError, match=r"a writer process died \(exit code 9"):
+        convert(scan_imagefolder(src), out, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]  # no beton, no temporary file
+
+
+def test_a_folder_of_only_unreadable_files_is_an_error_that_leaves_nothing(tmp_path):
+    src = tmp_path / "train"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.JPEG").write_text("not a picture")
+    (src / "a" / "y.JPEG").write_bytes(b"")
+    out = tmp_path / "none.beton"
+    with pytest.raises(ConvertError, match=r"none of 2 files could be read \(the first: .*x\.JPEG: not an image"):
+        convert(scan_imagefolder(src), out, workers=1)
+    assert not list(tmp_path.glob("none.beton*"))
+
+
 def test_force_is_needed_to_overwrite(tmp_path):
     src = tmp_path / "train"
     (src / "a").mkdir(parents=True)

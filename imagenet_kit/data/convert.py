@@ -1,22 +1,24 @@
-"""Folder of images -> FFCV ``.beton``, with every input file accounted for.
+"""Folder or archive of images -> FFCV ``.beton``, with every input file accounted for.
 
-Two passes. The first decodes each file (at reduced JPEG scale, so it is cheap) in a process pool and
-sorts it into "write" or "skip, because ...". The second hands only the good files to FFCV's
-DatasetWriter, whose workers would otherwise die on the first corrupt file. The beton is written to a
-temporary name and renamed on success, so an interrupted conversion never leaves a file at ``out``.
+Each image is decoded once, by FFCV's writer processes (``_ImageDataset``). A file that cannot be read there is
+logged with its reason and written as a 1-pixel stand-in, because the writer has already given it a slot and a
+worker that raised would hang the writer; once the writer is done, ``beton_file.drop_samples`` removes those
+slots. The beton is written to a temporary name and renamed on success, so an interrupted conversion never
+leaves a file at ``out``.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
 import numpy as np
 
 from imagenet_kit.data.archives import scan_train_tar, scan_val_tar
+from imagenet_kit.data.beton_file import drop_samples
+from imagenet_kit.data.gzip_shards import scan_gzip_shards
 from imagenet_kit.data.imagenet_meta import wnid_to_name
 from imagenet_kit.data.sources import ConvertError, Source, read_val_labels, scan_imagefolder, scan_labelled_flat
 from imagenet_kit.images import UnreadableImage, load_rgb
@@ -28,32 +30,38 @@ DEFAULT_COMPRESS_PROB = 0.5
 DEFAULT_JPEG_QUALITY = 90
 
 
-def _check(args: tuple[str, int]) -> str | None:
-    path, max_res = args
-    try:
-        load_rgb(path, max_res)
-    except UnreadableImage as err:
-        return str(err)
-    return None
+STAND_IN = np.zeros((1, 1, 3), dtype=np.uint8)  # what an unreadable file's slot holds until it is dropped
 
 
 class _ImageDataset:
-    """What FFCV's writer reads: (HxWx3 uint8 array, label) per index."""
+    """What FFCV's writer reads: (HxWx3 uint8 array, label) per index. Runs in the writer's (forked) processes;
+    a file that cannot be read is appended to ``failures`` (one JSON line: index, reason) and stood in for."""
 
-    def __init__(self, items: list[tuple[Path, int]], max_res: int):
-        self.items, self.max_res = items, max_res
+    def __init__(self, items: list[tuple[Path, int]], max_res: int, failures: Path):
+        self.items, self.max_res, self.failures = items, max_res, failures
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         path, label = self.items[i]
-        return np.asarray(load_rgb(path, self.max_res)), label
+        try:
+            return np.asarray(load_rgb(path, self.max_res)), label
+        except Exception as err:  # noqa: BLE001 - any error here would kill the worker and hang FFCV's writer
+            reason = str(err) if isinstance(err, UnreadableImage) else f"unexpected {type(err).__name__}: {err}"
+            with open(self.failures, "a") as log:  # O_APPEND: one short line per write, whole from every process
+                log.write(json.dumps({"index": int(i), "reason": reason}) + "\n")
+            return STAND_IN, label
 
 
 @contextlib.contextmanager
-def _ffcv_progress(advance):
-    """FFCV's writer opens a tqdm bar of its own (unlabelled, in it/s); the kit's bar takes its updates instead."""
+def _ffcv_writer(advance):
+    """FFCV's writer, watched. Its tqdm bar (unlabelled, in it/s) gives its updates to the kit's bar instead; and
+    since it waits forever for a writer process that died (killed for memory, say), a watchdog thread interrupts
+    that wait and names the exit code."""
+    import _thread
+    import threading
+
     import ffcv.writer
 
     class KitBar:
@@ -66,16 +74,66 @@ def _ffcv_progress(advance):
         def close(self):
             pass
 
-    original, ffcv.writer.tqdm = ffcv.writer.tqdm, KitBar
+    started, died, done = [], [], threading.Event()
+
+    class WatchedProcess(ffcv.writer.Process):
+        def start(self):
+            super().start()
+            started.append(self)
+
+    def watch():
+        while not done.wait(0.5):
+            codes = [p.exitcode for p in started if p.exitcode not in (None, 0)]
+            if codes:
+                died.extend(codes)
+                _thread.interrupt_main()
+                return
+
+    originals = ffcv.writer.tqdm, ffcv.writer.Process
+    ffcv.writer.tqdm, ffcv.writer.Process = KitBar, WatchedProcess
+    watchdog = threading.Thread(target=watch, daemon=True)
+    watchdog.start()
     try:
         yield
+    except KeyboardInterrupt:
+        if not died:
+            raise
+        raise ConvertError(f"a writer process died (exit code {died[0]}; -9 is usually the kernel's out-of-memory "
+                           "killer): convert with fewer workers (-j / data.workers)") from None
     finally:
-        ffcv.writer.tqdm = original
+        done.set()
+        for process in started:
+            if process.is_alive():
+                process.terminate()
+        ffcv.writer.tqdm, ffcv.writer.Process = originals
 
 
 def class_table(classes: list[str]) -> list[dict]:
     """index, wnid and human-readable name (ImageNet-1K's where the folder is an ImageNet wnid)."""
     return [{"index": i, "wnid": c, "name": wnid_to_name(c) or c} for i, c in enumerate(classes)]
+
+
+def _write_beton(items: list, tmp: Path, max_res: int, jpeg_quality: int, compress_prob: float, workers: int,
+                 page_size: int, advance) -> dict[int, str]:
+    """FFCV's writer over every item, decoding each once (``advance(n)`` as they are done); returns the unreadable
+    ones (index -> reason), whose slots hold stand-ins."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    failures = tmp.with_name(tmp.name + ".failures")
+    try:
+        writer = DatasetWriter(str(tmp), {
+            "image": RGBImageField(write_mode="proportion", max_resolution=max_res,
+                                   compress_probability=compress_prob, jpeg_quality=jpeg_quality),
+            "label": IntField(),
+        }, num_workers=workers, page_size=page_size)
+        with _ffcv_writer(advance):
+            writer.from_indexed_dataset(_ImageDataset(items, max_res, failures))
+        if not failures.is_file():
+            return {}
+        return {row["index"]: row["reason"] for row in map(json.loads, failures.read_text().splitlines())}
+    finally:
+        failures.unlink(missing_ok=True)
 
 
 def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
@@ -85,9 +143,6 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
 
     ``page_size``: FFCV's allocation unit (a power of 2 from 2 MiB; its default, 8 MiB). Each writer process
     leaves its last page part-empty, so a small beton is smaller with small pages."""
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
-
     out = Path(out)
     if out.exists() and not force:
         raise ConvertError(f"{out} exists; pass --force to overwrite it")
@@ -96,31 +151,24 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
         stale.unlink()
     workers = workers or os.cpu_count() or 1
 
-    good: list[tuple[Path, int]] = []
-    skipped = list(source.skipped)
-    with ProcessPoolExecutor(workers) as pool, \
-            progress_bar(f"check {out.name}: decode every image", len(source.items), "img") as advance:
-        # small chunks: results (and the bar) arrive as they are done, not in bursts of hundreds
-        reasons = pool.map(_check, [(p, max_res) for p, _ in source.items], chunksize=8)
-        for (path, label), reason in zip(source.items, reasons, strict=False):
-            (good.append((path, label)) if reason is None else skipped.append((path, reason)))
-            advance(1)
-    if not good:
-        raise ConvertError(f"{source.root}: none of {len(source.items)} files could be read; see the reasons "
-                           f"with --report or in {out}.report.json")
-
+    if not source.items:
+        first = f" (the first: {source.skipped[0][0]}: {source.skipped[0][1]})" if source.skipped else ""
+        raise ConvertError(f"{source.root}: no image files to convert; {len(source.skipped)} files skipped{first}")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
-        writer = DatasetWriter(str(tmp), {
-            "image": RGBImageField(write_mode="proportion", max_resolution=max_res,
-                                   compress_probability=compress_prob, jpeg_quality=jpeg_quality),
-            "label": IntField(),
-        }, num_workers=workers, page_size=page_size)
-        with progress_bar(f"write {out.name}", len(good), "img") as advance, _ffcv_progress(advance):
-            writer.from_indexed_dataset(_ImageDataset(good, max_res))
+        with progress_bar(f"convert {out.name}: decode and write", len(source.items), "img") as advance:
+            unreadable = _write_beton(source.items, tmp, max_res, jpeg_quality, compress_prob, workers, page_size,
+                                      advance)
+        if len(unreadable) == len(source.items):
+            raise ConvertError(f"{source.root}: none of {len(source.items)} files could be read (the first: "
+                               f"{source.items[0][0]}: {unreadable[0]})")
+        if unreadable:
+            drop_samples(tmp, sorted(unreadable))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    good = [item for i, item in enumerate(source.items) if i not in unreadable]
+    skipped = list(source.skipped) + [(source.items[i][0], reason) for i, reason in sorted(unreadable.items())]
 
     classes = class_table(source.classes)
     Path(f"{out}.classes.json").write_text(json.dumps(classes, indent=1))
@@ -175,8 +223,9 @@ def print_summary(report: dict) -> None:
               help="a train beton (or its .classes.json) whose class indices this split must share")
 @click.option("--force", is_flag=True, help="overwrite OUT if it exists")
 def convert_command(src, out, max_res, jpeg_quality, compress_prob, workers, labels, classes_from, force):
-    """Convert an ImageFolder split (SRC/<class>/*), a flat ILSVRC2012 val folder, or an official ILSVRC2012
-    tar (train: a tar of class tars; val: flat, with --labels), read in place, to an FFCV beton.
+    """Convert an ImageFolder split (SRC/<class>/*), a flat ILSVRC2012 val folder, an official ILSVRC2012 tar
+    (train: a tar of class tars; val: flat, with --labels) or a Hugging Face imagenet-1k .tar.gz shard, read in
+    place, to an FFCV beton.
 
     Writes OUT, OUT.classes.json and OUT.report.json (every file: written, or skipped with its reason)."""
     classes = None
@@ -184,7 +233,9 @@ def convert_command(src, out, max_res, jpeg_quality, compress_prob, workers, lab
         table_path = classes_from if classes_from.endswith(".json") else f"{classes_from}.classes.json"
         classes = [c["wnid"] for c in json.loads(Path(table_path).read_text())]
     src = Path(src)
-    if src.suffix == ".tar":  # the official archives, read in place: val is the flat one, and needs --labels
+    if src.name.endswith(".tar.gz"):  # a Hugging Face imagenet-1k shard: the class is in each file's name
+        source = scan_gzip_shards([src], classes)
+    elif src.suffix == ".tar":  # the official archives, read in place: val is the flat one, and needs --labels
         source = scan_val_tar(src, read_val_labels(Path(labels)), classes) if labels else scan_train_tar(src, classes)
     elif labels:
         source = scan_labelled_flat(src, read_val_labels(Path(labels)), classes)
