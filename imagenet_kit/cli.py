@@ -26,6 +26,7 @@ COMMANDS = {
 BENCH_COMMANDS = {
     "train": "imagenet_kit.bench.train:bench_train_command",
     "data": "imagenet_kit.bench.data:bench_data_command",
+    "convert": "imagenet_kit.bench.convert:bench_convert_command",
     "demo": "imagenet_kit.bench.demo:bench_demo_command",
     "run": "imagenet_kit.bench.run:bench_run_command",
     "report": "imagenet_kit.bench.report:report_command",

@@ -40,4 +40,4 @@ def test_bench_data_writes_one_line_per_loader(tmp_path):
         # rounded independently: img/s to 0.1, the ratio to 0.001
         assert r["ratio_vs_baseline"] == pytest.approx(r["img_per_s"] / baseline["img_per_s"], rel=2e-3)
     assert baseline["ratio_vs_baseline"] == 1.0
-    assert sorted(p.name for p in (tmp_path / "betons").glob("*.beton")) == ["flat-128.beton", "flat-64.beton"]
+    assert sorted(p.name for p in (tmp_path / "betons").glob("*.beton")) == ["flat-128-0.5.beton", "flat-64-0.5.beton"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_kit import cli
+from imagenet_kit.bench.results import KINDS
 from tests.conftest import REPO
 
 PACKAGE = REPO / "imagenet_kit"
@@ -133,5 +134,5 @@ def test_every_committed_result_row_has_a_kind_and_no_other_key_for_it():
     for path in sorted((REPO / "bench" / "results").glob("*.jsonl")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             row = json.loads(line)
-            assert row.get("kind") in ("accuracy", "train", "data", "demo"), f"{path.name}:{number}"
+            assert row.get("kind") in KINDS, f"{path.name}:{number}"
             assert "bench" not in row, f"{path.name}:{number}"

@@ -96,7 +96,8 @@ def measure_ffcv(beton: Path, res: int, workers: int, batch_size: int, epochs: i
 
 
 def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int = 64,
-               max_res_list=(256, 512), epochs: int = 2, results_dir=RESULTS_DIR) -> dict:
+               max_res_list=(256, 512), epochs: int = 2, results_dir=RESULTS_DIR,
+               compress_prob: float = DEFAULT_COMPRESS_PROB) -> dict:
     """Convert SRC at each max-res, time both loaders, append one JSON line each to RESULTS_DIR/data.jsonl.
 
     Returns ``{"baseline": record, "ffcv": [record per max-res], "results": path}``."""
@@ -104,9 +105,9 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
     source = scan_any(src)
     betons, unreadable = {}, set()
     for max_res in max_res_list:
-        betons[max_res] = out_dir / f"{src.name}-{max_res}.beton"
+        betons[max_res] = out_dir / f"{src.name}-{max_res}-{compress_prob:g}.beton"
         # all cores: conversion is not what is measured
-        report = convert(source, betons[max_res], max_res, DEFAULT_JPEG_QUALITY, DEFAULT_COMPRESS_PROB, workers=0,
+        report = convert(source, betons[max_res], max_res, DEFAULT_JPEG_QUALITY, compress_prob, workers=0,
                          force=True)
         unreadable |= {s["path"] for s in report["skipped"]}
     items = [(p, label) for p, label in source.items if str(p) not in unreadable]  # the betons' images
@@ -130,7 +131,7 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
               "workers": workers, "batch_size": batch_size, "epochs": epochs}
     rates = {m: images / wall for m, (images, wall, _) in measured.items()}
     lines = [{**common, "max_res": m, "loader": "pil-torchvision" if m is None else "ffcv",
-              "compress_prob": None if m is None else DEFAULT_COMPRESS_PROB,
+              "compress_prob": None if m is None else compress_prob,
               "jpeg_quality": None if m is None else DEFAULT_JPEG_QUALITY,
               "img_per_s": round(rates[m], 1), "img_per_s_per_core": round(rates[m] / workers, 1),
               "cpu_cores_used": round(cpu / wall, 2), "ratio_vs_baseline": round(rates[m] / rates[None], 3)}
@@ -161,11 +162,13 @@ def print_table(result: dict) -> None:
               help="FFCV threads / DataLoader worker processes (the cores each side gets)")
 @click.option("-b", "--batch-size", type=int, default=64, show_default=True)
 @click.option("--max-res", default="256,512", show_default=True, help="comma list: one beton per longest side")
+@click.option("--compress-prob", type=click.FloatRange(0, 1), default=DEFAULT_COMPRESS_PROB, show_default=True,
+              help="the betons' share of JPEG-stored images (1: JPEG only; the rest raw pixels)")
 @click.option("--epochs", type=int, default=2, show_default=True, help="timed passes after one warm-up pass")
 @click.option("--out", default="betons/bench", show_default=True, help="where the betons go")
 @click.option("--results-dir", default=str(RESULTS_DIR), show_default=True)
-def bench_data_command(src, res, workers, batch_size, max_res, epochs, out, results_dir):
+def bench_data_command(src, res, workers, batch_size, max_res, compress_prob, epochs, out, results_dir):
     """Images/s per core: the kit's FFCV train loader vs PIL + torchvision on the original JPEGs."""
     max_res_list = [int(m) for m in max_res.split(",") if m.strip()]
-    print_table(bench_data(src, out, res, workers, batch_size, max_res_list, epochs, results_dir))
+    print_table(bench_data(src, out, res, workers, batch_size, max_res_list, epochs, results_dir, compress_prob))
 

@@ -64,6 +64,16 @@ def _data_row(r: dict) -> tuple[str, str, str]:
     return what, value, f"{r['cpu']}, {_count(r['workers'], 'worker')}"
 
 
+def _convert_row(r: dict) -> tuple[str, str, str]:
+    writer = "kit convert (decode once)" if r["writer"] == "kit" else "FFCV writer as write_imagenet.py drives it"
+    copies = f" ({r['n_images'] // r['copies']} files x{r['copies']})" if r.get("copies", 1) > 1 else ""
+    what = (f"conversion, {writer}: {r['n_images']} images{copies}, max side {r['max_res']}, "
+            f"{r['compress_prob']:g} JPEG at quality {r['jpeg_quality']}")
+    value = (f"{r['img_per_s']:,.0f} img/s ({r['time_vs_ffcv']:.2f}× FFCV's time), "
+             f"{r['bytes_per_image'] / 1e3:,.1f} kB per image")
+    return what, value, f"{r['cpu']}, {_count(r['workers'], 'worker')}"
+
+
 def _demo_row(r: dict) -> tuple[str, str, str]:
     what = f"demo latency, {r['arch']} ({r['backend']}), {r['res']} px, batch 1"
     value = f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms"
@@ -90,7 +100,8 @@ def _accuracy_row(r: dict) -> tuple[str, str, str]:
     return what, value, hardware + f", {_count(r['torch_threads'], 'thread')}{precision}"
 
 
-ROW_FORMATS = {"accuracy": _accuracy_row, "train": _train_row, "data": _data_row, "demo": _demo_row}
+ROW_FORMATS = {"accuracy": _accuracy_row, "train": _train_row, "data": _data_row, "convert": _convert_row,
+               "demo": _demo_row}
 
 
 def _cell(text: str) -> str:

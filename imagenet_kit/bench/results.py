@@ -3,7 +3,7 @@
 Results are append-only JSON lines under ``bench/results/`` (one file per bench), so earlier
 measurements on other hardware stay next to new ones; ``imagenet-kit bench report`` turns them into
 the README's table and ``imagenet-kit plan`` reads the training rows. Every row names its ``kind``
-(accuracy, train, data, demo): the one key readers branch on.
+(accuracy, train, data, convert, demo): the one key readers branch on.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from imagenet_kit.errors import KitError
 
 RESULTS_DIR = Path("bench/results")
-KINDS = ("accuracy", "train", "data", "demo")
+KINDS = ("accuracy", "train", "data", "convert", "demo")
 
 
 class ResultsError(KitError):
