@@ -10,6 +10,7 @@ import os
 import subprocess
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,43 @@ def _kaggle_zip(root: Path) -> dict:
     return {"wnids": sorted(w for w, _ in originals), "val": [w for w, _ in originals]}
 
 
+def _cut_inside_last_member(path: Path) -> None:
+    """Truncate a .tar.gz at the shortest prefix that decompresses to the middle of its last member's data."""
+    whole = path.read_bytes()
+    with tarfile.open(path) as shard:
+        last = shard.getmembers()[-1]
+    target, lo, hi = last.offset_data + last.size // 2, 0, len(whole)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(zlib.decompressobj(31).decompress(whole[:mid])) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    path.write_bytes(whole[:lo])
+
+
+def _hf_shards(root: Path) -> dict:
+    """Hugging Face's layout: root/data/train_images_{0,1}.tar.gz (flat <id>_<wnid>.JPEG, a cut JPEG and a text
+    file among them) and root/data/val_images.tar.gz; shard 1 is cut short, inside its last member."""
+    originals = _originals()
+    data = root / "data"
+    data.mkdir(parents=True)
+    train = [(f"{wnid}_{k}_{wnid}.JPEG", jpeg) for k in range(3) for wnid, jpeg in originals]
+    shards = {0: train[: len(train) // 2], 1: train[len(train) // 2:]}
+    shards[0] += [(f"{originals[0][0]}_cut_{originals[0][0]}.JPEG", originals[0][1][: len(originals[0][1]) // 3]),
+                  ("LICENSE.txt", b"not a picture\n")]
+    for i, members in shards.items():
+        with tarfile.open(data / f"train_images_{i}.tar.gz", "w:gz") as shard:
+            for name, jpeg in members:
+                _add(shard, name, jpeg)
+    _cut_inside_last_member(data / "train_images_1.tar.gz")
+    with tarfile.open(data / "val_images.tar.gz", "w:gz") as shard:
+        for k, (wnid, jpeg) in enumerate(originals * 2):
+            _add(shard, f"ILSVRC2012_val_{k + 1:08d}_{wnid}.JPEG", jpeg)
+    return {"wnids": sorted(w for w, _ in originals), "val": [w for w, _ in originals] * 2,
+            "lost": train[-1][0], "train": train}
+
+
 def _member(where: str) -> str:
     """The file name of a report's ``archive:member/path``."""
     assert ":" in where, where  # the archive and the member, so the user finds it
@@ -126,6 +164,63 @@ def test_kaggle_zip_converts_in_place(tmp_path):
     assert report["counts"]["written"] == CLASSES
     assert [_member(s["path"]) for s in report["skipped"]] == ["ILSVRC2012_val_00000099.JPEG"]
     assert _labels(tmp_path / "val.beton") == [train.classes.index(w) for w in expected["val"]]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hugging_face_shards_convert_in_place(tmp_path, monkeypatch, workers):
+    import imagenet_kit.data.gzip_shards as gzip_shards
+
+    # small blocks and many snapshots, so that reads resume from the middle of a shard
+    monkeypatch.setattr(gzip_shards, "BLOCK", 1024)
+    monkeypatch.setattr(gzip_shards, "SNAPSHOT_EVERY", 4096)
+    expected = _hf_shards(tmp_path / "hf")
+    scan_train, scan_val = find_splits(tmp_path / "hf")
+    train = scan_train()
+    assert train.classes == expected["wnids"]
+    assert len(gzip_shards._SNAPSHOTS[str(tmp_path / "hf" / "data" / "train_images_0.tar.gz")]) > 3
+    # every member's bytes, read out of order, are the file that went in
+    by_name = dict(expected["train"])
+    for member, _ in reversed(train.items):
+        if member.name in by_name:
+            assert member.read_bytes() == by_name[member.name], member.name
+    report = convert(train, tmp_path / "train.beton", max_res=64, workers=workers)
+    # members are named archive:member; the cut shard itself by its path
+    reasons = {_member(s["path"]) if ":" in s["path"] else Path(s["path"]).name: s["reason"]
+               for s in report["skipped"]}
+    wnid0 = expected["wnids"][0]
+    assert set(reasons) == {f"{wnid0}_cut_{wnid0}.JPEG", "LICENSE.txt", expected["lost"], "train_images_1.tar.gz"}
+    assert "not an image" in reasons["LICENSE.txt"]
+    assert "truncated" in reasons[f"{wnid0}_cut_{wnid0}.JPEG"]
+    assert "cut off: the archive ends inside this member" in reasons[expected["lost"]]
+    assert "the members before it are kept" in reasons["train_images_1.tar.gz"]
+    written = [name for name, _ in expected["train"] if name != expected["lost"]]
+    assert report["counts"]["written"] == len(written)
+    labels = sorted(_labels(tmp_path / "train.beton"))
+    assert labels == sorted(expected["wnids"].index(name.rsplit("_", 1)[1][:-5]) for name in written)
+
+    report = convert(scan_val(train.classes), tmp_path / "val.beton", max_res=64, workers=workers)
+    assert report["counts"]["written"] == 2 * CLASSES and not report["skipped"]
+    assert _labels(tmp_path / "val.beton") == [train.classes.index(w) for w in expected["val"]]
+
+
+def test_a_single_shard_converts_from_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from imagenet_kit.cli import cli
+    expected = _hf_shards(tmp_path / "hf")
+    shard = tmp_path / "hf" / "data" / "val_images.tar.gz"
+    result = CliRunner().invoke(cli, ["convert", str(shard), str(tmp_path / "val.beton"), "--max-res", "64", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"written {2 * CLASSES}, skipped 0" in result.output
+    classes = json.loads((tmp_path / "val.beton.classes.json").read_text())
+    assert [c["wnid"] for c in classes] == expected["wnids"]
+
+
+def test_train_shards_without_the_val_shard_say_what_is_missing(tmp_path):
+    _hf_shards(tmp_path / "hf")
+    (tmp_path / "hf" / "data" / "val_images.tar.gz").unlink()
+    with pytest.raises(Exception, match="2 train shards found, but no val_images.tar.gz beside them"):
+        find_splits(tmp_path / "hf")
 
 
 def test_official_tars_without_val_labels_say_what_is_missing(tmp_path):

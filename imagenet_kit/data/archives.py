@@ -4,7 +4,8 @@
 - ``ILSVRC2012_img_val.tar``: 50,000 flat JPEGs, labelled by the devkit's
   ``ILSVRC2012_validation_ground_truth.txt`` or Kaggle's ``LOC_val_solution.csv``;
 - Kaggle's ``imagenet-object-localization-challenge`` (zip or extracted): ``ILSVRC/Data/CLS-LOC/train/<wnid>/``,
-  ``ILSVRC/Data/CLS-LOC/val/`` and ``LOC_val_solution.csv``.
+  ``ILSVRC/Data/CLS-LOC/val/`` and ``LOC_val_solution.csv``;
+- Hugging Face's ``imagenet-1k`` shards (``train_images_*.tar.gz``, ``val_images.tar.gz``): ``gzip_shards``.
 
 Nothing is extracted. An image in an uncompressed tar (nested ones too) is a ``TarMember``: its file, byte offset
 and size, which any converter process reads with one seek. A zip member is read through the zip's index.
@@ -19,6 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagenet_kit.data.gzip_shards import find_shards, scan_gzip_shards
 from imagenet_kit.data.imagenet_meta import read_kaggle_val_solution
 from imagenet_kit.data.sources import (
     ConvertError,
@@ -137,7 +139,7 @@ def _open_tar(path: Path, fileobj=None) -> tarfile.TarFile:
         return tarfile.open(path, mode="r:", fileobj=fileobj)  # uncompressed only: members are read by offset
     except tarfile.ReadError as err:
         raise ConvertError(f"{path}: not an uncompressed tar ({err}); the official ILSVRC2012 archives are plain "
-                           "tars (a .tar.gz would have to be decompressed first)") from None
+                           "tars; a .tar.gz is read as a Hugging Face imagenet-1k shard when named *.tar.gz") from None
 
 
 def scan_val_tar(path: Path, labels: dict[str, str], classes: list[str] | None = None) -> Source:
@@ -184,6 +186,11 @@ def find_splits(root: Path) -> tuple[object, object] | None:
     """How to scan ``root``'s train and val splits: two functions of ``classes`` returning ``Source``s, or None
     when ``root`` is none of the known archive layouts (an ImageFolder root is handled by the caller)."""
     root = Path(root)
+    shards = find_shards(root)
+    if shards is not None:
+        train_shards, val_shard = shards
+        return (lambda classes=None: scan_gzip_shards(train_shards, classes),
+                lambda classes=None: scan_gzip_shards([val_shard], classes))
     if (root / TRAIN_TAR).is_file() and (root / VAL_TAR).is_file():
         truth = next((root / name for name in (GROUND_TRUTH, KAGGLE_CSV) if (root / name).is_file()), None)
         if truth is None:
