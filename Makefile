@@ -1,12 +1,14 @@
 # imagenet-kit: every target calls the `imagenet-kit` CLI inside .venv (created by `make setup`).
 # Variables: DATA=/path/to/root (ImageFolder root with train/ and val/), NPROC=GPUs per node,
-# RUN=runs/<name>, MODEL=<export folder>, ARGS="extra CLI flags".
+# RECIPE=<recipe for make full> (default full; g4dn-t4 for one T4), RUN=runs/<name>, MODEL=<export folder>,
+# ARGS="extra CLI flags".
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 KIT := $(VENV)/bin/imagenet-kit
 PY := $(VENV)/bin/python
 NPROC ?= 1
+RECIPE ?= full
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
@@ -15,7 +17,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
 	@echo "make mini    whole workflow on the embedded sample (or DATA=root with train/ val/: mini recipe)"
-	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8]"
+	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8] [RECIPE=g4dn-t4]"
 	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
 	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
 	@echo "make test    lint (ruff) and the test suite"
@@ -50,11 +52,11 @@ full: setup
 	  echo "  a folder with Kaggle's imagenet-object-localization-challenge.zip, or its extracted ILSVRC/ folder;"; \
 	  echo "  an ImageFolder: DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG"; \
 	  exit 2; fi
-	$(KIT) prepare --recipe full --data "$(DATA)" $(ARGS)
+	$(KIT) prepare --recipe $(RECIPE) --data "$(DATA)" $(ARGS)
 ifeq ($(NPROC),1)
-	$(KIT) run --recipe full --data "$(DATA)" $(ARGS)
+	$(KIT) run --recipe $(RECIPE) --data "$(DATA)" $(ARGS)
 else
-	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m imagenet_kit run --recipe full --data "$(DATA)" $(ARGS)
+	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m imagenet_kit run --recipe $(RECIPE) --data "$(DATA)" $(ARGS)
 endif
 
 demo: setup

@@ -60,7 +60,7 @@ def test_lr_auto_and_numbers():
 
 def test_every_recipe_loads_and_roundtrips():
     names = sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
-    assert {"sample", "mini", "mini-finetune", "full", "imagenette"} <= set(names)
+    assert {"sample", "mini", "mini-finetune", "full", "g4dn-t4", "imagenette"} <= set(names)
     for name in names:
         cfg = load_config(name)
         assert config_from_dict(cfg.to_dict()) == cfg
@@ -82,3 +82,17 @@ def test_full_recipe_is_ffcvs_rn50_16_epochs_after_batch_scaling():
     assert (cfg.train.min_res, cfg.train.max_res, cfg.train.start_ramp, cfg.train.end_ramp) == (160, 192, 11, 13)
     assert (cfg.train.val_res, cfg.train.flip_tta) == (256, True)
     assert (cfg.data.max_res, cfg.data.compress_prob, cfg.data.jpeg_quality) == (500, 0.5, 90)
+
+
+def test_t4_recipe_is_the_full_recipe_with_data_and_batch_for_one_t4():
+    """recipes/g4dn-t4.yaml: the full recipe's network and schedule; JPEG-only 320 px data; 256 per step, with the LR
+    the linear scaling rule gives FFCV's 1.7 per 4096 at that batch."""
+    from imagenet_kit.optim.optimizers import scaled_lr
+    t4, full = load_config("g4dn-t4"), load_config("full")
+    assert t4.model == full.model
+    assert t4.optim == full.optim
+    same = ("epochs", "min_res", "max_res", "start_ramp", "end_ramp", "val_res", "flip_tta", "precision")
+    assert [getattr(t4.train, k) for k in same] == [getattr(full.train, k) for k in same]
+    assert (t4.data.max_res, t4.data.compress_prob, t4.data.jpeg_quality, t4.data.in_memory) == (320, 1.0, 90, True)
+    assert t4.data.name != full.data.name  # other settings, other betons
+    assert t4.train.batch_size == 256 and scaled_lr(t4.optim.lr, t4.optim.lr_batch, 256) == pytest.approx(0.10625)

@@ -100,10 +100,11 @@ def test_train_service_reserves_gpus_and_needs_its_profile():
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 @pytest.mark.parametrize("shell, command, expected", [
-    ({}, None, ["/opt/venv/bin/imagenet-kit prepare --recipe full --data \"/data\" --recipe full",
-                "/opt/venv/bin/imagenet-kit run --recipe full --data \"/data\" --recipe full"]),
-    ({"NPROC": "8", "RECIPE": "mini"}, None,
-     ["/opt/venv/bin/torchrun --nproc_per_node=8 -m imagenet_kit run --recipe full --data \"/data\" --recipe mini"]),
+    ({}, None, ["/opt/venv/bin/imagenet-kit prepare --recipe full --data \"/data\"",
+                "/opt/venv/bin/imagenet-kit run --recipe full --data \"/data\""]),
+    ({"NPROC": "8", "RECIPE": "g4dn-t4"}, None,
+     ["/opt/venv/bin/imagenet-kit prepare --recipe g4dn-t4 --data \"/data\"",
+      "/opt/venv/bin/torchrun --nproc_per_node=8 -m imagenet_kit run --recipe g4dn-t4 --data \"/data\""]),
     ({}, ["mini"], ["/opt/venv/bin/imagenet-kit run --recipe sample"]),  # the smoke test of docs/deploy.md
 ])
 def test_train_service_make_call_runs_the_recipe_through_the_makefile(tmp_path, shell, command, expected):

@@ -7,7 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from imagenet_kit.bench.plan import REFERENCES, Throughput, estimate_plan, seconds_per_image
+from imagenet_kit.bench.gpu_throughput import REFERENCES, Throughput, seconds_per_image
+from imagenet_kit.bench.plan import estimate_plan
 from imagenet_kit.cli import cli
 from imagenet_kit.config import load_config
 

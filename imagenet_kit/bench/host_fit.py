@@ -1,0 +1,221 @@
+"""Does a recipe's data fit a host? Beton size, page cache, disk, and whether CPU decoding or the GPU bounds img/s.
+
+Every number comes from a measured row: bytes per image from ``bench convert`` (the kit's writer, the recipe's
+max_res, compress_prob and JPEG quality), decoding speed per core from ``bench data`` (FFCV's loader at the
+recipe's max_res and compress_prob). Without such a row the verdict says which command measures it.
+The instance table is AWS's published sizes; ``--host local`` reads this machine instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagenet_kit.bench.results import RESULTS_DIR, read_results
+from imagenet_kit.config import RunConfig
+
+GIB = 2 ** 30
+# What the page cache cannot have: the OS, and per training process its model, optimizer and FFCV's pinned batch
+# buffers. An allowance, not a measurement.
+BASE_HEADROOM_GIB, HEADROOM_PER_GPU_GIB = 4, 4
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    vcpus: int
+    ram_gib: float
+    disk_gb: float  # where the betons go: an instance's local NVMe (instance store), or free space here
+    gpu: str | None  # a key of plan.GPUS, or None (this machine has no CUDA GPU)
+    gpus: int
+    price_per_hour: float | None  # USD, on demand, the whole instance
+    disk_what: str = "local NVMe (instance store)"
+
+
+def _instance(name: str, vcpus: int, ram_gib: int, disk_gb: int, gpu: str, gpus: int, price: float) -> Host:
+    return Host(name, vcpus, ram_gib, disk_gb, gpu, gpus, price)
+
+
+INSTANCES = {host.name: host for host in (
+    _instance("g4dn.xlarge", 4, 16, 125, "t4", 1, 0.526),
+    _instance("g4dn.2xlarge", 8, 32, 225, "t4", 1, 0.752),
+    _instance("g4dn.4xlarge", 16, 64, 225, "t4", 1, 1.204),
+    _instance("g4dn.8xlarge", 32, 128, 900, "t4", 1, 2.176),
+    _instance("g4dn.12xlarge", 48, 192, 900, "t4", 4, 3.912),
+    _instance("g4dn.16xlarge", 64, 256, 900, "t4", 1, 4.352),
+    _instance("g5.xlarge", 4, 16, 250, "a10g", 1, 1.006),
+    _instance("g5.2xlarge", 8, 32, 450, "a10g", 1, 1.212),
+    _instance("g5.4xlarge", 16, 64, 600, "a10g", 1, 1.624),
+    _instance("g5.8xlarge", 32, 128, 900, "a10g", 1, 2.448),
+    _instance("g5.12xlarge", 48, 192, 3800, "a10g", 4, 5.672),
+    _instance("g5.16xlarge", 64, 256, 1900, "a10g", 1, 4.096),
+    _instance("g5.24xlarge", 96, 384, 3800, "a10g", 4, 8.144),
+    _instance("g5.48xlarge", 192, 768, 7600, "a10g", 8, 16.288),
+    _instance("p4d.24xlarge", 96, 1152, 8000, "a100", 8, 21.957642),
+    _instance("p5.48xlarge", 192, 2048, 30400, "h100", 8, 55.04),
+)}
+INSTANCE_SOURCE = ("AWS's published instance sizes (aws.amazon.com/ec2/instance-types: vCPUs, memory in GiB, "
+                   "instance-store NVMe in GB, GPUs)")
+
+
+def local_host(beton_dir: Path, gpu: str | None, price_per_hour: float | None) -> Host:
+    """This machine: its cores, its RAM, the free disk where the betons go; the GPU as the caller resolved it."""
+    where = Path(beton_dir).resolve()
+    while not where.exists():
+        where = where.parent
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpus = 0
+    if gpu is not None:
+        import torch
+
+        gpus = max(torch.cuda.device_count(), 1)
+    return Host("this machine", os.cpu_count() or 1, ram / GIB, shutil.disk_usage(where).free / 1e9, gpu, gpus,
+                price_per_hour, disk_what=f"free on {where}")
+
+
+def _newest(results_dir: Path, matches) -> tuple[dict, str] | None:
+    found = None
+    for path, number, row in read_results(results_dir):
+        if matches(row) and (found is None or str(row.get("date", "")) >= str(found[0].get("date", ""))):
+            found = (row, f"{path.name}:{number}")
+    return found
+
+
+def _settings(cfg: RunConfig) -> str:
+    return f"{cfg.data.max_res}:{cfg.data.compress_prob:g}:{cfg.data.jpeg_quality}"
+
+
+def measured_bytes_per_image(cfg: RunConfig, results_dir: Path) -> tuple[float, str] | None:
+    """The kit writer's bytes per image at the recipe's data settings, newest ``bench convert`` row."""
+    d = cfg.data
+    found = _newest(results_dir, lambda r: r["kind"] == "convert" and r.get("writer") == "kit"
+                    and (r["max_res"], float(r["compress_prob"]), r["jpeg_quality"])
+                    == (d.max_res, float(d.compress_prob), d.jpeg_quality))
+    if found is None:
+        return None
+    row, where = found
+    return float(row["bytes_per_image"]), (f"{row['n_images']} images of {Path(row['src']).name}, "
+                                           f"{row.get('date', 'undated')[:10]} ({where})")
+
+
+def measured_decode_per_core(cfg: RunConfig, results_dir: Path) -> tuple[float, str] | None:
+    """FFCV's train loader, images per second per core, on a beton of the recipe's max_res and compress_prob."""
+    d = cfg.data
+    found = _newest(results_dir, lambda r: r["kind"] == "data" and r.get("loader") == "ffcv"
+                    and r.get("max_res") == d.max_res and float(r.get("compress_prob") or -1) == float(d.compress_prob))
+    if found is None:
+        return None
+    row, where = found
+    return float(row["img_per_s_per_core"]), (f"{row['cpu']}, {row['res']} px crops, {row['n_images']} images of "
+                                              f"{Path(row['src']).name}, {row.get('date', 'undated')[:10]} ({where})")
+
+
+def _convert_hint(cfg: RunConfig) -> str:
+    return f"`imagenet-kit bench convert --settings {_settings(cfg)}`"
+
+
+def _decode_hint(cfg: RunConfig) -> str:
+    return (f"`imagenet-kit bench data --max-res {cfg.data.max_res} --compress-prob {cfg.data.compress_prob:g}` "
+            f"(on a host like the target's)")
+
+
+def check_fit(cfg: RunConfig, host: Host, gpus: int, images: int, val_images: int,
+              results_dir: Path = RESULTS_DIR) -> dict:
+    """The verdicts for ``cfg``'s betons (train + val) and decoding on ``host`` training on ``gpus`` GPUs."""
+    fit = {"host": host.name, "vcpus": host.vcpus, "ram_gib": host.ram_gib, "disk_gb": host.disk_gb,
+           "disk_what": host.disk_what, "settings": _settings(cfg), "lines": [], "problems": []}
+    size = measured_bytes_per_image(cfg, results_dir)
+    if size is None:
+        fit["lines"].append(f"beton size: no measured row at {_settings(cfg)}; measure it with {_convert_hint(cfg)}")
+    else:
+        _size_verdicts(fit, cfg, host, gpus, images + val_images, *size, results_dir)
+    _decode_verdict(fit, cfg, host, gpus, results_dir)
+    return fit
+
+
+def _size_verdicts(fit: dict, cfg: RunConfig, host: Host, gpus: int, images: int, per_image: float, source: str,
+                   results_dir: Path) -> None:
+    beton_gb = per_image * images / 1e9
+    cache_gib = _cache_bytes(host, gpus) / GIB
+    fit.update(beton_gb=beton_gb, bytes_per_image=per_image, page_cache_gib=cache_gib,
+               fits_disk=beton_gb <= host.disk_gb, fits_ram=beton_gb * 1e9 / GIB <= cache_gib)
+    fit["in_memory"] = fit["fits_ram"]
+    fit["lines"].append(f"betons: {beton_gb:,.1f} GB for {images:,} images at {per_image / 1e3:,.1f} kB each "
+                        f"(max side {cfg.data.max_res}, {cfg.data.compress_prob:.0%} JPEG at quality "
+                        f"{cfg.data.jpeg_quality}; measured on {source})")
+    ram = (f"{host.ram_gib:,.0f} GiB RAM leaves ~{cache_gib:,.0f} GiB of page cache ({BASE_HEADROOM_GIB} GiB + "
+           f"{HEADROOM_PER_GPU_GIB} GiB per training process kept back)")
+    if fit["fits_ram"]:
+        fit["lines"].append(f"page cache: fits ({ram}): in_memory: true, random order"
+                            + ("" if cfg.data.in_memory else " (the recipe sets in_memory: false; true is faster)"))
+    else:
+        fit["lines"].append(f"page cache: does NOT fit ({ram}): set data.in_memory=false, which reads the beton "
+                            "from disk in FFCV's QUASI_RANDOM order (single process; under torchrun FFCV "
+                            "needs RANDOM, every read a disk seek)")
+        if cfg.data.in_memory:
+            fit["problems"].append("the recipe's in_memory: true would thrash the page cache")
+    disk = f"{host.disk_gb:,.0f} GB {host.disk_what}"
+    if fit["fits_disk"]:
+        fit["lines"].append(f"disk: fits ({disk})")
+    else:
+        fit["lines"].append(f"disk: does NOT fit ({disk})")
+        fit["problems"].append(f"the betons ({beton_gb:,.0f} GB) do not fit the {disk}")
+    if fit["problems"]:
+        fit["lines"].append("what to change: " + _what_fits(cfg, host, gpus, images, results_dir))
+
+
+def _cache_bytes(host: Host, gpus: int) -> float:
+    return (host.ram_gib - BASE_HEADROOM_GIB - HEADROOM_PER_GPU_GIB * gpus) * GIB
+
+
+def _cheapest_holding(nbytes: float, host: Host, gpus: int) -> Host | None:
+    """The cheapest instance with this host's GPU model (and enough of them) whose page cache holds ``nbytes``."""
+    fitting = [h for h in INSTANCES.values() if h.gpu == host.gpu and h.gpus >= gpus and _cache_bytes(h, gpus) >= nbytes]
+    return min(fitting, key=lambda h: h.price_per_hour, default=None)
+
+
+def _what_fits(cfg: RunConfig, host: Host, gpus: int, images: int, results_dir: Path) -> str:
+    """Measured data settings whose betons fit this host, and the cheapest instance of its GPU holding them in RAM."""
+    sizes = {}
+    for _, _, row in read_results(results_dir):
+        if row["kind"] == "convert" and row.get("writer") == "kit":
+            key = (row["max_res"], float(row["compress_prob"]), row["jpeg_quality"])
+            sizes[key] = float(row["bytes_per_image"]) * images
+    cache = _cache_bytes(host, gpus)
+
+    def described(key) -> str:
+        m, p, q = key
+        text = f"data.max_res={m} data.compress_prob={p:g} data.jpeg_quality={q} ({sizes[key] / 1e9:,.0f} GB"
+        cheapest = _cheapest_holding(sizes[key], host, gpus) if sizes[key] > cache else None
+        return text + (f"; in RAM on a {cheapest.name})" if cheapest else ")")
+
+    in_ram = [k for k, b in sorted(sizes.items()) if b <= cache]
+    on_disk = [k for k, b in sorted(sizes.items()) if cache < b <= host.disk_gb * 1e9]
+    advice = [f"measured settings that {how}: " + ", ".join(map(described, keys))
+              for keys, how in ((in_ram, "fit in RAM"), (on_disk, "fit on disk only (in_memory: false)")) if keys]
+    if not advice:
+        advice.append(f"smaller data settings ({_convert_hint(cfg)} with other settings measures them)")
+    needed = sizes.get((cfg.data.max_res, float(cfg.data.compress_prob), cfg.data.jpeg_quality), 0.0)
+    cheapest = _cheapest_holding(needed, host, gpus)
+    advice.append(f"or, keeping these settings in RAM: {cheapest.name}" if cheapest
+                  else f"no {host.gpu or 'GPU'} instance in the table holds these settings' betons in RAM")
+    return "; ".join(advice)
+
+
+def _decode_verdict(fit: dict, cfg: RunConfig, host: Host, gpus: int, results_dir: Path) -> None:
+    per_core = measured_decode_per_core(cfg, results_dir)
+    free = max(host.vcpus - gpus, 1)  # one core per training process runs its Python loop
+    cores = min(free, cfg.data.workers * max(gpus, 1)) if cfg.data.workers else free
+    fit["decode_cores"] = cores
+    if per_core is None:
+        fit["decode_img_per_s"] = None
+        fit["lines"].append(f"CPU decoding: no measured row at max_res {cfg.data.max_res}, compress_prob "
+                            f"{cfg.data.compress_prob:g}; measure it with {_decode_hint(cfg)}")
+        return
+    rate, source = per_core
+    fit["decode_img_per_s"] = rate * cores
+    used = "" if cores == free else f" (data.workers={cfg.data.workers} per process; {free} are free)"
+    fit["lines"].append(f"CPU decoding: {rate:,.0f} img/s per core x {cores} cores{used} = {rate * cores:,.0f} img/s "
+                        f"(measured on {source}; assumes the host's vCPUs decode as fast as that core and scale "
+                        "linearly, optimistic where two vCPUs share a physical core)")
