@@ -50,6 +50,7 @@ full: setup
 	  echo "  a folder with ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and"; \
 	  echo "    ILSVRC2012_validation_ground_truth.txt (devkit) or LOC_val_solution.csv (Kaggle);"; \
 	  echo "  a folder with Kaggle's imagenet-object-localization-challenge.zip, or its extracted ILSVRC/ folder;"; \
+	  echo "  a folder with Hugging Face's imagenet-1k shards: train_images_*.tar.gz and val_images.tar.gz;"; \
 	  echo "  an ImageFolder: DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG"; \
 	  exit 2; fi
 	$(KIT) prepare --recipe $(RECIPE) --data "$(DATA)" $(ARGS)

@@ -57,10 +57,9 @@ class _ImageDataset:
 @contextlib.contextmanager
 def _ffcv_writer(advance):
     """FFCV's writer, watched. Its tqdm bar (unlabelled, in it/s) gives its updates to the kit's bar instead; and
-    since it waits forever for a writer process that died (killed for memory, say), a watchdog thread interrupts
-    that wait and names the exit code."""
-    import _thread
-    import threading
+    since its main loop waits forever (``sleep(0.1)`` until every sample is counted) for a writer process that died
+    (killed for memory, say), the kit's ``sleep`` there checks the processes and raises, naming the exit code."""
+    import time
 
     import ffcv.writer
 
@@ -74,38 +73,29 @@ def _ffcv_writer(advance):
         def close(self):
             pass
 
-    started, died, done = [], [], threading.Event()
+    started = []
 
     class WatchedProcess(ffcv.writer.Process):
         def start(self):
             super().start()
             started.append(self)
 
-    def watch():
-        while not done.wait(0.5):
-            codes = [p.exitcode for p in started if p.exitcode not in (None, 0)]
-            if codes:
-                died.extend(codes)
-                _thread.interrupt_main()
-                return
+    def watched_sleep(seconds):
+        time.sleep(seconds)
+        codes = [p.exitcode for p in started if p.exitcode not in (None, 0)]
+        if codes:
+            raise ConvertError(f"a writer process died (exit code {codes[0]}; -9 is usually the kernel's "
+                               "out-of-memory killer): convert with fewer workers (-j / data.workers)")
 
-    originals = ffcv.writer.tqdm, ffcv.writer.Process
-    ffcv.writer.tqdm, ffcv.writer.Process = KitBar, WatchedProcess
-    watchdog = threading.Thread(target=watch, daemon=True)
-    watchdog.start()
+    originals = ffcv.writer.tqdm, ffcv.writer.Process, ffcv.writer.sleep
+    ffcv.writer.tqdm, ffcv.writer.Process, ffcv.writer.sleep = KitBar, WatchedProcess, watched_sleep
     try:
         yield
-    except KeyboardInterrupt:
-        if not died:
-            raise
-        raise ConvertError(f"a writer process died (exit code {died[0]}; -9 is usually the kernel's out-of-memory "
-                           "killer): convert with fewer workers (-j / data.workers)") from None
     finally:
-        done.set()
         for process in started:
             if process.is_alive():
                 process.terminate()
-        ffcv.writer.tqdm, ffcv.writer.Process = originals
+        ffcv.writer.tqdm, ffcv.writer.Process, ffcv.writer.sleep = originals
 
 
 def class_table(classes: list[str]) -> list[dict]:
