@@ -31,6 +31,8 @@ def _cases(tmp):
         "plan": (["plan", "--gpu", "a10g"], "a10g"),
         "bench train": (["bench", "train", "--set", "model.arch=resnet18"], "model.arch"),
         "bench data": (["bench", "data", "--src", str(empty), "--out", str(tmp / "bench-betons")], "empty"),
+        "bench convert": (["bench", "convert", "--src", str(empty), "--settings", "256:1"],
+                          "MAX_RES:COMPRESS_PROB:JPEG_QUALITY"),
         "bench demo": (["bench", "demo", "--output-dir", str(empty)], "no exported model found"),
         "bench run": (["bench", "run", str(tmp / "unfinished-run")], "metrics.jsonl not found"),
         "bench report": (["bench", "report", "--readme", str(tmp / "no-markers.md"), "--results-dir", str(empty)],
@@ -44,7 +46,7 @@ def _cases(tmp):
 
 
 COMMANDS = ["subset", "convert", "prepare", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
-            "bench train", "bench data", "bench demo", "bench run", "bench report", "bench lr-sweep",
+            "bench train", "bench data", "bench convert", "bench demo", "bench run", "bench report", "bench lr-sweep",
             "bench gpu-evidence", "bench gpu-bundle", "usage"]
 
 
