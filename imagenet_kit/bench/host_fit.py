@@ -33,27 +33,23 @@ class Host:
     disk_what: str = "local NVMe (instance store)"
 
 
-def _instance(name: str, vcpus: int, ram_gib: int, disk_gb: int, gpu: str, gpus: int, price: float) -> Host:
-    return Host(name, vcpus, ram_gib, disk_gb, gpu, gpus, price)
-
-
 INSTANCES = {host.name: host for host in (
-    _instance("g4dn.xlarge", 4, 16, 125, "t4", 1, 0.526),
-    _instance("g4dn.2xlarge", 8, 32, 225, "t4", 1, 0.752),
-    _instance("g4dn.4xlarge", 16, 64, 225, "t4", 1, 1.204),
-    _instance("g4dn.8xlarge", 32, 128, 900, "t4", 1, 2.176),
-    _instance("g4dn.12xlarge", 48, 192, 900, "t4", 4, 3.912),
-    _instance("g4dn.16xlarge", 64, 256, 900, "t4", 1, 4.352),
-    _instance("g5.xlarge", 4, 16, 250, "a10g", 1, 1.006),
-    _instance("g5.2xlarge", 8, 32, 450, "a10g", 1, 1.212),
-    _instance("g5.4xlarge", 16, 64, 600, "a10g", 1, 1.624),
-    _instance("g5.8xlarge", 32, 128, 900, "a10g", 1, 2.448),
-    _instance("g5.12xlarge", 48, 192, 3800, "a10g", 4, 5.672),
-    _instance("g5.16xlarge", 64, 256, 1900, "a10g", 1, 4.096),
-    _instance("g5.24xlarge", 96, 384, 3800, "a10g", 4, 8.144),
-    _instance("g5.48xlarge", 192, 768, 7600, "a10g", 8, 16.288),
-    _instance("p4d.24xlarge", 96, 1152, 8000, "a100", 8, 21.957642),
-    _instance("p5.48xlarge", 192, 2048, 30400, "h100", 8, 55.04),
+    Host("g4dn.xlarge", 4, 16, 125, "t4", 1, 0.526),
+    Host("g4dn.2xlarge", 8, 32, 225, "t4", 1, 0.752),
+    Host("g4dn.4xlarge", 16, 64, 225, "t4", 1, 1.204),
+    Host("g4dn.8xlarge", 32, 128, 900, "t4", 1, 2.176),
+    Host("g4dn.12xlarge", 48, 192, 900, "t4", 4, 3.912),
+    Host("g4dn.16xlarge", 64, 256, 900, "t4", 1, 4.352),
+    Host("g5.xlarge", 4, 16, 250, "a10g", 1, 1.006),
+    Host("g5.2xlarge", 8, 32, 450, "a10g", 1, 1.212),
+    Host("g5.4xlarge", 16, 64, 600, "a10g", 1, 1.624),
+    Host("g5.8xlarge", 32, 128, 900, "a10g", 1, 2.448),
+    Host("g5.12xlarge", 48, 192, 3800, "a10g", 4, 5.672),
+    Host("g5.16xlarge", 64, 256, 1900, "a10g", 1, 4.096),
+    Host("g5.24xlarge", 96, 384, 3800, "a10g", 4, 8.144),
+    Host("g5.48xlarge", 192, 768, 7600, "a10g", 8, 16.288),
+    Host("p4d.24xlarge", 96, 1152, 8000, "a100", 8, 21.957642),
+    Host("p5.48xlarge", 192, 2048, 30400, "h100", 8, 55.04),
 )}
 INSTANCE_SOURCE = ("AWS's published instance sizes (aws.amazon.com/ec2/instance-types: vCPUs, memory in GiB, "
                    "instance-store NVMe in GB, GPUs)")
@@ -74,24 +70,29 @@ def local_host(beton_dir: Path, gpu: str | None, price_per_hour: float | None) -
                 price_per_hour, disk_what=f"free on {where}")
 
 
-def _newest(results_dir: Path, matches) -> tuple[dict, str] | None:
-    found = None
-    for path, number, row in read_results(results_dir):
-        if matches(row) and (found is None or str(row.get("date", "")) >= str(found[0].get("date", ""))):
-            found = (row, f"{path.name}:{number}")
-    return found
-
-
 def _settings(cfg: RunConfig) -> str:
     return f"{cfg.data.max_res}:{cfg.data.compress_prob:g}:{cfg.data.jpeg_quality}"
+
+
+def _setting_key(max_res, compress_prob, jpeg_quality) -> tuple[int, float, int]:
+    return int(max_res), float(compress_prob), int(jpeg_quality)
+
+
+def measured_sizes(results_dir: Path) -> dict[tuple[int, float, int], tuple[dict, str]]:
+    """The newest ``bench convert`` row of the kit's writer per (max_res, compress_prob, jpeg_quality)."""
+    newest: dict[tuple[int, float, int], tuple[dict, str]] = {}
+    for path, number, row in read_results(results_dir):
+        if row["kind"] == "convert" and row.get("writer") == "kit":
+            key = _setting_key(row["max_res"], row["compress_prob"], row["jpeg_quality"])
+            if key not in newest or str(row.get("date", "")) >= str(newest[key][0].get("date", "")):
+                newest[key] = (row, f"{path.name}:{number}")
+    return newest
 
 
 def measured_bytes_per_image(cfg: RunConfig, results_dir: Path) -> tuple[float, str] | None:
     """The kit writer's bytes per image at the recipe's data settings, newest ``bench convert`` row."""
     d = cfg.data
-    found = _newest(results_dir, lambda r: r["kind"] == "convert" and r.get("writer") == "kit"
-                    and (r["max_res"], float(r["compress_prob"]), r["jpeg_quality"])
-                    == (d.max_res, float(d.compress_prob), d.jpeg_quality))
+    found = measured_sizes(results_dir).get(_setting_key(d.max_res, d.compress_prob, d.jpeg_quality))
     if found is None:
         return None
     row, where = found
@@ -102,8 +103,12 @@ def measured_bytes_per_image(cfg: RunConfig, results_dir: Path) -> tuple[float, 
 def measured_decode_per_core(cfg: RunConfig, results_dir: Path) -> tuple[float, str] | None:
     """FFCV's train loader, images per second per core, on a beton of the recipe's max_res and compress_prob."""
     d = cfg.data
-    found = _newest(results_dir, lambda r: r["kind"] == "data" and r.get("loader") == "ffcv"
-                    and r.get("max_res") == d.max_res and float(r.get("compress_prob") or -1) == float(d.compress_prob))
+    found = None
+    for path, number, row in read_results(results_dir):
+        if (row["kind"] == "data" and row.get("loader") == "ffcv" and row.get("max_res") == d.max_res
+                and row.get("compress_prob") is not None and float(row["compress_prob"]) == float(d.compress_prob)
+                and (found is None or str(row.get("date", "")) >= str(found[0].get("date", "")))):
+            found = (row, f"{path.name}:{number}")
     if found is None:
         return None
     row, where = found
@@ -177,11 +182,7 @@ def _cheapest_holding(nbytes: float, host: Host, gpus: int) -> Host | None:
 
 def _what_fits(cfg: RunConfig, host: Host, gpus: int, images: int, results_dir: Path) -> str:
     """Measured data settings whose betons fit this host, and the cheapest instance of its GPU holding them in RAM."""
-    sizes = {}
-    for _, _, row in read_results(results_dir):
-        if row["kind"] == "convert" and row.get("writer") == "kit":
-            key = (row["max_res"], float(row["compress_prob"]), row["jpeg_quality"])
-            sizes[key] = float(row["bytes_per_image"]) * images
+    sizes = {key: float(row["bytes_per_image"]) * images for key, (row, _) in measured_sizes(results_dir).items()}
     cache = _cache_bytes(host, gpus)
 
     def described(key) -> str:
@@ -196,7 +197,7 @@ def _what_fits(cfg: RunConfig, host: Host, gpus: int, images: int, results_dir: 
               for keys, how in ((in_ram, "fit in RAM"), (on_disk, "fit on disk only (in_memory: false)")) if keys]
     if not advice:
         advice.append(f"smaller data settings ({_convert_hint(cfg)} with other settings measures them)")
-    needed = sizes.get((cfg.data.max_res, float(cfg.data.compress_prob), cfg.data.jpeg_quality), 0.0)
+    needed = sizes.get(_setting_key(cfg.data.max_res, cfg.data.compress_prob, cfg.data.jpeg_quality), 0.0)
     cheapest = _cheapest_holding(needed, host, gpus)
     advice.append(f"or, keeping these settings in RAM: {cheapest.name}" if cheapest
                   else f"no {host.gpu or 'GPU'} instance in the table holds these settings' betons in RAM")

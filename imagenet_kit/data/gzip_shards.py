@@ -42,7 +42,7 @@ class _Inflater:
     """The tar inside a .gz as a forward-only stream, from a snapshot; ``snapshots`` (if given) collects new ones."""
 
     def __init__(self, path: str, start: _Snapshot | None = None, snapshots: list | None = None):
-        self.path, self.snapshots, self.pid = path, snapshots, os.getpid()
+        self.snapshots, self.pid = snapshots, os.getpid()
         self.handle = open(path, "rb")  # noqa: SIM115 - lives as long as the cursor that holds it
         start = start or _Snapshot(0, 0, zlib.decompressobj(GZIP))
         self.handle.seek(start.file_pos)
