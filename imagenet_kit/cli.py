@@ -14,6 +14,7 @@ COMMANDS = {
     "subset": "imagenet_kit.data.subset:subset_command",
     "convert": "imagenet_kit.data.convert:convert_command",
     "prepare": "imagenet_kit.data.prepare:prepare_command",
+    "verify": "imagenet_kit.data.verify:verify_command",
     "lr-find": "imagenet_kit.engine.lr_find:lr_find_command",
     "train": "imagenet_kit.engine.train:train_command",
     "eval": "imagenet_kit.engine.evaluate:eval_command",

@@ -88,6 +88,15 @@ class RunFolder:
         return self.checkpoints / name
 
 
+def checkpoint_label(checkpoint: Path) -> str:
+    """How an export (and so the demo's model card) names its checkpoint: ``runs/<name>/checkpoints/<file>`` for one
+    in a run folder, the same on every machine that serves it; otherwise the path as given."""
+    path = Path(checkpoint).resolve()
+    if path.parent.name == CHECKPOINTS and len(path.parents) > 3:
+        return str(path.relative_to(path.parents[3]))
+    return str(checkpoint)
+
+
 def resolve_checkpoint(path: Path | str | None, output_dir: Path | str = DEFAULT_OUTPUT_DIR) -> tuple[Path, RunFolder]:
     """(checkpoint file, its run folder) for a checkpoint file, a run folder (its best checkpoint), a run name
     under ``output_dir``, or None (the newest run under ``output_dir`` that has a best checkpoint)."""

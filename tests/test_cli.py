@@ -2,10 +2,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from imagenet_kit.cli import cli
-from tests.conftest import REPO
+from tests.conftest import REPO, make_env
 
 
 def test_train_help_lists_options_with_defaults():
@@ -29,14 +30,16 @@ def test_missing_data_root_names_path_and_layout(tmp_path):
     assert "/does/not/exist" in result.output and "train/<class>" in result.output
 
 
+@pytest.mark.slow
 def test_make_mini_with_missing_data_fails_with_layout(tmp_path):
     proc = subprocess.run(["make", "-s", "mini", "DATA=/does/not/exist"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=make_env())
     assert proc.returncode != 0
     assert "/does/not/exist" in proc.stdout + proc.stderr
     assert "val/<class>" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "imagenet_kit", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
@@ -44,6 +47,7 @@ def test_python_dash_m_entry_point():
         assert command in proc.stdout
 
 
+@pytest.mark.slow
 def test_run_end_to_end_on_a_tiny_imagefolder(tiny_data, tmp_path):
     """convert -> LR range test -> one-cycle training -> eval -> export, then a rerun skips every stage."""
     args = ["run", "--recipe", "sample", "--data", str(tiny_data["root"]), "--output-dir", str(tmp_path / "runs"),
@@ -69,30 +73,40 @@ def test_run_end_to_end_on_a_tiny_imagefolder(tiny_data, tmp_path):
     assert "skipped" in rerun.output
 
 
+@pytest.mark.slow
 def test_make_full_without_data_explains_where_imagenet_comes_from():
-    proc = subprocess.run(["make", "-s", "full"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(["make", "-s", "full"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=make_env())
     assert proc.returncode != 0
     assert "DATA=/path/to/imagenet" in proc.stdout and "image-net.org" in proc.stdout
     assert "ILSVRC2012_validation_ground_truth.txt" in proc.stdout
 
 
+@pytest.mark.slow
 def test_make_full_with_nproc_runs_torchrun():
-    proc = subprocess.run(["make", "-n", "full", "DATA=x", "NPROC=8"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(["make", "-n", "full", "DATA=x", "NPROC=8"], cwd=REPO, capture_output=True, text=True,
+                          env=make_env())
     assert proc.returncode == 0
     assert "prepare --recipe full --data \"x\"" in proc.stdout  # conversion outside torchrun
     assert "torchrun --nproc_per_node=8 -m imagenet_kit run --recipe full --data \"x\"" in proc.stdout
 
 
-def test_betons_of_another_root_are_refused(tiny_data, tmp_path):
+# prepare and run found this before; train and lr-find trained on the betons of another root without a word
+@pytest.mark.parametrize("command", ["prepare", "run", "train", "lr-find"])
+def test_betons_of_another_root_are_refused(tiny_data, tmp_path, command):
     import shutil
     betons = tmp_path / "betons"
     shutil.copytree(tiny_data["beton_dir"], betons)
     other = tmp_path / "other"
     shutil.copytree(tiny_data["root"], other)
-    result = CliRunner().invoke(cli, ["prepare", "--data", str(other), "--set", f"data.beton_dir={betons}",
-                                      "--set", "data.name=tiny", "--set", "data.max_res=64"])
-    assert result.exit_code == 2
+    result = CliRunner().invoke(cli, [command, "--data", str(other), "--set", f"data.beton_dir={betons}",
+                                      "--set", "data.name=tiny", "--set", "data.max_res=64",
+                                      "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
     assert "data.name" in result.output and f"which is not in {other}" in result.output.replace("\n", "")
+    assert not (tmp_path / "runs").exists()
+    if command != "prepare":
+        return
     same = CliRunner().invoke(cli, ["prepare", "--data", str(tiny_data["root"]), "--set", f"data.beton_dir={betons}",
                                     "--set", "data.name=tiny", "--set", "data.max_res=64"])
     assert same.exit_code == 0 and "skipped" in same.output

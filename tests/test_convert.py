@@ -331,7 +331,7 @@ def test_unreadable_files_between_good_ones_are_dropped_from_the_beton(tmp_path,
 
 def test_each_image_is_decoded_once(tmp_path, monkeypatch):
     """One decode per file, in FFCV's writer processes: no separate checking pass."""
-    import imagenet_kit.data.convert as convert_module
+    import imagenet_kit.data.beton_writer as writer_module
 
     calls = tmp_path / "decodes.log"
 
@@ -340,7 +340,7 @@ def test_each_image_is_decoded_once(tmp_path, monkeypatch):
             log.write(f"{path}\n")
         return load_rgb(path, max_res)
 
-    monkeypatch.setattr(convert_module, "load_rgb", counting_load_rgb)  # the forked writers inherit it
+    monkeypatch.setattr(writer_module, "load_rgb", counting_load_rgb)  # the forked writers inherit it
     src = tmp_path / "train"
     (src / "a").mkdir(parents=True)
     for i in range(12):
@@ -354,14 +354,14 @@ def test_each_image_is_decoded_once(tmp_path, monkeypatch):
 
 def test_a_writer_process_that_dies_is_an_error_not_a_hang(tmp_path, monkeypatch):
     """FFCV's writer would wait forever for a process the kernel killed; the kit names the exit code instead."""
-    import imagenet_kit.data.convert as convert_module
+    import imagenet_kit.data.beton_writer as writer_module
 
     def dying_load_rgb(path, max_res=None):
         if path.name == "5.JPEG":
             os._exit(9)  # as abruptly as the out-of-memory killer
         return load_rgb(path, max_res)
 
-    monkeypatch.setattr(convert_module, "load_rgb", dying_load_rgb)
+    monkeypatch.setattr(writer_module, "load_rgb", dying_load_rgb)
     src = tmp_path / "train"
     (src / "a").mkdir(parents=True)
     for i in range(12):
@@ -499,3 +499,23 @@ def test_flat_ilsvrc_val_gets_training_class_indices(tmp_path, train_beton, labe
     assert reasons == {"ILSVRC2012_val_00000005.JPEG": "class 'n03000684' is not among the training classes",
                        "ILSVRC2012_val_00000006.JPEG": "no label for this file in the labels file"}
     assert report["counts"]["seen"] == 6 and report["counts"]["written"] == 4
+
+
+def test_the_same_source_gives_the_same_records_at_any_worker_count(tmp_path):
+    """Which images FFCV stores as JPEG was a draw from whatever state the writer process's generator was in:
+    the same folder gave other betons at another worker count, or after other work in the same process."""
+    from imagenet_kit.data.verify import BetonRecords
+
+    src = Path(__file__).resolve().parent.parent / "imagenet_kit" / "sample_data" / "imagenette-sample" / "val"
+    records = []
+    for workers, draws in ((1, 0), (2, 0), (1, 7)):
+        np.random.rand(draws)  # what ran before in this process
+        out = tmp_path / f"w{workers}-{draws}.beton"
+        convert(scan_imagefolder(src), out, max_res=32, compress_prob=0.5, workers=workers, page_size=1 << 21)
+        records.append(BetonRecords(out))
+    first = records[0]
+    assert 40 < int((first.images["mode"] == 0).sum()) < 160  # about half JPEG
+    for other in records[1:]:
+        assert other.images["mode"].tolist() == first.images["mode"].tolist()
+        assert other.labels.tolist() == first.labels.tolist()
+        assert all((other.pixels(i) == first.pixels(i)).all() for i in range(first.count))

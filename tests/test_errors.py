@@ -21,6 +21,7 @@ def _cases(tmp):
         "subset": (["subset", str(tmp / "missing"), str(tmp / "dst"), "--classes", "2"], "missing"),
         "convert": (["convert", str(tmp / "missing"), str(tmp / "out.beton")], "missing: not a folder"),
         "prepare": (["prepare", "--set", betons, "--data", str(tmp / "nowhere")], "nowhere"),
+        "verify": (["verify", str(tmp / "missing.beton")], "missing.beton not found: verify reads a beton"),
         "lr-find": (["lr-find", "--set", betons], "imagenette-sample-train-160.beton not found"),
         "train": (["train", "--recipe", "no-such-recipe"], "no-such-recipe"),
         "eval": (["eval", "--checkpoint", str(junk), "--data", str(empty)], "junk.pt: unreadable checkpoint"),
@@ -45,7 +46,7 @@ def _cases(tmp):
     }
 
 
-COMMANDS = ["subset", "convert", "prepare", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
+COMMANDS = ["subset", "convert", "prepare", "verify", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
             "bench train", "bench data", "bench convert", "bench demo", "bench run", "bench report", "bench lr-sweep",
             "bench gpu-evidence", "bench gpu-bundle", "usage"]
 

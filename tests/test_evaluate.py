@@ -1,6 +1,13 @@
-import numpy as np
-import torch
+import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from imagenet_kit.cli import cli
 from imagenet_kit.data.loaders import create_val_loader
 from imagenet_kit.data.pixels import normalize
 from imagenet_kit.engine.evaluate import evaluate
@@ -30,3 +37,30 @@ def test_evaluate_matches_a_hand_computed_top1_top5(tiny_data):
     assert abs(result["loss"] - nll.mean()) < 1e-5
     assert result["per_class_total"] == [4, 4, 4, 4]
     assert result["per_class_correct"] == [int(np.sum((order[:, 0] == labels) & (labels == c))) for c in range(4)]
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_eval_refuses_a_beton_of_other_classes_before_scoring(tiny_data, tmp_path, swap):
+    """A 4-class beton for a 10-class model ended in an IndexError; the same count in another order would be
+    scored silently and wrongly. Both are one error line naming the two sides, and nothing is written."""
+    from test_export import IMAGENETTE, make_fake_run
+
+    run = make_fake_run(tmp_path)
+    beton = tmp_path / "val.beton"
+    shutil.copy(tiny_data["beton_dir"] / "tiny-val-64.beton", beton)
+    classes = json.loads((tiny_data["beton_dir"] / "tiny-val-64.beton.classes.json").read_text())
+    if swap:  # the model's ten WNIDs, the first two swapped
+        wnids = [IMAGENETTE[1], IMAGENETTE[0], *IMAGENETTE[2:]]
+        classes = [{"index": i, "wnid": w, "name": w} for i, w in enumerate(wnids)]
+    Path(f"{beton}.classes.json").write_text(json.dumps(classes))
+    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(run), "--data", str(beton)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    said = " ".join(result.output.split())
+    if swap:
+        assert f"has 10 classes and {beton} 10: 2 of the first 10 differ by WNID (#0 {IMAGENETTE[0]} vs " \
+               f"{IMAGENETTE[1]}, #1 {IMAGENETTE[1]} vs {IMAGENETTE[0]})" in said
+    else:
+        assert f"has 10 classes and {beton} 4: 0 of the first 4 differ by WNID" in said
+    assert "--classes-from" in said and not (run / "eval.json").exists()

@@ -131,6 +131,25 @@ def test_local_host_reads_this_machine(rows):
     assert f"host: this machine: {os.cpu_count()} vCPUs, {ram_gib:,.0f} GiB RAM" in result.output
 
 
+def test_plans_state_the_worker_count_they_assume(rows):
+    """The full recipe's 12 workers per process, as the loaders will lower them on the host planned for."""
+    from imagenet_kit.data.workers import host_cores
+
+    result = _plan("--recipe", "full", "--instance", "g4dn.2xlarge", "--results-dir", str(rows))
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "workers: data.workers 12, lowered to 8 per training process (8 vCPUs, 1 training process)" in out
+    result = _plan("--recipe", "full", "--instance", "p4d.24xlarge", "--results-dir", str(rows))
+    assert "workers: data.workers 12 per training process (96 vCPUs, 8 training processes)" in " ".join(
+        result.output.split())
+    result = _plan("--recipe", "full", "--host", "local", "--gpu", "t4", "--results-dir", str(rows))
+    assert result.exit_code == 0, result.output
+    cores = host_cores()
+    lowered = f", lowered to {cores}" if cores < 12 else ""
+    assert f"workers: data.workers 12{lowered} per training process ({cores} vCPUs, 1 training process)" in " ".join(
+        result.output.split())
+
+
 def test_committed_rows_give_the_readme_verdicts():
     """The README's EC2 section: what the committed measurements say about the two recipes and instances."""
     results = str(REPO / "bench" / "results")

@@ -97,6 +97,7 @@ def test_max_steps_stops_mid_epoch_and_resume_finishes_at_same_step_count(tiny_c
     assert final["scheduler"]["last_epoch"] == 8
 
 
+@pytest.mark.slow
 def test_sigterm_writes_checkpoint_and_exits_zero(tiny_config):
     cmd = [sys.executable, "-m", "imagenet_kit", "train", "--recipe", "sample",
            *sum((["--set", f"{k}={v}"] for k, v in _flags(tiny_config).items()), []),
@@ -115,7 +116,8 @@ def test_sigterm_writes_checkpoint_and_exits_zero(tiny_config):
 
 
 def _flags(cfg) -> dict:
-    return {"output_dir": cfg.output_dir, "name": cfg.name, "data.beton_dir": cfg.data.beton_dir,
+    return {"output_dir": cfg.output_dir, "name": cfg.name, "data.root": cfg.data.root,
+            "data.beton_dir": cfg.data.beton_dir,
             "data.name": cfg.data.name, "data.max_res": cfg.data.max_res, "data.workers": 1,
             "model.arch": "resnet18", "optim.lr": 0.05, "optim.lr_batch": 8, "train.batch_size": 8,
             "train.min_res": 32, "train.max_res": 32, "train.val_res": 32, "train.precision": "fp32"}
@@ -271,3 +273,22 @@ def test_curves_are_titled_with_the_run_and_mark_the_exported_epoch(tmp_path, mo
     accuracy = fig.axes[1]
     assert "exported (best.pt): epoch 2, 52.0%" in [t.get_text() for t in accuracy.get_legend().get_texts()]
     assert [line.get_xdata()[0] for line in accuracy.get_lines() if line.get_linestyle() == "--"] == [2]
+
+
+def test_resume_on_a_beton_of_other_classes_is_refused_before_the_run_folder_changes(tiny_config, tmp_path):
+    from imagenet_kit.data.convert import ClassMismatch
+
+    betons = tmp_path / "other-betons"
+    shutil.copytree(tiny_config.data.beton_dir, betons)
+    tiny_config.data.beton_dir = str(betons)
+    tiny_config.train.epochs = 1
+    train(tiny_config, CPU)
+    table = betons / "tiny-train-64.beton.classes.json"
+    classes = json.loads(table.read_text())
+    classes[0]["wnid"], classes[1]["wnid"] = classes[1]["wnid"], classes[0]["wnid"]
+    table.write_text(json.dumps(classes))
+    before = {p: p.stat().st_mtime_ns for p in tiny_config.run_dir.rglob("*")}
+    tiny_config.train.epochs = 2
+    with pytest.raises(ClassMismatch, match="the checkpoint resumed from has 4 classes and .* 4: 2 of the first 4"):
+        train(tiny_config, CPU, resume="auto")
+    assert {p: p.stat().st_mtime_ns for p in tiny_config.run_dir.rglob("*")} == before

@@ -25,6 +25,7 @@ from rich.table import Table
 from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.data.convert import DEFAULT_COMPRESS_PROB, DEFAULT_JPEG_QUALITY, convert
 from imagenet_kit.data.sources import Source, scan_imagefolder, scan_labelled_flat
+from imagenet_kit.data.workers import usable_workers
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import command_line, cpu_model, environment
 
@@ -102,6 +103,7 @@ def bench_data(src, out_dir, res: int = 176, workers: int = 1, batch_size: int =
 
     Returns ``{"baseline": record, "ffcv": [record per max-res], "results": path}``."""
     src, out_dir, results = Path(src), Path(out_dir), Path(results_dir) / "data.jsonl"
+    workers = usable_workers(workers, "bench data")  # the row records the count that was timed
     source = scan_any(src)
     betons, unreadable = {}, set()
     for max_res in max_res_list:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from imagenet_kit.bench.results import RESULTS_DIR, read_results
 from imagenet_kit.config import RunConfig
+from imagenet_kit.data.workers import core_share, host_cores
 
 GIB = 2 ** 30
 # What the page cache cannot have: the OS, and per training process its model, optimizer and FFCV's pinned batch
@@ -66,7 +67,7 @@ def local_host(beton_dir: Path, gpu: str | None, price_per_hour: float | None) -
         import torch
 
         gpus = max(torch.cuda.device_count(), 1)
-    return Host("this machine", os.cpu_count() or 1, ram / GIB, shutil.disk_usage(where).free / 1e9, gpu, gpus,
+    return Host("this machine", host_cores(), ram / GIB, shutil.disk_usage(where).free / 1e9, gpu, gpus,
                 price_per_hour, disk_what=f"free on {where}")
 
 
@@ -207,8 +208,15 @@ def _what_fits(cfg: RunConfig, host: Host, gpus: int, images: int, results_dir: 
 def _decode_verdict(fit: dict, cfg: RunConfig, host: Host, gpus: int, results_dir: Path) -> None:
     per_core = measured_decode_per_core(cfg, results_dir)
     free = max(host.vcpus - gpus, 1)  # one core per training process runs its Python loop
-    cores = min(free, cfg.data.workers * max(gpus, 1)) if cfg.data.workers else free
-    fit["decode_cores"] = cores
+    processes = max(gpus, 1)
+    share = core_share(host.vcpus, processes)  # what the loaders lower data.workers to there (data/workers.py)
+    workers = min(cfg.data.workers, share) if cfg.data.workers else share
+    cores = min(free, workers * processes)
+    fit["decode_cores"], fit["workers"] = cores, workers
+    asked = "0 (all cores)" if cfg.data.workers == 0 else str(cfg.data.workers)
+    lowered = f", lowered to {workers}" if cfg.data.workers != workers else ""
+    fit["lines"].append(f"workers: data.workers {asked}{lowered} per training process ({host.vcpus} vCPUs, "
+                        f"{processes} training process{'es' if processes > 1 else ''})")
     if per_core is None:
         fit["decode_img_per_s"] = None
         fit["lines"].append(f"CPU decoding: no measured row at max_res {cfg.data.max_res}, compress_prob "
@@ -216,7 +224,7 @@ def _decode_verdict(fit: dict, cfg: RunConfig, host: Host, gpus: int, results_di
         return
     rate, source = per_core
     fit["decode_img_per_s"] = rate * cores
-    used = "" if cores == free else f" (data.workers={cfg.data.workers} per process; {free} are free)"
+    used = "" if cores == free else f" ({workers} workers per process; {free} are free)"
     fit["lines"].append(f"CPU decoding: {rate:,.0f} img/s per core x {cores} cores{used} = {rate * cores:,.0f} img/s "
                         f"(measured on {source}; assumes the host's vCPUs decode as fast as that core and scale "
                         "linearly, optimistic where two vCPUs share a physical core)")

@@ -17,7 +17,6 @@ and not a layout choice. Every mode uses 1000 classes, ImageNet's head; the real
 """
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from imagenet_kit.bench.train_steps import (
     measure_synthetic,
 )
 from imagenet_kit.config import PACKAGE_DIR, ConfigError, ModelConfig, load_config
+from imagenet_kit.data.workers import usable_workers
 from imagenet_kit.engine.logbook import peak_memory_mb
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture_label
 from imagenet_kit.models.factory import ARCHS
@@ -108,7 +108,7 @@ def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, pre
     defaults = ModelConfig()
     model_options = {key: getattr(defaults, key) for key in MODEL_OPTIONS} | (model_options or {})
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    workers = workers or os.cpu_count() or 1  # as the loaders' default_workers, without importing FFCV
+    workers = usable_workers(workers, "bench train")  # what the loaders would use
     beton_images = None
     if "real" in modes:
         beton = sample_beton() if beton is None else beton

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -59,14 +60,17 @@ class ZipMember:
     name: str
 
     def read_bytes(self) -> bytes:
-        return _open_zip(self.archive).read(self.name)
+        return _open_zip(self.archive, os.getpid()).read(self.name)
 
     def __str__(self) -> str:
         return f"{self.archive}:{self.name}"
 
 
 @functools.lru_cache(maxsize=4)  # one open index per archive and process: ImageNet's has 1.3 million entries
-def _open_zip(path: str) -> zipfile.ZipFile:
+def _open_zip(path: str, pid: int) -> zipfile.ZipFile:
+    """``pid``: the process that opened it. A converter process forked after the scan inherits the scan's open
+    file, and with it one file offset shared by every process: their reads then interleave, and members come
+    out with bad CRCs. Keyed by pid, each process opens the zip once for itself."""
     return zipfile.ZipFile(path)
 
 
@@ -157,7 +161,7 @@ def _member_stem(member) -> str:
 
 def scan_kaggle_zip(path: Path, split: str, classes: list[str] | None = None) -> Source:
     """Kaggle's zip, read through its index: ``ILSVRC/Data/CLS-LOC/<split>/``, val labelled by its CSV."""
-    archive = _open_zip(str(path))
+    archive = _open_zip(str(path), os.getpid())
     prefix = f"{KAGGLE_DIR}/{split}/"
     names = sorted(n for n in archive.namelist() if n.startswith(prefix) and not n.endswith("/"))
     members = [ZipMember(str(path), n) for n in names]

@@ -1,14 +1,13 @@
 """Folder or archive of images -> FFCV ``.beton``, with every input file accounted for.
 
-Each image is decoded once, by FFCV's writer processes (``_ImageDataset``). A file that cannot be read there is
-logged with its reason and written as a 1-pixel stand-in, because the writer has already given it a slot and a
-worker that raised would hang the writer; once the writer is done, ``beton_file.drop_samples`` removes those
-slots. The beton is written to a temporary name and renamed on success, so an interrupted conversion never
-leaves a file at ``out``.
+Each image is decoded once, by FFCV's writer processes (``beton_writer``). A file that cannot be read there is
+written as a 1-pixel stand-in and listed with its reason; once the writer is done, ``beton_file.drop_samples``
+removes those slots. The beton's size is estimated first and refused when the disk clearly cannot hold it
+(``disk_space``). It is written to a temporary name and renamed on success, so a conversion that fails or is
+interrupted (a full disk, a writer process killed, SIGTERM, Ctrl-C) never leaves a file at ``out``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -18,10 +17,13 @@ import numpy as np
 
 from imagenet_kit.data.archives import scan_train_tar, scan_val_tar
 from imagenet_kit.data.beton_file import drop_samples
+from imagenet_kit.data.beton_writer import Interrupted, WriterDied, write_beton
+from imagenet_kit.data.disk_space import disk_full_error, estimate_beton_bytes, require_space
 from imagenet_kit.data.gzip_shards import scan_gzip_shards
 from imagenet_kit.data.imagenet_meta import wnid_to_name
 from imagenet_kit.data.sources import ConvertError, Source, read_val_labels, scan_imagefolder, scan_labelled_flat
-from imagenet_kit.images import UnreadableImage, load_rgb
+from imagenet_kit.data.workers import usable_workers
+from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console, progress_bar
 
 # FFCV's published ImageNet write settings (ffcv-imagenet, write_imagenet.sh: 500 px, 50% JPEG, quality 90).
@@ -30,100 +32,9 @@ DEFAULT_COMPRESS_PROB = 0.5
 DEFAULT_JPEG_QUALITY = 90
 
 
-STAND_IN = np.zeros((1, 1, 3), dtype=np.uint8)  # what an unreadable file's slot holds until it is dropped
-
-
-class _ImageDataset:
-    """What FFCV's writer reads: (HxWx3 uint8 array, label) per index. Runs in the writer's (forked) processes;
-    a file that cannot be read is appended to ``failures`` (one JSON line: index, reason) and stood in for."""
-
-    def __init__(self, items: list[tuple[Path, int]], max_res: int, failures: Path):
-        self.items, self.max_res, self.failures = items, max_res, failures
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        path, label = self.items[i]
-        try:
-            return np.asarray(load_rgb(path, self.max_res)), label
-        except Exception as err:  # noqa: BLE001 - any error here would kill the worker and hang FFCV's writer
-            reason = str(err) if isinstance(err, UnreadableImage) else f"unexpected {type(err).__name__}: {err}"
-            with open(self.failures, "a") as log:  # O_APPEND: one short line per write, whole from every process
-                log.write(json.dumps({"index": int(i), "reason": reason}) + "\n")
-            return STAND_IN, label
-
-
-@contextlib.contextmanager
-def _ffcv_writer(advance):
-    """FFCV's writer, watched. Its tqdm bar (unlabelled, in it/s) gives its updates to the kit's bar instead; and
-    since its main loop waits forever (``sleep(0.1)`` until every sample is counted) for a writer process that died
-    (killed for memory, say), the kit's ``sleep`` there checks the processes and raises, naming the exit code."""
-    import time
-
-    import ffcv.writer
-
-    class KitBar:
-        def __init__(self, total=None, **_):
-            pass
-
-        def update(self, n=1):
-            advance(n)
-
-        def close(self):
-            pass
-
-    started = []
-
-    class WatchedProcess(ffcv.writer.Process):
-        def start(self):
-            super().start()
-            started.append(self)
-
-    def watched_sleep(seconds):
-        time.sleep(seconds)
-        codes = [p.exitcode for p in started if p.exitcode not in (None, 0)]
-        if codes:
-            raise ConvertError(f"a writer process died (exit code {codes[0]}; -9 is usually the kernel's "
-                               "out-of-memory killer): convert with fewer workers (-j / data.workers)")
-
-    originals = ffcv.writer.tqdm, ffcv.writer.Process, ffcv.writer.sleep
-    ffcv.writer.tqdm, ffcv.writer.Process, ffcv.writer.sleep = KitBar, WatchedProcess, watched_sleep
-    try:
-        yield
-    finally:
-        for process in started:
-            if process.is_alive():
-                process.terminate()
-        ffcv.writer.tqdm, ffcv.writer.Process, ffcv.writer.sleep = originals
-
-
 def class_table(classes: list[str]) -> list[dict]:
     """index, wnid and human-readable name (ImageNet-1K's where the folder is an ImageNet wnid)."""
     return [{"index": i, "wnid": c, "name": wnid_to_name(c) or c} for i, c in enumerate(classes)]
-
-
-def _write_beton(items: list, tmp: Path, max_res: int, jpeg_quality: int, compress_prob: float, workers: int,
-                 page_size: int, advance) -> dict[int, str]:
-    """FFCV's writer over every item, decoding each once (``advance(n)`` as they are done); returns the unreadable
-    ones (index -> reason), whose slots hold stand-ins."""
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
-
-    failures = tmp.with_name(tmp.name + ".failures")
-    try:
-        writer = DatasetWriter(str(tmp), {
-            "image": RGBImageField(write_mode="proportion", max_resolution=max_res,
-                                   compress_probability=compress_prob, jpeg_quality=jpeg_quality),
-            "label": IntField(),
-        }, num_workers=workers, page_size=page_size)
-        with _ffcv_writer(advance):
-            writer.from_indexed_dataset(_ImageDataset(items, max_res, failures))
-        if not failures.is_file():
-            return {}
-        return {row["index"]: row["reason"] for row in map(json.loads, failures.read_text().splitlines())}
-    finally:
-        failures.unlink(missing_ok=True)
 
 
 def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
@@ -139,22 +50,30 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(out.name + ".tmp-*"):  # left by a killed earlier run
         stale.unlink()
-    workers = workers or os.cpu_count() or 1
+    workers = usable_workers(workers, "convert")
 
     if not source.items:
         first = f" (the first: {source.skipped[0][0]}: {source.skipped[0][1]})" if source.skipped else ""
         raise ConvertError(f"{source.root}: no image files to convert; {len(source.skipped)} files skipped{first}")
+    estimate = estimate_beton_bytes(source.items, max_res, compress_prob, workers, page_size)
+    free = require_space(out.parent, estimate, len(source.items), max_res)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
         with progress_bar(f"convert {out.name}: decode and write", len(source.items), "img") as advance:
-            unreadable = _write_beton(source.items, tmp, max_res, jpeg_quality, compress_prob, workers, page_size,
-                                      advance)
+            unreadable = write_beton(source.items, tmp, max_res, jpeg_quality, compress_prob, workers, page_size,
+                                     advance)
         if len(unreadable) == len(source.items):
             raise ConvertError(f"{source.root}: none of {len(source.items)} files could be read (the first: "
                                f"{source.items[0][0]}: {unreadable[0]})")
         if unreadable:
             drop_samples(tmp, sorted(unreadable))
         os.replace(tmp, out)
+    except WriterDied as died:
+        raise (disk_full_error(out.parent, estimate, free) if died.no_space else ConvertError(str(died))) from None
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signal_name = str(stop) or "Ctrl-C"
+        raise ConvertError(f"conversion to {out} interrupted ({signal_name}); nothing was written there: run the "
+                           "same command again to convert from the start") from None
     finally:
         tmp.unlink(missing_ok=True)
     good = [item for i, item in enumerate(source.items) if i not in unreadable]
@@ -183,6 +102,23 @@ def read_classes(beton: Path) -> list[dict]:
     if not path.is_file():
         raise ConvertError(f"{path} is missing; it is written by 'imagenet-kit convert' next to the beton")
     return json.loads(path.read_text())
+
+
+class ClassMismatch(KitError):
+    """A model and a beton whose classes (WNIDs, in order) are not the same: the scores would mean nothing."""
+
+
+def check_same_classes(model_classes: list[dict], beton: Path, model_side: str) -> None:
+    """Refuse ``beton`` unless it holds the classes of ``model_side`` by WNID, in the same order."""
+    ours, theirs = [c["wnid"] for c in model_classes], [c["wnid"] for c in read_classes(beton)]
+    if ours == theirs:
+        return
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b]
+    first = ", ".join(f"#{i} {a} vs {b}" for i, a, b in differ[:3])
+    raise ClassMismatch(
+        f"{model_side} has {len(ours)} classes and {beton} {len(theirs)}: {len(differ)} of the first "
+        f"{min(len(ours), len(theirs))} differ by WNID{f' ({first})' if first else ''}. Use data converted with "
+        f"the model's classes (imagenet-kit convert SRC OUT --classes-from THE_RUNS_TRAIN_BETON)")
 
 
 def print_summary(report: dict) -> None:
@@ -222,13 +158,16 @@ def convert_command(src, out, max_res, jpeg_quality, compress_prob, workers, lab
     if classes_from:
         table_path = classes_from if classes_from.endswith(".json") else f"{classes_from}.classes.json"
         classes = [c["wnid"] for c in json.loads(Path(table_path).read_text())]
-    src = Path(src)
+    print_summary(convert(scan_source(Path(src), labels, classes), Path(out), max_res, jpeg_quality, compress_prob,
+                          workers, force))
+
+
+def scan_source(src: Path, labels: Path | None = None, classes: list[str] | None = None) -> Source:
+    """What ``convert SRC`` reads (see its help); ``labels``: a flat val split's label file."""
     if src.name.endswith(".tar.gz"):  # a Hugging Face imagenet-1k shard: the class is in each file's name
-        source = scan_gzip_shards([src], classes)
-    elif src.suffix == ".tar":  # the official archives, read in place: val is the flat one, and needs --labels
-        source = scan_val_tar(src, read_val_labels(Path(labels)), classes) if labels else scan_train_tar(src, classes)
-    elif labels:
-        source = scan_labelled_flat(src, read_val_labels(Path(labels)), classes)
-    else:
-        source = scan_imagefolder(src, classes)
-    print_summary(convert(source, Path(out), max_res, jpeg_quality, compress_prob, workers, force))
+        return scan_gzip_shards([src], classes)
+    if src.suffix == ".tar":  # the official archives, read in place: val is the flat one, and needs --labels
+        return scan_val_tar(src, read_val_labels(Path(labels)), classes) if labels else scan_train_tar(src, classes)
+    if labels:
+        return scan_labelled_flat(src, read_val_labels(Path(labels)), classes)
+    return scan_imagefolder(src, classes)

@@ -6,8 +6,6 @@ host-to-device copy at one byte per pixel.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
@@ -22,6 +20,7 @@ from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, T
 import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's reader corrupts numba's types)
 from imagenet_kit.config_checks import TRAIN_CROPS
 from imagenet_kit.data.pixels import CENTER_CROP_RATIO
+from imagenet_kit.data.workers import usable_workers
 
 
 def random_square_crop(height: int, width: int, _scale, ratio: float) -> tuple[int, int, int, int]:
@@ -48,12 +47,6 @@ class RandomSquareCropRGBImageDecoder(ResizedCropRGBImageDecoder):
         return random_square_crop
 
 
-def default_workers(workers: int) -> int:
-    """0 means one per CPU core. FFCV also sets torch's intra-op thread count to the loader's worker count
-    (ffcv/pipeline/compiler.py), so on CPU this is the training thread count too."""
-    return workers or os.cpu_count() or 1
-
-
 def _label_pipeline(device: torch.device) -> list:
     # Squeeze after ToDevice: FFCV's ToDevice indexes shape[0], which a squeezed batch of one (the last
     # val batch when count % batch == 1) lacks; its loader thread then dies and the main thread waits
@@ -64,13 +57,16 @@ def _label_pipeline(device: torch.device) -> list:
 def create_train_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
                         seed: int = 0, distributed: bool = False, in_memory: bool = True,
                         drop_last: bool = True, deterministic: bool = False, min_scale: float = 0.08,
-                        crop: str = "random_resized") -> Loader:
+                        crop: str = "random_resized", kind: str = "train loader") -> Loader:
     """Random crops (``crop``: see TrainConfig.crop) + flip, decoded by FFCV's JIT pipeline.
 
     The resolution can be changed between epochs with ``set_resolution`` (progressive resizing).
     Under torchrun (``distributed=True``) each rank reads a disjoint shard of every epoch's order.
     ``deterministic``: center crops, no flip, sequential order (rank r of W reads samples r, r+W, ...), so
     a run replays exactly and W ranks see the same samples per step as one process with W times the batch.
+    ``workers``: 0 = this process's share of the cores; more than that is lowered to it (``usable_workers``,
+    which names ``kind`` when it does). FFCV also sets torch's intra-op thread count to the loader's worker
+    count (ffcv/pipeline/compiler.py), so on CPU this is the training thread count too.
     """
     if deterministic:
         augment = [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO)]
@@ -89,8 +85,8 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
         "image": [*augment, ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage()],
         "label": _label_pipeline(device),
     }
-    return Loader(beton, batch_size=batch_size, num_workers=workers, order=order, os_cache=in_memory,
-                  drop_last=drop_last, pipelines=pipelines, distributed=distributed, seed=seed)
+    return Loader(beton, batch_size=batch_size, num_workers=usable_workers(workers, kind), order=order,
+                  os_cache=in_memory, drop_last=drop_last, pipelines=pipelines, distributed=distributed, seed=seed)
 
 
 def create_val_loader(beton: str, batch_size: int, res: int, device: torch.device, workers: int,
@@ -106,7 +102,8 @@ def create_val_loader(beton: str, batch_size: int, res: int, device: torch.devic
         "label": _label_pipeline(device),
     }
     indices = np.arange(rank, beton_num_samples(beton), world_size) if world_size > 1 else None
-    return Loader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
+    return Loader(beton, batch_size=batch_size, num_workers=usable_workers(workers, "val loader"),
+                  order=OrderOption.SEQUENTIAL,
                   drop_last=False, pipelines=pipelines, indices=indices)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import click
@@ -10,7 +11,14 @@ import click
 from imagenet_kit.config import ConfigError, RunConfig
 from imagenet_kit.data.archives import find_splits
 from imagenet_kit.data.convert import convert, print_summary, read_classes
-from imagenet_kit.data.sources import check_imagefolder_root, hold_out, is_class_folder_root, scan_imagefolder
+from imagenet_kit.data.sources import (
+    ConvertError,
+    check_imagefolder_root,
+    hold_out,
+    is_class_folder_root,
+    scan_imagefolder,
+)
+from imagenet_kit.data.verify import verify_beton
 from imagenet_kit.errors import KitError
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console
@@ -28,6 +36,7 @@ def require_betons(cfg: RunConfig, reason: str = "") -> None:
             raise BetonNotFound(f"{beton} not found{reason}. Convert first: imagenet-kit prepare --recipe ... "
                                 f"--data {root} (converts {root}/train and {root}/val), or imagenet-kit convert "
                                 f"SRC {beton}")
+        _check_beton_source(cfg, beton)  # train/lr-find/eval --data OTHER_ROOT must not read these silently
     from imagenet_kit.data.loaders import beton_num_samples
 
     require_batch_fits(cfg, beton_num_samples(str(cfg.betons[0])), cfg.betons[0])
@@ -92,10 +101,21 @@ def _check_beton_source(cfg: RunConfig, beton: Path) -> None:
                           f"own name (--set data.name=...) or delete the old betons")
 
 
+# The quick check after each conversion: every count and label, and a sample of records decoded and compared
+# with their files (``imagenet-kit verify`` decodes them all).
+QUICK_DECODE, QUICK_COMPARE = 64, 16
+
+
 def _convert(cfg: RunConfig, source, beton: Path) -> None:
     report = convert(source, beton, cfg.data.max_res, cfg.data.jpeg_quality, cfg.data.compress_prob,
                      cfg.data.workers)
     print_summary(report)
+    start = time.monotonic()
+    verdict = verify_beton(beton, source, sample=QUICK_COMPARE, decode=QUICK_DECODE)
+    if not verdict.ok:
+        raise ConvertError(verdict.summary(beton) + f"; the beton may be damaged: delete {beton} and convert again")
+    console.print(f"{verdict.summary(beton)} in {time.monotonic() - start:.1f} s (a sample decoded; "
+                  f"imagenet-kit verify {beton} decodes every record)")
 
 
 @click.command("prepare")

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from imagenet_kit.config import config_from_dict
-from imagenet_kit.data.convert import convert
-from imagenet_kit.data.loaders import create_val_loader, default_workers
+from imagenet_kit.data.convert import check_same_classes, convert
+from imagenet_kit.data.loaders import create_val_loader
 from imagenet_kit.data.pixels import normalize
 from imagenet_kit.data.sources import scan_imagefolder
 from imagenet_kit.engine.checkpoint import load_checkpoint
@@ -73,7 +73,7 @@ def evaluate_checkpoint(checkpoint: dict, beton: str, device: torch.device, res:
     res = res or cfg.train.val_res
     flip_tta = cfg.train.flip_tta if flip_tta is None else flip_tta
     amp_dtype, _ = resolve_precision(cfg.train.precision, device)
-    loader = create_val_loader(beton, batch_size, res, device, default_workers(workers),
+    loader = create_val_loader(beton, batch_size, res, device, workers,
                                crop_ratio=cfg.train.val_crop_ratio)
     result = evaluate(model, loader, len(classes), device, amp_dtype, flip_tta, cfg.model.channels_last)
     result.update({"res": res, "flip_tta": flip_tta, "arch": cfg.model.arch, "beton": str(beton)})
@@ -100,6 +100,7 @@ def run_eval(checkpoint: Path, run: RunFolder, data_path: Path, res: int | None 
             beton = Path(tmp) / "eval.beton"
             source = scan_imagefolder(data_path, [c["wnid"] for c in state["classes"]])
             convert(source, beton, max_res=512, compress_prob=0.0)
+        check_same_classes(state["classes"], beton, f"checkpoint {checkpoint}")
         result = evaluate_checkpoint(state, str(beton), runtime.device, res, tta, batch_size)
     out_path = Path(out) if out else run.eval_json
     rows = per_class_rows(result, state["classes"])

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from imagenet_kit.config import RunConfig
 from imagenet_kit.data.convert import read_classes
-from imagenet_kit.data.loaders import create_train_loader, default_workers
+from imagenet_kit.data.loaders import create_train_loader
 from imagenet_kit.data.pixels import normalize
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine import plots
@@ -175,7 +175,8 @@ def _cycle(batches):
 def lr_find_loader(cfg: RunConfig, train_beton: Path, device: torch.device, workers: int, seed: int):
     """The range test's batches: the run's training crops at its first resolution and the test's batch size."""
     return create_train_loader(str(train_beton), cfg.lr_find.batch_size or cfg.train.batch_size, cfg.train.min_res,
-                               device, workers, seed=seed, min_scale=cfg.train.min_scale, crop=cfg.train.crop)
+                               device, workers, seed=seed, min_scale=cfg.train.min_scale, crop=cfg.train.crop,
+                               kind="LR range test loader")
 
 
 def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype, world_size: int = 1) -> dict:
@@ -221,7 +222,7 @@ def range_test(cfg: RunConfig, runtime: Runtime) -> float:
     train_beton = cfg.betons[0]
     model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
     amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
-    return auto_lr(cfg, runtime, model, train_beton, amp_dtype, default_workers(cfg.data.workers))
+    return auto_lr(cfg, runtime, model, train_beton, amp_dtype, cfg.data.workers)
 
 
 @click.command("lr-find")

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from imagenet_kit.config import RunConfig, dump_config
-from imagenet_kit.data.convert import read_classes
-from imagenet_kit.data.loaders import create_train_loader, create_val_loader, default_workers
+from imagenet_kit.data.convert import check_same_classes, read_classes
+from imagenet_kit.data.loaders import create_train_loader, create_val_loader
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine import plots
 from imagenet_kit.engine.checkpoint import (
@@ -83,12 +83,14 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     np.random.seed(cfg.train.seed + runtime.rank)
     require_betons(cfg)  # and that a batch fits them: before the run folder exists
     state = _resume_state(cfg, resume)
+    train_beton, val_beton = cfg.betons
+    if state is not None:  # before anything in the run folder changes
+        check_same_classes(state["classes"], train_beton, "the checkpoint resumed from")
     if runtime.is_main:
         cfg.run.checkpoints.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, cfg.run.config)
-    train_beton, val_beton = cfg.betons
     classes = read_classes(train_beton)
-    workers = default_workers(cfg.data.workers)
+    workers = cfg.data.workers
     model = _model(cfg, runtime, classes, fresh=state is None)
     amp_dtype, use_scaler = resolve_precision(cfg.train.precision, runtime.device)
     global_batch = cfg.train.batch_size * runtime.world_size

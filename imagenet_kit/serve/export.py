@@ -23,7 +23,7 @@ from imagenet_kit.models.architecture import architecture
 from imagenet_kit.models.factory import fold_parametrizations, model_from_config, model_from_export_info
 from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import console
-from imagenet_kit.runs import BEST_IN_RUN, EXPORT, MODEL_FILES, ExportFolder, resolve_checkpoint
+from imagenet_kit.runs import BEST_IN_RUN, EXPORT, MODEL_FILES, ExportFolder, checkpoint_label, resolve_checkpoint
 from imagenet_kit.runtime import environment, write_json
 from imagenet_kit.serve.predict import ExportError, _quiet_deprecations, preprocess
 
@@ -144,7 +144,7 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
         # Measured by training's own evaluation (FFCV center crop at train.val_res, flip TTA if set).
         "top1": metrics.get("top1"), "top5": metrics.get("top5"), "epoch": metrics.get("epoch"),
         "epochs": cfg.train.epochs, "val_res": cfg.train.val_res, "flip_tta": cfg.train.flip_tta,
-        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint": checkpoint_label(checkpoint),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": env["device"], "cpu": env["cpu"], "torch": env["torch"],
         "parity": {"images": len(batch), "source": batch_source}, "formats": {},
