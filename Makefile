@@ -12,7 +12,7 @@ RECIPE ?= full
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps browser-deps mini full demo space test lint bench gpu-evidence gpu-bundle clean
+.PHONY: help setup system-deps browser-deps mini full demo space test test-fast lint bench gpu-evidence gpu-bundle clean
 
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
@@ -20,7 +20,8 @@ help:
 	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8] [RECIPE=g4dn-t4]"
 	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
 	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
-	@echo "make test    lint (ruff) and the test suite"
+	@echo "make test    lint (ruff) and the test suite, one worker per core"
+	@echo "make test-fast  the unit tests only (no processes started), for the edit loop"
 
 setup: $(STAMP)
 
@@ -67,8 +68,15 @@ demo: setup
 space: setup
 	$(KIT) space $(if $(RUN),--run "$(RUN)") $(ARGS)
 
+# One pytest worker per core (TEST_WORKERS=1: one process). --dist loadscope sends each test module to one
+# worker, so that a module's shared fixtures (a torchrun launch, the installed kit's sample run) are built once.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: lint browser-deps
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
+
+# The unit tier for the edit loop: no test marked slow (those start processes, build venvs or run torchrun).
+test-fast: setup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(ARGS)
 
 # pyflakes, import order, bugbear and a statement limit per function (pyproject.toml's [tool.ruff]).
 lint: setup

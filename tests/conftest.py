@@ -1,7 +1,9 @@
 """Shared fixtures: tiny betons cut from the embedded sample (real images), built once per session."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,45 @@ from imagenet_kit.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "imagenet_kit" / "sample_data" / "imagenette-sample"
+
+
+# The modules that take longest (pytest --durations=0 under `make test`, 2 cores, 2026-12-05), longest first:
+# `make test`'s workers take whole modules in collection order, so these start at once and no worker is left
+# running a long one alone at the end.
+LONGEST_FIRST = ("test_space", "test_gpu_evidence", "test_ddp_checks", "test_train", "test_install",
+                 "test_archives", "test_cli", "test_progress", "test_workers")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # stable
+
+
+HOST_QUERIES = ("git", "uname")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """``make test-fast`` runs the tests not marked slow, and promises that none of them starts a process (the
+    CLI, make, torchrun, pip, a browser): one that does fails here, naming the command, until it is marked slow.
+    The quick queries a run makes of its host are let through: ``git rev-parse`` (the run's provenance) and
+    ``uname -p`` (Python's ``platform.processor``)."""
+    if request.node.get_closest_marker("slow"):
+        return
+    start = subprocess.Popen.__init__
+
+    def refuse(self, args, *rest, **kwargs):
+        if Path(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]).name not in HOST_QUERIES:
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it @pytest.mark.slow")
+        start(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+def make_env() -> dict:
+    """This environment without the variables by which an outer ``make test ARGS=...`` would pass its own
+    command-line variables (ARGS among them) down to the ``make`` a test runs."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
 
 def _tiny_imagefolder(dst: Path, classes: int, train_per_class: int, val_per_class: int) -> Path:
@@ -39,7 +80,8 @@ def tiny_data(tmp_path_factory) -> dict:
 def tiny_overrides(tiny_data: dict, output_dir: Path) -> list[str]:
     """tiny_config's settings, for fixtures of a wider scope that train a run of their own."""
     return [
-        f"output_dir={output_dir}", "name=tiny", f"data.beton_dir={tiny_data['beton_dir']}",
+        f"output_dir={output_dir}", "name=tiny", f"data.root={tiny_data['root']}",
+        f"data.beton_dir={tiny_data['beton_dir']}",
         "data.name=tiny", "data.max_res=64", "data.workers=1", "model.arch=resnet18", "optim.lr=0.05",
         "optim.lr_batch=8", "train.epochs=2", "train.batch_size=8", "train.min_res=32", "train.max_res=32",
         "train.val_res=32", "train.val_batch_size=16", "train.precision=fp32", "lr_find.num_iter=12",

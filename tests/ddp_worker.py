@@ -1,12 +1,15 @@
 """One rank of the torchrun tests in test_ddp_checks.py (run by ``python -m torch.distributed.run``, gloo on CPU).
 
-``python ddp_worker.py MODE OUT_DIR KEY=VALUE...``: MODE is what the rank does; KEY=VALUE are config overrides
-(tiny_overrides'); each rank writes what the test checks to OUT_DIR/rank<r>.json.
+``python ddp_worker.py SCENARIOS.json``: a list of ``{"mode", "out", "overrides"}``, run one after another in one
+process group, so that one launch (process start, imports, FFCV's compilation) serves several tests. ``mode`` is
+what the rank does; ``overrides`` are config overrides (tiny_overrides'); each rank writes what the test checks,
+and the seconds the scenario took, to ``out``/rank<r>.json.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,7 +30,10 @@ def count_reductions(cfg, runtime) -> dict:
         return all_reduce(tensor, *args, **kwargs)
 
     dist.all_reduce = counted
-    result = train_module.train(cfg, runtime)
+    try:
+        result = train_module.train(cfg, runtime)
+    finally:
+        dist.all_reduce = all_reduce
     return {"all_reduce": len(calls), "global_step": result["global_step"], "epochs": cfg.train.epochs}
 
 
@@ -45,6 +51,8 @@ def diverge_on_rank_1(cfg, runtime) -> dict:
         train_module.train(cfg, runtime)
     except train_module.DivergenceError as err:
         return {"error": str(err)}
+    finally:
+        train_module.train_step = step
     return {"error": None}
 
 
@@ -68,11 +76,16 @@ def auto_lr(cfg, runtime) -> dict:
 MODES = {"reductions": count_reductions, "nan": diverge_on_rank_1, "eval": evaluate_shard, "auto_lr": auto_lr}
 
 if __name__ == "__main__":
-    mode, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-    cfg = load_config("sample", overrides)
-    runtime = init_runtime(cfg.train.dist_timeout_minutes)
+    scenarios = json.loads(Path(sys.argv[1]).read_text())
+    runtime = init_runtime(load_config("sample", scenarios[0]["overrides"]).train.dist_timeout_minutes)
     try:
-        result = MODES[mode](cfg, runtime)
+        for scenario in scenarios:
+            cfg = load_config("sample", scenario["overrides"])
+            start = time.monotonic()
+            result = MODES[scenario["mode"]](cfg, runtime)
+            result["seconds"] = time.monotonic() - start
+            out = Path(scenario["out"])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"rank{runtime.rank}.json").write_text(json.dumps(result))
     finally:
         shutdown_runtime(runtime)
-    (out / f"rank{runtime.rank}.json").write_text(json.dumps(result))

@@ -9,12 +9,13 @@ from conftest import SAMPLE
 from imagenet_kit import cli
 
 
-def _cases(tmp, tiny):
+def _cases(tmp, tiny, tiny_root):
     junk = tmp / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     existing = tmp / "out.beton"
     existing.write_bytes(b"")
-    tiny_betons = ["--set", f"data.beton_dir={tiny}", "--set", "data.name=tiny", "--set", "data.max_res=64"]
+    tiny_betons = ["--data", str(tiny_root), "--set", f"data.beton_dir={tiny}", "--set", "data.name=tiny", "--set",
+                   "data.max_res=64"]
     fresh = ["--set", f"data.beton_dir={tmp / 'betons'}"]  # the sample's betons, not built yet
     return {
         "negative lr": (["train", "--lr", "-1", *fresh], "optim.lr must be positive or auto (e.g. --lr 0.1"),
@@ -51,7 +52,7 @@ def _cases(tmp, tiny):
 
 @pytest.fixture
 def cases(tmp_path, tiny_data):
-    return _cases(tmp_path, tiny_data["beton_dir"])
+    return _cases(tmp_path, tiny_data["beton_dir"], tiny_data["root"])
 
 
 NAMES = ["negative lr", "zero batch", "zero epochs", "batch over the data, before converting", "batch over a beton",

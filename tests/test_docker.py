@@ -107,6 +107,7 @@ def test_train_service_reserves_gpus_and_needs_its_profile():
       "/opt/venv/bin/torchrun --nproc_per_node=8 -m imagenet_kit run --recipe g4dn-t4 --data \"/data\""]),
     ({}, ["mini"], ["/opt/venv/bin/imagenet-kit run --recipe sample"]),  # the smoke test of docs/deploy.md
 ])
+@pytest.mark.slow
 def test_train_service_make_call_runs_the_recipe_through_the_makefile(tmp_path, shell, command, expected):
     """Dry-run the service's make call, with its environment, on the real Makefile laid out as in the
     image: no pyproject.toml or .venv beside it, the kit in /opt/venv."""
@@ -132,6 +133,7 @@ def _hadolint() -> str:
     return found
 
 
+@pytest.mark.slow
 def test_dockerfile_passes_hadolint():
     result = subprocess.run([_hadolint(), str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60,
                             check=False)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SAMPLE
 
+pytestmark = pytest.mark.slow  # each test runs the CLI or a Python in a process of its own
+
 README = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n"
 # Runs the CLI with FFCV, OpenCV and Gradio refused from site-packages: only a bundle may provide them.
 BLOCKING_CLI = """
@@ -110,7 +112,6 @@ print("loaded", lib.imdecode is not None)
     assert run.returncode == 0 and "loaded True" in run.stdout, run.stdout + run.stderr
 
 
-@pytest.mark.slow
 def test_smoke_evidence_with_the_bundle_writes_every_row_and_the_readme(bundle, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README)

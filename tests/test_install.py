@@ -1,9 +1,9 @@
 """An installed kit (a wheel, not this checkout) runs a recipe from any folder, and its demo serves that run.
 
 Recipes and the embedded sample are package data: ``pip install .`` into a fresh venv, then
-``imagenet-kit run --recipe sample --output-dir DIR`` from a folder that holds nothing of the repository, and
-``imagenet-kit demo --output-dir DIR`` from yet another folder. The fresh venv borrows this environment's
-third-party packages (torch, FFCV, Gradio: gigabytes) through a .pth line, never its editable imagenet_kit.
+``imagenet-kit run --recipe sample --output-dir DIR`` from a folder that holds nothing of the repository
+(``sample_run``), and ``imagenet-kit demo --output-dir DIR`` from yet another folder; the same run's
+export served in-process carries examples of its own classes, which a browser clicks through.
 """
 from __future__ import annotations
 
@@ -18,11 +18,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import REPO
+from test_app import ARTIFACTS, BROWSER_ARGS, CHROMIUM, _browser_missing, _free_port  # tests/ is on sys.path
 
-from tests.conftest import REPO
+from imagenet_kit.serve.demo import build_app, launch
 
-TINY = ["--epochs", "1", "--lr", "0.1", "-b", "32", "-j", "2", "--set", "train.min_res=64", "--set",
-        "train.max_res=64", "--set", "train.val_res=64", "--set", "train.start_ramp=0", "--set", "train.end_ramp=0"]
+# Gradio's queue calls pandas APIs that pandas 3 deprecates; not this project's code.
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+              pytest.mark.slow]  # every test here uses the kit installed into a fresh venv
+
 SERVE_TIMEOUT = 180
 
 
@@ -40,8 +45,9 @@ def _copy_checkout(dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A fresh venv's bin/ holding the kit installed from its wheel."""
+def installed_kit(tmp_path_factory) -> Path:
+    """A fresh venv's bin/ holding the kit installed from its wheel. It borrows this environment's third-party
+    packages (torch, FFCV, Gradio: gigabytes) through a .pth line, never its editable imagenet_kit."""
     base = tmp_path_factory.mktemp("install")
     source = _copy_checkout(base / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
@@ -56,17 +62,34 @@ def installed(tmp_path_factory) -> Path:
     return venv / "bin"
 
 
-@pytest.mark.slow
-def test_the_installed_kit_runs_the_sample_from_any_folder_and_serves_it(installed, tmp_path):
-    workdir, elsewhere, out = tmp_path / "work", tmp_path / "elsewhere", tmp_path / "my-runs"
+# `make mini` at test size: one epoch at 64 px
+SAMPLE_RUN_FLAGS = ["--epochs", "1", "--lr", "0.1", "-b", "32", "-j", "2", "--set", "train.min_res=64", "--set",
+                    "train.max_res=64", "--set", "train.val_res=64", "--set", "train.start_ramp=0", "--set",
+                    "train.end_ramp=0"]
+
+
+@pytest.fixture(scope="module")
+def sample_run(installed_kit, tmp_path_factory) -> dict:
+    """The installed kit's ``imagenet-kit run --recipe sample`` (convert, LR test, train, eval, export), run once
+    from a folder holding nothing of the repository; ``proc`` is checked by the tests that use it."""
+    base = tmp_path_factory.mktemp("sample-run")
+    workdir, out = base / "work", base / "my-runs"
     workdir.mkdir()
+    proc = subprocess.run([installed_kit / "imagenet-kit", "run", "--recipe", "sample", "--output-dir", str(out),
+                           *SAMPLE_RUN_FLAGS], cwd=workdir, capture_output=True, text=True, timeout=1200)
+    return {"bin": installed_kit, "workdir": workdir, "out": out, "proc": proc,
+            "export": out / "sample" / "export"}
+
+
+def test_the_installed_kit_runs_the_sample_from_any_folder_and_serves_it(sample_run, tmp_path):
+    installed, out, workdir = sample_run["bin"], sample_run["out"], sample_run["workdir"]
+    elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run([installed / "python", "-c", "import imagenet_kit; print(imagenet_kit.__file__)"],
                            cwd=elsewhere, capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(installed.parent)), where  # the wheel's copy, not this checkout
 
-    run = subprocess.run([installed / "imagenet-kit", "run", "--recipe", "sample", "--output-dir", str(out), *TINY],
-                         cwd=workdir, capture_output=True, text=True, timeout=1200)
+    run = sample_run["proc"]
     assert run.returncode == 0, run.stdout + run.stderr
     assert "sample: val top-1" in run.stdout
     assert (out / "sample" / "export" / "model.json").is_file() and not (workdir / "runs").exists()
@@ -81,6 +104,8 @@ def test_the_installed_kit_runs_the_sample_from_any_folder_and_serves_it(install
     try:
         page = _wait_for(f"http://127.0.0.1:{port}/config", server)
         assert "run `sample`" in page and "imagenette-sample" in page  # the model card of that run's export
+        # the checkpoint as runs/<name>/..., never the exporting machine's absolute path
+        assert "from `my-runs/sample/checkpoints/best.pt`" in page and f"{out}/sample/checkpoints" not in page
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -97,3 +122,52 @@ def _wait_for(url: str, server: subprocess.Popen) -> str:
         except OSError:
             time.sleep(1)
     pytest.fail(f"the demo did not answer {url} within {SERVE_TIMEOUT} s")
+
+
+@pytest.fixture(scope="module")
+def sample_served(sample_run):
+    """(url, export folder): the demo of a one-epoch run of the sample recipe, the run `make mini` makes."""
+    from imagenet_kit.runs import ExportFolder
+
+    assert sample_run["proc"].returncode == 0, sample_run["proc"].stdout + sample_run["proc"].stderr
+    demo = build_app(sample_run["export"])
+    port = _free_port()
+    launch(demo, "127.0.0.1", port, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/", ExportFolder(sample_run["export"])
+    demo.close()
+
+
+def test_the_sample_export_carries_examples_of_its_own_classes(sample_served):
+    _, export = sample_served
+    classes = json.loads(export.classes.read_text())
+    photos = sorted(p.name for p in export.examples.glob("*.jpg"))
+    assert [p.split("_")[0] for p in photos] == [c["wnid"] for c in classes]  # one validation photo per class
+    assert json.loads(export.model_info.read_text())["examples"] == 10
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+def test_browser_every_example_is_of_a_class_the_page_lists(sample_served):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, export = sample_served
+    names = {c["wnid"]: c["name"] for c in json.loads(export.classes.read_text())}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url)
+            listed = page.locator("#classes")
+            expect(listed).to_contain_text("It answers with one of its 10 classes", timeout=30_000)
+            for name in names.values():
+                expect(listed).to_contain_text(name)
+            examples = page.locator(".gallery-item")
+            expect(examples).to_have_count(len(names), timeout=30_000)
+            for i in range(len(names)):
+                examples.nth(i).click()
+                answer = page.get_by_test_id("label-output-value")
+                expect(answer).not_to_be_empty(timeout=30_000)
+                assert answer.inner_text() in names.values()  # the model answers with one of its classes
+            page.screenshot(path=str(ARTIFACTS / "demo-sample.png"), full_page=True)
+        finally:
+            browser.close()

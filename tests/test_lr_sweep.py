@@ -19,6 +19,7 @@ def test_factors_parse_and_label():
         parse_factors("0,1")
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_each_factor_of_the_pick_and_records_each_run_once(tiny_data, tmp_path):
     args = ["bench", "lr-sweep", "--recipe", "sample", "--data", str(tiny_data["root"]), "--factors", "1/3,1",
             "--seeds", "0", "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),

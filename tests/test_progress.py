@@ -20,7 +20,8 @@ LINE = re.compile(r"^epoch (\d+)/2 @ 32px: step (\d+)/4, loss (\d+\.\d{4}), ([\d
 
 
 def _train_command(cfg) -> list[str]:
-    flags = {"output_dir": cfg.output_dir, "name": cfg.name, "data.beton_dir": cfg.data.beton_dir,
+    flags = {"output_dir": cfg.output_dir, "name": cfg.name, "data.root": cfg.data.root,
+             "data.beton_dir": cfg.data.beton_dir,
              "data.name": cfg.data.name, "data.max_res": cfg.data.max_res, "data.workers": 1, "model.arch": "resnet18",
              "optim.lr": 0.05, "optim.lr_batch": 8, "train.batch_size": 8, "train.epochs": 2, "train.min_res": 32,
              "train.max_res": 32, "train.val_res": 32, "train.precision": "fp32"}
@@ -28,6 +29,7 @@ def _train_command(cfg) -> list[str]:
             *sum((["--set", f"{k}={v}"] for k, v in flags.items()), [])]
 
 
+@pytest.mark.slow
 def test_a_log_gets_a_line_per_tenth_of_an_epoch_with_step_loss_rate_and_eta(tiny_config, tmp_path):
     log = tmp_path / "train.log"
     with open(log, "w") as out:  # as nohup, CI and docker compose logs see it: no terminal
@@ -50,6 +52,7 @@ def test_a_log_gets_a_line_per_tenth_of_an_epoch_with_step_loss_rate_and_eta(tin
         assert float(last[3]) == pytest.approx(m["train_loss"], abs=1e-4)  # the running loss ends at the mean
 
 
+@pytest.mark.slow
 def test_a_terminal_shows_the_running_loss_in_the_bar(tiny_config):
     leader, follower = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160"}

@@ -18,7 +18,8 @@ COMPARED = ("train_loss", "val_loss", "top1", "top5", "lr")
 
 
 def _overrides(cfg) -> list[str]:
-    return [f"output_dir={cfg.output_dir}", f"name={cfg.name}", f"data.beton_dir={cfg.data.beton_dir}",
+    return [f"output_dir={cfg.output_dir}", f"name={cfg.name}", f"data.root={cfg.data.root}",
+            f"data.beton_dir={cfg.data.beton_dir}",
             "data.name=tiny", "data.max_res=64", "data.workers=1", "model.arch=resnet18", "optim.lr=0.05",
             "optim.lr_batch=8", "optim.lr=0.05", "train.epochs=2", "train.batch_size=2", "train.min_res=32",
             "train.max_res=32", "train.val_res=32", "train.precision=fp32", "train.deterministic=true",

@@ -158,6 +158,7 @@ def test_no_path_of_this_machine_in_the_folder(folder, run):
             assert str(run.parent.parent) not in path.read_text(), path
 
 
+@pytest.mark.slow
 def test_the_folders_package_serves_the_same_predictions(folder, tmp_path):
     """Run from the folder, `import imagenet_kit` is the folder's copy, pulls in no training dependency,
     and predicts what the kit's own predictor does."""
