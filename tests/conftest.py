@@ -14,6 +14,40 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "imagenet_kit" / "sample_data" / "imagenette-sample"
 
 
+def _share_compiled_pipelines() -> None:
+    """Each FFCV Loader compiles its pipeline's functions with numba anew, even when another Loader in this process
+    compiled the very same ones: most of a tiny training test's seconds. Here a function is compiled once per
+    test process: the same code with the same closure values (held, so their identities stay theirs) and the
+    same signature and threading get the function compiled the first time. Every pipeline is still compiled."""
+    from ffcv.pipeline.compiler import Compiler
+
+    compile_anew, compiled = Compiler.compile.__func__, {}
+
+    def closure_key(value):
+        try:
+            return ("value", type(value), value, hash(value))
+        except TypeError:  # an array, say: this very object (kept alive beside the function, so its id stays its own)
+            return ("object", id(value))
+
+    def compile_once(cls, code, signature=None):
+        if not cls.is_enabled or getattr(code, "__code__", None) is None:
+            return compile_anew(cls, code, signature)
+        cells = [cell.cell_contents for cell in code.__closure__ or ()]
+        key = (code.__code__, tuple(map(closure_key, cells)), signature, getattr(code, "is_parallel", False),
+               cls.num_threads > 1)
+        try:
+            if key not in compiled:
+                compiled[key] = (compile_anew(cls, code, signature), cells)
+        except TypeError:  # an unhashable signature
+            return compile_anew(cls, code, signature)
+        return compiled[key][0]
+
+    Compiler.compile = classmethod(compile_once)
+
+
+_share_compiled_pipelines()
+
+
 # The modules that take longest (pytest --durations=0 under `make test`, 2 cores, 2026-12-05), longest first:
 # `make test`'s workers take whole modules in collection order, so these start at once and no worker is left
 # running a long one alone at the end.
