@@ -1,9 +1,11 @@
 """Shared fixtures: tiny betons cut from the embedded sample (real images), built once per session."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,45 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "imagenet_kit" / "sample_data" / "imagenette-sample"
 
 
-def _share_compiled_pipelines() -> None:
-    """Each FFCV Loader compiles its pipeline's functions with numba anew, even when another Loader in this process
-    compiled the very same ones: most of a tiny training test's seconds. Here a function is compiled once per
-    test process: the same code with the same closure values (held, so their identities stay theirs) and the
-    same signature and threading get the function compiled the first time. Every pipeline is still compiled."""
-    from ffcv.pipeline.compiler import Compiler
-
-    compile_anew, compiled = Compiler.compile.__func__, {}
-
-    def closure_key(value):
-        try:
-            return ("value", type(value), value, hash(value))
-        except TypeError:  # an array, say: this very object (kept alive beside the function, so its id stays its own)
-            return ("object", id(value))
-
-    def compile_once(cls, code, signature=None):
-        if not cls.is_enabled or getattr(code, "__code__", None) is None:
-            return compile_anew(cls, code, signature)
-        cells = [cell.cell_contents for cell in code.__closure__ or ()]
-        key = (code.__code__, tuple(map(closure_key, cells)), signature, getattr(code, "is_parallel", False),
-               cls.num_threads > 1)
-        try:
-            if key not in compiled:
-                compiled[key] = (compile_anew(cls, code, signature), cells)
-        except TypeError:  # an unhashable signature
-            return compile_anew(cls, code, signature)
-        return compiled[key][0]
-
-    Compiler.compile = classmethod(compile_once)
-
-
-_share_compiled_pipelines()
-
-
 # The modules that take longest (pytest --durations=0 under `make test`, 2 cores, 2026-12-05), longest first:
 # `make test`'s workers take whole modules in collection order, so these start at once and no worker is left
 # running a long one alone at the end.
-LONGEST_FIRST = ("test_space", "test_gpu_evidence", "test_ddp_checks", "test_train", "test_install",
-                 "test_archives", "test_cli", "test_progress", "test_workers")
+LONGEST_FIRST = ("test_gpu_evidence", "test_ddp_checks", "test_install", "test_train", "test_progress",
+                 "test_convert_faults", "test_archives", "test_cli", "test_workers", "test_convert", "test_distributed",
+                 "test_resume_exact", "test_space", "test_ingestion")
 
 
 def pytest_collection_modifyitems(items):
@@ -79,6 +48,26 @@ def _unit_tests_start_no_process(request, monkeypatch):
         start(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+def live_in_group(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies, which no one may reap here, aside)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):  # exited while we looked
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if state != "Z" and int(group) == pgid:
+                return True
+    return False
+
+
+def wait_until_writing(proc: subprocess.Popen, out: Path) -> None:
+    """Until a conversion's image data reaches OUT's temporary file (the writer flushes it in pages): then its
+    writer processes are mid-way, and their shared memory is registered with the resource tracker."""
+    deadline = time.monotonic() + 120
+    while sum(p.stat().st_size for p in out.parent.glob(out.name + ".tmp-*")) < 1 << 20:
+        assert proc.poll() is None, "conversion ended before it was seen writing"
+        assert time.monotonic() < deadline, "conversion never started writing"
+        time.sleep(0.01)
 
 
 def make_env() -> dict:

@@ -58,9 +58,11 @@ def test_both_writers_timed_on_the_same_images_at_each_setting(tmp_path):
         for r in (ffcv, kit):
             assert (r["kind"], r["n_images"], r["workers"], r["src"]) == ("convert", 20, 1, str(src))
             assert r["img_per_s"] == pytest.approx(20 / r["seconds"], rel=0.01, abs=0.06)  # both rounded
-        # the same pixels and the same stored form, so (nearly) the same bytes: the writers differ only in how
-        # they decode (PIL's full decode vs the kit's), which moves JPEG re-encoding by a few bytes at most
-        assert kit["bytes_per_image"] == pytest.approx(ffcv["bytes_per_image"], rel=0.05)
+    # All JPEG: the same pixels in the same stored form, so (nearly) the same bytes; the writers differ only in how
+    # they decode (PIL's full decode vs the kit's), which moves JPEG re-encoding by a few bytes at most. At 0.5
+    # each writer draws which images are JPEG (the kit by image, FFCV from whatever state its process's global
+    # generator is in), so of 20 images another few may be stored raw: no like-for-like bytes there.
+    assert rows[3]["bytes_per_image"] == pytest.approx(rows[2]["bytes_per_image"], rel=0.05)
     # 64 px JPEG at quality 80 stores far less than 128 px half raw pixels
     assert rows[2]["bytes_per_image"] < rows[0]["bytes_per_image"] / 3
     assert "appended 4 lines" in run.output

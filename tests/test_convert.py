@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import live_in_group, wait_until_writing
 from PIL import Image
 
 from imagenet_kit.cli import cli
@@ -401,18 +402,6 @@ def test_force_is_needed_to_overwrite(tmp_path):
     assert _beton_labels(out) == [0]
 
 
-def _live_in_group(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (zombies, which no one may reap here, aside)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except OSError:  # exited while we looked
-            continue
-        if state != "Z" and int(group) == pgid:
-            return True
-    return False
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"needs the ImageNet sample JPEGs in {SAMPLES}")
 def test_killed_conversion_leaves_no_output_and_rerun_cleans_up(tmp_path):
@@ -427,22 +416,16 @@ def test_killed_conversion_leaves_no_output_and_rerun_cleans_up(tmp_path):
     # Own process group, so that whatever the conversion started can be waited for and, failing that, killed.
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        # Kill once image data reaches the temporary file (the writer flushes it in 8 MiB pages), not as
-        # the file appears: then the writer's shared memory is also registered with the resource tracker.
-        while sum(p.stat().st_size for p in out.parent.glob(out.name + ".tmp-*")) < 1 << 20:
-            assert proc.poll() is None, "conversion ended before it was seen writing"
-            assert time.monotonic() < deadline, "conversion never started writing"
-            time.sleep(0.01)
+        wait_until_writing(proc, out)  # not as the file appears: its shared memory is registered by then
         proc.kill()
         proc.wait(30)
         # Only the leader is killed, as by the OOM killer: its writer workers stop on their own and its
         # resource tracker unlinks the writer's shared memory (killing the tracker too would leak it).
         deadline = time.monotonic() + 30
-        while _live_in_group(proc.pid) and time.monotonic() < deadline:
+        while live_in_group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        if _live_in_group(proc.pid):
+        if live_in_group(proc.pid):
             with contextlib.suppress(ProcessLookupError):  # it may have ended since
                 os.killpg(proc.pid, signal.SIGKILL)
     assert not out.exists()

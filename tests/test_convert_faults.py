@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE
+from conftest import REPO, SAMPLE, live_in_group, wait_until_writing
 
 pytestmark = pytest.mark.slow
 KIT = [sys.executable, "-m", "imagenet_kit"]
@@ -59,15 +59,6 @@ def _errors(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error:")]
 
 
-def _live_in_group(pgid: int) -> bool:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError):
-            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            if state != "Z" and int(group) == pgid:
-                return True
-    return False
-
-
 def _nothing_left(out: Path) -> None:
     assert not out.exists()
     assert not list(out.parent.glob(out.name + "*")), list(out.parent.iterdir())
@@ -109,26 +100,17 @@ def test_a_disk_that_fills_while_writing_is_one_line_and_no_hang(small_disk):
 def test_sigterm_and_ctrl_c_end_within_seconds_leaving_nothing(tmp_path, signum, said):
     src = _many_images(tmp_path / "src", copies=8)
     out = tmp_path / "out" / "train.beton"
-    # SIGINT handled as at a terminal: a parent that ignores it (pytest-xdist's workers do) passes that on
-    proc = subprocess.Popen([*KIT, "convert", str(src), str(out), "-j", "2", "--max-res", "256"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _start_writing(src, out)
     try:
-        deadline = time.monotonic() + 120
-        # once image data reaches the temporary file: the writers are mid-way
-        while sum(p.stat().st_size for p in out.parent.glob(out.name + ".tmp-*")) < 1 << 20:
-            assert proc.poll() is None, "conversion ended before it was seen writing"
-            assert time.monotonic() < deadline, "conversion never started writing"
-            time.sleep(0.01)
         # Ctrl-C reaches the terminal's whole process group, writers too; SIGTERM (docker stop) the main process
         (os.killpg if signum == signal.SIGINT else os.kill)(proc.pid, signum)
         signalled = time.monotonic()
         _, err = proc.communicate(timeout=60)
         assert time.monotonic() - signalled < END_WITHIN_S["signal"]
         deadline = time.monotonic() + 30
-        while _live_in_group(proc.pid) and time.monotonic() < deadline:
+        while live_in_group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _live_in_group(proc.pid), "a writer process outlived the conversion"
+        assert not live_in_group(proc.pid), "a writer process outlived the conversion"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -153,14 +135,12 @@ def _writers_of(pid: int) -> list[int]:
 
 
 def _start_writing(src: Path, out: Path) -> subprocess.Popen:
-    """A 2-process conversion of ``src``, returned once image data reaches its temporary file."""
+    """A 2-process conversion of ``src`` in a process group of its own, returned once its writers are mid-way.
+    SIGINT handled as at a terminal: a parent that ignores it (pytest-xdist's workers do) passes that on."""
     proc = subprocess.Popen([*KIT, "convert", str(src), str(out), "-j", "2", "--max-res", "256"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while sum(p.stat().st_size for p in out.parent.glob(out.name + ".tmp-*")) < 1 << 20:
-        assert proc.poll() is None, "conversion ended before it was seen writing: " + proc.stderr.read()
-        assert time.monotonic() < deadline, "conversion never started writing"
-        time.sleep(0.01)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_until_writing(proc, out)
     return proc
 
 

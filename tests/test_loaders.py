@@ -103,3 +103,30 @@ def test_val_crop_ratio_sets_the_share_of_the_shorter_side(gradient_beton):
 def test_unknown_train_crop_is_refused(tiny_data):
     with pytest.raises(ValueError, match="random_square"):
         create_train_loader(_train_beton(tiny_data), 8, 32, CPU, 1, crop="center")
+
+
+def _scaled(factor):
+    """A pipeline stage as FFCV's generate_code makes one: a closure over its settings."""
+    def scale(x):
+        return x * factor
+    return scale
+
+
+def test_a_pipeline_function_is_compiled_once_per_code_and_closure_values():
+    from ffcv.pipeline.compiler import Compiler
+
+    twice = Compiler.compile(_scaled(3)), Compiler.compile(_scaled(3))
+    assert twice[0] is twice[1] and twice[0](2) == 6  # another Loader with the same stage: no new compile
+    assert Compiler.compile(_scaled(4)) is not twice[0] and Compiler.compile(_scaled(4))(2) == 8
+    assert Compiler.compile(_scaled(3.0)) is not twice[0]  # 3.0 == 3, but numba types it otherwise
+    first, second = np.array([1, 2]), np.array([1, 2])  # equal arrays, two objects: frozen separately
+    assert Compiler.compile(_scaled(first)) is not Compiler.compile(_scaled(second))
+    assert Compiler.compile(_scaled(first)) is Compiler.compile(_scaled(first))
+
+
+def test_a_second_loader_of_the_same_settings_gives_the_same_batches(tiny_data):
+    beton = str(tiny_data["beton_dir"] / "tiny-val-64.beton")
+    first, second = (next(iter(create_val_loader(beton, 8, 32, torch.device("cpu"), 1))) for _ in range(2))
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    other = next(iter(create_val_loader(beton, 8, 48, torch.device("cpu"), 1)))  # another size: its own code
+    assert other[0].shape[-1] == 48

@@ -30,3 +30,35 @@ def _compile_reader(self):
 
 
 OSCacheManager.compile_reader = _compile_reader
+
+
+def _compile_once():
+    """FFCV compiles a Loader's pipeline functions with numba anew for every Loader, though the kit makes the same
+    ones several times in a run (the LR range test's loader and the training loader; an evaluation after
+    training); each costs seconds of a single core. A function is compiled once per process here: the same code
+    with the same closure values (the kit's crop, size, mean...), signature and threading reuse it."""
+    compile_anew, compiled = Compiler.compile.__func__, {}
+
+    def closure_key(value):
+        try:
+            return ("value", type(value), value, hash(value))
+        except TypeError:  # an array, say: this very object (kept alive beside the function, so its id stays)
+            return ("object", id(value))
+
+    def compile_once(cls, code, signature=None):
+        if not cls.is_enabled or getattr(code, "__code__", None) is None:
+            return compile_anew(cls, code, signature)
+        cells = [cell.cell_contents for cell in code.__closure__ or ()]
+        key = (code.__code__, tuple(map(closure_key, cells)), signature, getattr(code, "is_parallel", False),
+               cls.num_threads > 1)
+        try:
+            if key not in compiled:
+                compiled[key] = (compile_anew(cls, code, signature), cells)
+        except TypeError:  # an unhashable signature
+            return compile_anew(cls, code, signature)
+        return compiled[key][0]
+
+    Compiler.compile = classmethod(compile_once)
+
+
+_compile_once()
