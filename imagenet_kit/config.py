@@ -42,6 +42,22 @@ class DataConfig:
 
 
 @dataclass
+class SubsetConfig:
+    """A slice of the data root, converted straight from any layout (``data/selection.py``)."""
+    classes: str = ""  # "" = all; a number of classes drawn by the seed, or a file of WNIDs (one per line)
+    per_class: int = 0  # train images per class drawn by the seed; 0 = all. Val keeps every image of the classes.
+    seed: int = 0
+
+    @property
+    def tag(self) -> str:
+        """Names the subset's betons beside the whole dataset's: ``-c100-p600-s0``."""
+        if not self.classes:
+            return ""
+        classes = self.classes if self.classes.isdigit() else Path(self.classes).stem
+        return f"-c{classes}-p{self.per_class or 'all'}-s{self.seed}"
+
+
+@dataclass
 class ModelConfig:
     arch: str = "resnet50"
     zero_init_residual: bool = True  # last BN gamma of each residual block starts at 0 (Goyal et al. 2017)
@@ -143,6 +159,7 @@ class RunConfig:
     name: str = "run"
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
+    subset: SubsetConfig = field(default_factory=SubsetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -162,10 +179,10 @@ class RunConfig:
     @property
     def betons(self) -> tuple[Path, Path]:
         """The train and val betons this run reads (``runs.beton_paths``)."""
-        return beton_paths(self.data.beton_dir, self.data.name, self.data.max_res)
+        return beton_paths(self.data.beton_dir, self.data.name + self.subset.tag, self.data.max_res)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
+SECTIONS = {"data": DataConfig, "subset": SubsetConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
             "lr_find": LRFindConfig}
 TOP_LEVEL = ("name", "output_dir")
 

@@ -21,7 +21,7 @@ SAMPLE = REPO / "imagenet_kit" / "sample_data" / "imagenette-sample"
 # running a long one alone at the end.
 LONGEST_FIRST = ("test_gpu_evidence", "test_ddp_checks", "test_install", "test_train", "test_progress",
                  "test_convert_faults", "test_archives", "test_cli", "test_workers", "test_convert", "test_distributed",
-                 "test_resume_exact", "test_space", "test_ingestion")
+                 "test_resume_exact", "test_selection", "test_space", "test_ingestion")
 
 
 def pytest_collection_modifyitems(items):

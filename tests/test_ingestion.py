@@ -39,7 +39,8 @@ def _images(broken: bool) -> dict[str, list[tuple[str, str, bytes]]]:
         splits[split] = []
         for _ in range(per_class):
             for wnid in WNIDS:
-                splits[split].append((f"{split}_{value:04d}", wnid, _png(value)))
+                # named as ImageNet names its train images (<wnid>_<number>); val is renamed by each layout
+                splits[split].append((f"{wnid if split == 'train' else split}_{value:04d}", wnid, _png(value)))
                 value += 1
         if broken:
             splits[split] += [(f"{split}_{kind}", WNIDS[0], damage(_png(0))) for kind, damage in BROKEN.items()]
@@ -84,7 +85,7 @@ def _official_tars(root: Path, images, labels: str) -> None:
             inner_bytes = io.BytesIO()
             with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
                 for name, _, data in (item for item in images["train"] if item[1] == wnid):
-                    _add(inner, f"{wnid}_{name}.JPEG", data)
+                    _add(inner, f"{name}.JPEG", data)
             _add(outer, f"{wnid}.tar", inner_bytes.getvalue())
     with tarfile.open(root / VAL_TAR, "w") as val:
         for k, (_, _, data) in enumerate(images["val"]):
@@ -100,7 +101,7 @@ def _kaggle_zip(root: Path, images) -> None:
     root.mkdir(parents=True)
     with zipfile.ZipFile(root / KAGGLE_ZIP, "w") as archive:
         for name, wnid, data in images["train"]:
-            archive.writestr(f"{KAGGLE_DIR}/train/{wnid}/{wnid}_{name}.JPEG", data)
+            archive.writestr(f"{KAGGLE_DIR}/train/{wnid}/{name}.JPEG", data)
         for k, (_, _, data) in enumerate(images["val"]):
             archive.writestr(f"{KAGGLE_DIR}/val/{_val_name(k)}.JPEG", data)
         archive.writestr(KAGGLE_CSV, _kaggle_csv(images["val"]))
@@ -110,7 +111,7 @@ def _kaggle_folder(root: Path, images) -> None:
     """Kaggle's zip extracted: ILSVRC/Data/CLS-LOC/{train/<wnid>, val} and the CSV beside ILSVRC/."""
     for name, wnid, data in images["train"]:
         (root / KAGGLE_DIR / "train" / wnid).mkdir(parents=True, exist_ok=True)
-        (root / KAGGLE_DIR / "train" / wnid / f"{wnid}_{name}.JPEG").write_bytes(data)
+        (root / KAGGLE_DIR / "train" / wnid / f"{name}.JPEG").write_bytes(data)
     (root / KAGGLE_DIR / "val").mkdir(parents=True)
     for k, (_, _, data) in enumerate(images["val"]):
         (root / KAGGLE_DIR / "val" / f"{_val_name(k)}.JPEG").write_bytes(data)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 
 
@@ -90,6 +91,6 @@ def test_unknown_schedule():
 
 def test_onecycle_with_a_warm_up_under_one_step_names_the_way_out():
     p = torch.nn.Parameter(torch.zeros(1))
-    with pytest.raises(ValueError, match=r"pct_start 0.25 x 4 steps\) is under one step"):
+    with pytest.raises(ConfigError, match=r"pct_start 0.25 x 4 steps\) is under one step"):  # one error line
         create_scheduler(torch.optim.SGD([p], lr=1), "onecycle", 1.0, 1, 4)
     create_scheduler(torch.optim.SGD([p], lr=1), "onecycle", 1.0, 1, 5)  # 1.25 steps of warm-up: fine

@@ -90,6 +90,7 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
         "per_class_written": np.bincount([l for _, l in good], minlength=len(source.classes)).tolist(),
         "empty_classes": source.empty_classes,
         "split": source.split,
+        "subset": source.subset,
         "skipped": [{"path": str(p), "reason": r} for p, r in skipped],
         "ignored": [str(p) for p in source.ignored],
     }

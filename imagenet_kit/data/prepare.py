@@ -11,6 +11,7 @@ import click
 from imagenet_kit.config import ConfigError, RunConfig
 from imagenet_kit.data.archives import find_splits
 from imagenet_kit.data.convert import convert, print_summary, read_classes
+from imagenet_kit.data.selection import choose_classes, take_subset
 from imagenet_kit.data.sources import (
     ConvertError,
     check_imagefolder_root,
@@ -65,12 +66,20 @@ def prepare(cfg: RunConfig) -> None:
                           f"ImageNet's official tars or Kaggle's download) or set data.root in the recipe; betons "
                           f"{train_beton} and {val_beton} do not exist")
     scan_train, scan_val = data_splits(Path(cfg.data.root), cfg.data.holdout_fraction, cfg.data.holdout_seed)
+    subset = cfg.subset
     if not train_beton.is_file():
         source = scan_train()  # listing is quick; converting first and failing after is not
+        if subset.classes:
+            chosen = choose_classes(subset, source.classes, cfg.data.root)
+            source = take_subset(source, chosen, subset.per_class, subset.seed)
         require_batch_fits(cfg, len(source.items), source.root)
         _convert(cfg, source, train_beton)
     if not val_beton.is_file():
-        _convert(cfg, scan_val([c["wnid"] for c in read_classes(train_beton)]), val_beton)
+        classes = [c["wnid"] for c in read_classes(train_beton)]
+        # a subset's val: every image of its classes, read with no class list (the others are left out, not
+        # listed as skipped)
+        val = take_subset(scan_val(), classes, 0, subset.seed) if subset.classes else scan_val(classes)
+        _convert(cfg, val, val_beton)
     else:
         console.print(f"convert: skipped, {val_beton} exists")
 

@@ -30,6 +30,7 @@ class Source:
     ignored: list[Path] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     split: dict | None = None  # how a held-out split was drawn (``hold_out``), for the report
+    subset: dict | None = None  # which classes and images a subset took (``selection.take_subset``)
 
 
 def _is_system(path: Path) -> bool:

@@ -8,6 +8,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from imagenet_kit.config_checks import SCHEDULES
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.optim.optimizers import create_optimizer
 
 
@@ -33,7 +34,7 @@ def create_scheduler(optimizer: torch.optim.Optimizer, name: str, max_lr: float,
     peaks = [max_lr * group.get("lr_mult", 1.0) for group in optimizer.param_groups]
     if name == "onecycle":
         if pct_start * total <= 1:  # OneCycleLR would divide by a warm-up of zero length
-            raise ValueError(f"onecycle's warm-up (optim.pct_start {pct_start} x {total} steps) is under one step; "
+            raise ConfigError(f"onecycle's warm-up (optim.pct_start {pct_start} x {total} steps) is under one step; "
                              "train more steps (epochs, or a smaller batch) or raise optim.pct_start")
         return OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct_start,
                           div_factor=div_factor, final_div_factor=final_div_factor,
