@@ -110,3 +110,18 @@ def test_make_mini_takes_its_subset_straight_from_a_download(tmp_path):
     assert [r["counts"]["written"] for r in reports] == [14, 2 * VAL_PER_CLASS]
     assert reports[0]["subset"]["classes"] == reports[1]["subset"]["classes"]
     assert json.loads((out / "mini" / "eval.json").read_text())["count"] == 2 * VAL_PER_CLASS
+
+
+@pytest.mark.parametrize("layout", ["official-tars-kaggle-csv", "kaggle-zip", "kaggle-folder", "hf-shards"])
+def test_the_subset_command_sends_a_download_to_the_subset_it_converts(tmp_path, layout):
+    """It took Hugging Face's data/ folder for a class ("has 1 classes"); now it names the way that reads in place."""
+    from click.testing import CliRunner
+
+    from imagenet_kit.cli import cli
+
+    LAYOUTS[layout](tmp_path / layout, _images(broken=False))
+    result = CliRunner().invoke(cli, ["subset", str(tmp_path / layout), str(tmp_path / "dst"), "--classes", "2"])
+    assert result.exit_code == 2
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "holds ImageNet as downloaded" in line and f"make mini DATA={tmp_path / layout}" in line
+    assert "--set subset.classes=N" in " ".join(result.output.split()) and not (tmp_path / "dst").exists()

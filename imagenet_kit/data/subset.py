@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from imagenet_kit.data.archives import find_splits
 from imagenet_kit.errors import KitError
 from imagenet_kit.progress import progress_bar
 
@@ -169,6 +170,15 @@ def make_subset(src: str | Path, dst: str | Path, classes: int | str | Path, per
     return summary
 
 
+def _refuse_archives(src: Path) -> None:
+    """This command links files of an ImageFolder tree; a download read in place takes its subset at conversion."""
+    if find_splits(src) is not None:
+        raise SubsetError(f"{src} holds ImageNet as downloaded (the official tars, Kaggle's zip or folder, or Hugging "
+                          "Face's shards), which this command does not extract. Convert a subset straight from it: "
+                          f"make mini DATA={src} (the mini recipe's 100 classes x 600), or imagenet-kit prepare --data "
+                          f"{src} --set subset.classes=N --set subset.per_class=M")
+
+
 def _classes_arg(value: str) -> int | Path:
     # A bare number is a class count; anything else names a file of class names.
     return int(value) if value.isdigit() else Path(value)
@@ -188,6 +198,7 @@ def _classes_arg(value: str) -> int | Path:
 def subset_command(src: Path, dst: Path, classes: str, per_class: int | None, val_per_class: int | None,
                    seed: int, force: bool) -> None:
     """Make a deterministic ImageFolder subset of SRC (a train/+val/ root or one split) at DST."""
+    _refuse_archives(src)
     try:
         summary = make_subset(src, dst, _classes_arg(classes), per_class, seed,
                               val_per_class=val_per_class, force=force)
