@@ -29,15 +29,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # stable
 
 
-HOST_QUERIES = ("git", "uname")
+HOST_QUERIES = ("git", "uname", "ldconfig")
 
 
 @pytest.fixture(autouse=True)
 def _unit_tests_start_no_process(request, monkeypatch):
     """``make test-fast`` runs the tests not marked slow, and promises that none of them starts a process (the
     CLI, make, torchrun, pip, a browser): one that does fails here, naming the command, until it is marked slow.
-    The quick queries a run makes of its host are let through: ``git rev-parse`` (the run's provenance) and
-    ``uname -p`` (Python's ``platform.processor``)."""
+    The quick queries a run makes of its host are let through: ``git rev-parse`` (the run's provenance),
+    ``uname -p`` (Python's ``platform.processor``) and ``ldconfig -p`` (``ctypes.util.find_library``, which torch
+    asks on import: blocked, a test that imports torch first would leave it half-imported)."""
     if request.node.get_closest_marker("slow"):
         return
     start = subprocess.Popen.__init__

@@ -112,16 +112,53 @@ def test_make_mini_takes_its_subset_straight_from_a_download(tmp_path):
     assert json.loads((out / "mini" / "eval.json").read_text())["count"] == 2 * VAL_PER_CLASS
 
 
-@pytest.mark.parametrize("layout", ["official-tars-kaggle-csv", "kaggle-zip", "kaggle-folder", "hf-shards"])
-def test_the_subset_command_sends_a_download_to_the_subset_it_converts(tmp_path, layout):
-    """It took Hugging Face's data/ folder for a class ("has 1 classes"); now it names the way that reads in place."""
+def _written(folder: Path) -> dict[str, tuple[str, int]]:
+    """relative path -> (class folder, the number the image's pixels spell) of an ImageFolder subset."""
+    from PIL import Image
+
+    found = {}
+    for path in sorted(folder.glob("*/*/*.JPEG")):
+        red, green, _ = Image.open(path).convert("RGB").getpixel((0, 0))
+        found[str(path.relative_to(folder))] = (path.parent.name, red + 256 * green)
+    return found
+
+
+def test_the_subset_command_writes_the_same_folder_from_every_download(tmp_path):
+    """It took Hugging Face's data/ folder for a class ("has 1 classes"); now every layout gives the same files,
+    the archives' members copied out (and only those), the folder's linked."""
     from click.testing import CliRunner
 
     from imagenet_kit.cli import cli
 
-    LAYOUTS[layout](tmp_path / layout, _images(broken=False))
-    result = CliRunner().invoke(cli, ["subset", str(tmp_path / layout), str(tmp_path / "dst"), "--classes", "2"])
+    got = {}
+    for layout in LAYOUTS:
+        if layout == "class-folders":  # one split, no val: the single-split form of the command
+            continue
+        LAYOUTS[layout](tmp_path / layout, _images(broken=False))
+        result = CliRunner().invoke(cli, ["subset", str(tmp_path / layout), str(tmp_path / "out" / layout),
+                                          "--classes", "2", "--per-class", "5", "--seed", "4"])
+        assert result.exit_code == 0, result.output
+        got[layout] = _written(tmp_path / "out" / layout)
+    train = {layout: {k: v for k, v in files.items() if k.startswith("train/")} for layout, files in got.items()}
+    assert len(train["imagefolder"]) == 10 and all(t == train["imagefolder"] for t in train.values())
+    val = {layout: {k: v for k, v in files.items() if k.startswith("val/")} for layout, files in got.items()}
+    assert len(val["imagefolder"]) == 2 * VAL_PER_CLASS
+    assert all(sorted(v.values()) == sorted(val["imagefolder"].values()) for v in val.values())  # same images
+    archives = [v for layout, v in val.items() if layout != "imagefolder"]  # the same ILSVRC2012_val names
+    assert all(v == archives[0] for v in archives)
+    wnid_of = {int(name.split("_")[1]): wnid for items in _images(False).values() for name, wnid, _ in items}
+    assert all(wnid_of[value] == wnid for files in got.values() for wnid, value in files.values())
+
+
+def test_the_subset_command_names_the_layouts_it_reads(tmp_path):
+    from click.testing import CliRunner
+
+    from imagenet_kit.cli import cli
+
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "photo.JPEG").write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["subset", str(tmp_path / "odd"), str(tmp_path / "dst"), "--classes", "2"])
     assert result.exit_code == 2
-    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert "holds ImageNet as downloaded" in line and f"make mini DATA={tmp_path / layout}" in line
-    assert "--set subset.classes=N" in " ".join(result.output.split()) and not (tmp_path / "dst").exists()
+    assert "not a layout this command reads; it reads an ImageFolder root" in " ".join(result.output.split())
+    assert "Hugging Face's imagenet-1k shards" in " ".join(result.output.split())
+    assert not (tmp_path / "dst").exists()

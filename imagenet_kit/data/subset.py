@@ -1,22 +1,28 @@
-"""Deterministic class/image subsets of an ImageFolder tree, for quick experiments on a slice of ImageNet.
+"""Deterministic class/image subsets of a dataset root, written as an ImageFolder for quick experiments.
 
-The whole plan (which classes, which files) is worked out and validated before anything is written,
-so a bad argument never leaves a half-built ``dst``. Files are hard-linked when ``src`` and ``dst``
-share a filesystem: a 100-class subset then costs directory entries, not another 13 GB.
+``src`` is any root ``prepare`` reads (an ImageFolder with train/ and val/, the official tars, Kaggle's zip or
+folder, Hugging Face's shards) or a single ImageFolder split. The images are chosen as a recipe's ``subset`` chooses
+them (``selection``), so the same seed gives the same files from every layout, named by the image's own name
+(``n01440764_10026.JPEG``). The whole plan is worked out and validated before anything is written, so a bad
+argument never leaves a half-built ``dst``. Files are hard-linked when ``src`` and ``dst`` share a filesystem (a
+100-class subset then costs directory entries, not another 13 GB); members of archives are copied out, and only
+those.
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
+from imagenet_kit.config import SubsetConfig
 from imagenet_kit.data.archives import find_splits
+from imagenet_kit.data.selection import choose_classes, image_key, take_subset
+from imagenet_kit.data.sources import is_class_folder_root, scan_imagefolder
 from imagenet_kit.errors import KitError
 from imagenet_kit.progress import progress_bar
 
@@ -25,63 +31,35 @@ class SubsetError(KitError):
     """A subset that cannot be made; the message names the argument or folder."""
 
 
-# Files that file managers leave behind in class folders; never images.
-SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 SPLITS = ("train", "val")
 # Key (and output folder, relative to ``dst``) used when ``src`` is itself a single split.
 WHOLE = "."
+LAYOUTS = ("an ImageFolder root (train/<wnid>/, val/<wnid>/) or one split of it (<wnid>/), the official "
+           "ILSVRC2012 tars with their val labels, Kaggle's zip or its extracted ILSVRC/ folder, or Hugging Face's "
+           "imagenet-1k shards")
 
 
-def _hidden(name: str) -> bool:
-    return name in SYSTEM_FILES or name.startswith(".")
+def _scanners(src: Path) -> dict:
+    """split name -> a function of ``classes`` listing that split of ``src``."""
+    found = find_splits(src)
+    if found is not None:
+        return dict(zip(SPLITS, found, strict=True))
+    if all((src / s).is_dir() for s in SPLITS):
+        return {s: (lambda classes=None, s=s: scan_imagefolder(src / s, classes)) for s in SPLITS}
+    if is_class_folder_root(src):
+        return {WHOLE: lambda classes=None: scan_imagefolder(src, classes)}
+    raise ValueError(f"{src}: not a layout this command reads; it reads {LAYOUTS}")
 
 
-def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _hidden(p.name))
+def _chosen(classes: int | Path, available: list[str], seed: int, where: str) -> list[str]:
+    if isinstance(classes, int) and not 0 < classes <= len(available):
+        raise ValueError(f"--classes {classes}: {where} has {len(available)} classes")
+    return choose_classes(SubsetConfig(classes=str(classes), seed=seed), available, where)
 
 
-def _images(class_dir: Path) -> list[Path]:
-    """Every non-hidden file under ``class_dir`` (ImageFolder also searches nested folders), sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        found += [Path(dirpath) / f for f in filenames if not _hidden(f)]
-    return sorted(found)
-
-
-def _read_wnid_file(path: Path) -> list[str]:
-    wnids: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        wnid = line.split("#", 1)[0].strip()
-        if wnid and wnid not in wnids:
-            wnids.append(wnid)
-    if not wnids:
-        raise ValueError(f"{path}: no class names in file")
-    return wnids
-
-
-def _choose_classes(classes: int | str | Path, available: list[str], seed: int, where: str) -> list[str]:
-    if isinstance(classes, int):
-        if not 0 < classes <= len(available):
-            raise ValueError(f"--classes {classes}: {where} has {len(available)} classes")
-        return sorted(random.Random(seed).sample(available, classes))
-    path = Path(classes)
-    if not path.is_file():
-        raise FileNotFoundError(f"class list {path} does not exist")
-    wnids = _read_wnid_file(path)
-    known = set(available)
-    unknown = [w for w in wnids if w not in known]
-    if unknown:
-        raise ValueError(f"{path}: unknown class {unknown[0]!r}: no such class folder in {where}"
-                         + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    return sorted(wnids)
-
-
-def _pick(files: list[Path], count: int | None, seed: int, split: str, wnid: str) -> list[Path]:
-    if count is None or count >= len(files):
-        return files
-    # One generator per (split, class): a class's picks don't change when other classes are added.
-    return sorted(random.Random(f"{seed}:{split}:{wnid}").sample(files, count))
+def _copy_member(member, dst_file: Path) -> None:
+    dst_file.parent.mkdir(parents=True, exist_ok=True)
+    dst_file.write_bytes(member.read_bytes())
 
 
 def _place(src_file: Path, dst_file: Path) -> bool:
@@ -114,12 +92,12 @@ def make_subset(src: str | Path, dst: str | Path, classes: int | str | Path, per
                 seed: int = 0, *, val_per_class: int | None = None, force: bool = False) -> dict:
     """Build an ImageFolder subset of ``src`` at ``dst``.
 
-    ``src`` is either a root holding ``train/`` and ``val/`` (both are subset with the same classes:
-    ``per_class`` images per class from train, all of val unless ``val_per_class``), or a single
-    ImageFolder split (``per_class`` applies to it). ``classes`` is a count N, chosen with
-    ``random.Random(seed)`` from the sorted class folders, or a path to a text file of class names
-    (one per line, ``#`` comments). ``per_class=None`` keeps every image. The same arguments always
-    give the same files. Writes ``dst/subset.json`` and returns the same summary.
+    ``src`` is any root ``prepare`` reads (see the module's docstring; train and val are subset with the same
+    classes: ``per_class`` images per class from train, all of val unless ``val_per_class``), or a single
+    ImageFolder split (``per_class`` applies to it). ``classes`` is a count N drawn by ``seed`` from the sorted
+    WNIDs, or a path to a text file of WNIDs (one per line, ``#`` comments); ``per_class=None`` keeps every image.
+    The same arguments give the same files from every layout. Writes ``dst/subset.json`` and returns the same
+    summary.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -128,32 +106,32 @@ def make_subset(src: str | Path, dst: str | Path, classes: int | str | Path, per
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
 
-    is_root = all((src / s).is_dir() for s in SPLITS)
-    limits = {"train": per_class, "val": val_per_class} if is_root else {WHOLE: per_class}
-    split_dirs = {s: src / s for s in limits}
-    available = {s: _class_dirs(d) for s, d in split_dirs.items()}
-    # Choose from classes every split has, so that train and val always describe the same problem.
-    common = sorted(set.intersection(*(set(a) for a in available.values())))
-    if not common:
-        raise ValueError(f"{src} has no class folders" + (" common to train/ and val/" if is_root else ""))
-    where = f"{src} ({' and '.join(f'{s}/' for s in SPLITS)})" if is_root else str(src)
-    chosen = _choose_classes(classes, common, seed, where)
-
-    plan = {s: {w: _pick(_images(split_dirs[s] / w), limits[s], seed, s, w) for w in chosen} for s in limits}
+    scanners = _scanners(src)
+    first = next(iter(scanners))  # train, or the one split
+    listed = scanners[first]()
+    if not listed.classes:
+        raise ValueError(f"{src} has no class folders")
+    chosen = _chosen(classes, listed.classes, seed, str(src))
+    plan = {first: take_subset(listed, chosen, per_class or 0, seed)}
+    if "val" in scanners:
+        plan["val"] = take_subset(scanners["val"](), chosen, val_per_class or 0, seed)
     _prepare_dst(src, dst, force)
 
     linked = copied = 0
-    with progress_bar("subset", total=sum(len(f) for per in plan.values() for f in per.values()),
-                      unit="file") as advance:
-        for split, per_wnid in plan.items():
-            for wnid, files in per_wnid.items():
-                class_src = split_dirs[split] / wnid
-                for f in files:
-                    if _place(f, dst / split / wnid / f.relative_to(class_src)):
-                        linked += 1
-                    else:
-                        copied += 1
-                    advance()
+    with progress_bar("subset", total=sum(len(taken.items) for taken in plan.values()), unit="file") as advance:
+        for split, taken in plan.items():
+            for item, label in taken.items:
+                target = dst / split / chosen[label] / (image_key(item) + PurePosixPath(str(item)).suffix)
+                if not isinstance(item, Path):  # a member of an archive: its bytes, copied out
+                    _copy_member(item, target)
+                    copied += 1
+                elif _place(item, target):
+                    linked += 1
+                else:
+                    copied += 1
+                advance()
+    counts = {split: {w: sum(1 for _, label in taken.items if label == i) for i, w in enumerate(chosen)}
+              for split, taken in plan.items()}
 
     summary = {
         "src": str(src.resolve()),
@@ -161,22 +139,13 @@ def make_subset(src: str | Path, dst: str | Path, classes: int | str | Path, per
         "arguments": {"classes": classes if isinstance(classes, int) else str(classes), "per_class": per_class,
                       "val_per_class": val_per_class, "seed": seed},
         "classes": chosen,
-        "counts": {s: {w: len(f) for w, f in per.items()} for s, per in plan.items()},
-        "images": {s: sum(len(f) for f in per.values()) for s, per in plan.items()},
+        "counts": counts,
+        "images": {split: len(taken.items) for split, taken in plan.items()},
         "linked": linked,
         "copied": copied,
     }
     (dst / "subset.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def _refuse_archives(src: Path) -> None:
-    """This command links files of an ImageFolder tree; a download read in place takes its subset at conversion."""
-    if find_splits(src) is not None:
-        raise SubsetError(f"{src} holds ImageNet as downloaded (the official tars, Kaggle's zip or folder, or Hugging "
-                          "Face's shards), which this command does not extract. Convert a subset straight from it: "
-                          f"make mini DATA={src} (the mini recipe's 100 classes x 600), or imagenet-kit prepare --data "
-                          f"{src} --set subset.classes=N --set subset.per_class=M")
 
 
 def _classes_arg(value: str) -> int | Path:
@@ -197,8 +166,8 @@ def _classes_arg(value: str) -> int | Path:
 @click.option("--force", is_flag=True, help="Replace a non-empty DST.")
 def subset_command(src: Path, dst: Path, classes: str, per_class: int | None, val_per_class: int | None,
                    seed: int, force: bool) -> None:
-    """Make a deterministic ImageFolder subset of SRC (a train/+val/ root or one split) at DST."""
-    _refuse_archives(src)
+    """Make a deterministic ImageFolder subset of SRC at DST: any root prepare reads (an ImageFolder, the official
+    tars, Kaggle's zip or folder, Hugging Face's shards) or one ImageFolder split."""
     try:
         summary = make_subset(src, dst, _classes_arg(classes), per_class, seed,
                               val_per_class=val_per_class, force=force)
