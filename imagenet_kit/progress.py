@@ -73,7 +73,7 @@ class ProgressLine:
                             or now - self._last_plain >= PLAIN_EVERY_S):
             console.print(self.plain_line(), highlight=False)
             self._last_plain = now
-            while self._next_plain_pct * self.total <= 100 * self.done:
+            while self.total and self._next_plain_pct * self.total <= 100 * self.done:  # total 0: nothing to pass
                 self._next_plain_pct += 10
 
     def line_due(self, n: int) -> bool:

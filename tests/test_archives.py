@@ -284,3 +284,21 @@ def test_a_root_of_class_folders_gets_a_recorded_deterministic_held_out_split(tm
     for report, side in zip(reports, ("train", "val"), strict=True):
         assert report["split"] == {"held_out_from": str(root), "fraction": 0.2, "seed": 7, "train": 120, "val": 30,
                                    "side": side}
+
+
+def test_listing_a_shard_shows_its_progress_in_mib(tmp_path, capsys):
+    """gzip reads only from the start, so a shard is listed by one pass over it (about 30 GB for each of
+    ImageNet's train shards): a bar of the MiB read says it is moving."""
+    import os
+    import tarfile
+
+    from imagenet_kit.data.gzip_shards import scan_gzip_shards
+
+    shard = tmp_path / "train_images_0.tar.gz"
+    with tarfile.open(shard, "w:gz") as archive:
+        for i in range(12):  # random bytes do not compress: a 3 MiB .gz
+            _add(archive, f"n01440764_{i}_n01440764.JPEG", os.urandom(256 << 10))
+    source = scan_gzip_shards([shard])
+    assert len(source.items) == 12
+    mib = shard.stat().st_size >> 20
+    assert mib == 3 and f"list 1 .tar.gz shard: {mib}/{mib}" in capsys.readouterr().err

@@ -96,3 +96,11 @@ def test_plain_lines_come_every_tenth_and_every_minute(monkeypatch, capsys):
     assert steps[3:9] == [306, 312, 318, 324, 330, 336]  # then every 60 s (6 steps of 10 s)
     assert "loss 1.9000, 128.0 img/s, ETA 0:07:30" in printed[1]  # 99 steps x 64 in 49.5 s; 900 steps left
     assert steps[-1] == 1000
+
+
+def test_a_bar_of_nothing_to_do_ends(monkeypatch, capsys):
+    """A total of 0 (a .tar.gz shard under 1 MiB, listed in MiB) once looped forever looking for the next tenth."""
+    monkeypatch.setattr(type(progress.console), "is_terminal", property(lambda self: False))
+    with ProgressLine("list 1 .tar.gz shard", total=0, unit="MiB") as bar:
+        bar.advance(0)
+    assert "list 1 .tar.gz shard: 0/0" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagenet_kit.data.sources import ConvertError, Source
+from imagenet_kit.progress import progress_bar
 
 TRAIN_SHARDS, VAL_SHARD = "train_images_*.tar.gz", "val_images.tar.gz"
 SNAPSHOT_EVERY = 32 << 20  # bytes of tar between snapshots (each ~40 kB: zlib's state and its 32 kB window)
@@ -121,17 +122,22 @@ class GzipMember:
         return f"{self.archive}:{self.name}"
 
 
-def _scan_shard(path: Path) -> tuple[list[GzipMember], list[tuple[object, str]]]:
-    """Every file member of one shard in archive order, and what could not be listed, with the reason."""
+def _scan_shard(path: Path, advance) -> tuple[list[GzipMember], list[tuple[object, str]]]:
+    """Every file member of one shard in archive order, and what could not be listed, with the reason;
+    ``advance(n)`` as each n MiB of the .gz is read (a shard of ImageNet's train split is about 30 GB)."""
     snapshots: list[_Snapshot] = []
     members, problems = [], []
     stream = _Inflater(str(path), snapshots=snapshots)
+    read_mib = 0
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             while (info := archive.next()) is not None:
                 archive.members.clear()  # tarfile would keep every header; the list below is all that is needed
                 if info.isfile():
                     members.append(GzipMember(str(path), info.offset_data, info.size, info.name))
+                if stream.file_pos >> 20 > read_mib:
+                    advance((stream.file_pos >> 20) - read_mib)
+                    read_mib = stream.file_pos >> 20
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         complete = stream.pos + len(stream.buffer) - stream.at
         while members and members[-1].offset + members[-1].size > complete:
@@ -140,6 +146,7 @@ def _scan_shard(path: Path) -> tuple[list[GzipMember], list[tuple[object, str]]]
                                "are kept"))
     finally:
         stream.handle.close()
+    advance((path.stat().st_size >> 20) - read_mib)  # the end of the tar, and what follows it, is passed too
     _SNAPSHOTS[str(path)] = snapshots
     return members, problems
 
@@ -156,10 +163,13 @@ def scan_gzip_shards(paths: list[Path], classes: list[str] | None = None) -> Sou
     if not paths:
         raise ConvertError("no .tar.gz shards given")
     members, skipped = [], []
-    for path in paths:
-        found, problems = _scan_shard(path)
-        members += found
-        skipped += problems
+    # gzip reads only from the start: listing a shard is one decompressing pass over it, shown as it goes
+    with progress_bar(f"list {len(paths)} .tar.gz shard{'s' * (len(paths) > 1)}", sum(p.stat().st_size >> 20
+                      for p in paths), unit="MiB") as advance:
+        for path in paths:
+            found, problems = _scan_shard(path, advance)
+            members += found
+            skipped += problems
     labelled = [(m, wnid_of(m)) for m in members]
     source = Source(root=paths[0].parent, classes=list(classes) if classes else
                     sorted({w for m, w in labelled if w and m.name.endswith(".JPEG")}))
