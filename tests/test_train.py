@@ -292,3 +292,29 @@ def test_resume_on_a_beton_of_other_classes_is_refused_before_the_run_folder_cha
     with pytest.raises(ClassMismatch, match="the checkpoint resumed from has 4 classes and .* 4: 2 of the first 4"):
         train(tiny_config, CPU, resume="auto")
     assert {p: p.stat().st_mtime_ns for p in tiny_config.run_dir.rglob("*")} == before
+
+
+def _folder(run_dir) -> dict:
+    return {str(p): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_resume_into_other_settings_is_one_error_and_changes_nothing(tiny_config, capsys):
+    """More epochs under one-cycle was OneCycleLR's traceback ("Tried to step 9 times") half-way into the run."""
+    from imagenet_kit.errors import ConfigError
+
+    tiny_config.train.epochs = 1
+    train(tiny_config, CPU)
+    before = _folder(tiny_config.run_dir)
+    tiny_config.train.epochs, tiny_config.train.batch_size = 2, 4
+    with pytest.raises(ConfigError) as refused:
+        train(tiny_config, CPU, resume="auto")
+    message = str(refused.value)
+    assert "train.batch_size 8 -> 4" in message and "train.epochs 1 -> 2" in message
+    assert f"model.init={tiny_config.run_dir / 'checkpoints'}" in message
+    assert _folder(tiny_config.run_dir) == before  # nothing written, nothing moved
+
+    tiny_config.train.epochs, tiny_config.train.batch_size = 1, 8
+    tiny_config.train.val_batch_size = 8  # an evaluation setting: accepted, and said
+    capsys.readouterr()
+    assert train(tiny_config, CPU, resume="auto")["epoch"] == 0
+    assert "resume: changed since the checkpoint: train.val_batch_size 16 -> 8" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from imagenet_kit.engine.checkpoint import (
 )
 from imagenet_kit.engine.init_weights import init_model
 from imagenet_kit.engine.lr_find import auto_lr
+from imagenet_kit.engine.resume_checks import check_resumable
 from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
@@ -82,10 +83,11 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     torch.manual_seed(cfg.train.seed + runtime.rank)
     np.random.seed(cfg.train.seed + runtime.rank)
     require_betons(cfg)  # and that a batch fits them: before the run folder exists
-    state = _resume_state(cfg, resume)
+    resumed_from, state = _resume_state(cfg, resume)
     train_beton, val_beton = cfg.betons
     if state is not None:  # before anything in the run folder changes
         check_same_classes(state["classes"], train_beton, "the checkpoint resumed from")
+        check_resumable(state["config"], cfg, resumed_from)
     if runtime.is_main:
         cfg.run.checkpoints.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, cfg.run.config)
@@ -128,15 +130,16 @@ def schedule_settings(cfg: RunConfig) -> dict:
                 step_epochs=o.step_epochs, step_gamma=o.step_gamma, flat_fraction=o.flat_fraction)
 
 
-def _resume_state(cfg: RunConfig, resume: str | None) -> dict | None:
+def _resume_state(cfg: RunConfig, resume: str | None) -> tuple[Path | None, dict | None]:
+    """(the checkpoint resumed from, its state), or (None, None) for a fresh run."""
     if resume == "auto":
         found = find_resume_checkpoint(cfg.run_dir)
         if found:
             path, state = found
             console.print(f"resuming from {path} (epoch {state['epoch']}, step {state['step']})")
-            return state
-        return None
-    return load_checkpoint(Path(resume)) if resume else None
+            return path, state
+        return None, None
+    return (Path(resume), load_checkpoint(Path(resume))) if resume else (None, None)
 
 
 def _model(cfg: RunConfig, runtime: Runtime, classes: list[dict], fresh: bool) -> torch.nn.Module:
