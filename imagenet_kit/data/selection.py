@@ -12,6 +12,7 @@ import random
 from pathlib import Path, PurePosixPath
 
 from imagenet_kit.config import ConfigError, SubsetConfig
+from imagenet_kit.data.gzip_shards import WNID
 from imagenet_kit.data.sources import Source
 from imagenet_kit.progress import console
 
@@ -20,7 +21,7 @@ def image_key(item) -> str:
     """An image's name without its folder, archive, extension or a Hugging Face ``_<wnid>`` suffix."""
     name = PurePosixPath(str(item).rsplit(":", 1)[-1]).stem  # archive members print as ARCHIVE:member
     head, _, tail = name.rpartition("_")
-    return head if head and tail.startswith("n") and tail[1:].isdigit() and len(tail) == 9 else name
+    return head if head and WNID.fullmatch(tail) else name
 
 
 def _wnids_from_file(path: Path) -> list[str]:

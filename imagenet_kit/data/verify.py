@@ -24,6 +24,7 @@ import click
 import numpy as np
 from PIL import Image
 
+from imagenet_kit.data.convert import read_classes, scan_source
 from imagenet_kit.data.sources import ConvertError, Source
 from imagenet_kit.images import load_rgb
 
@@ -166,8 +167,6 @@ def _check_source(records: BetonRecords, report: dict, source: Source, sampled: 
 def verify_command(beton, source, labels, sample):
     """Read BETON back: counts per class against its report, every record decodes, and with --source each label
     against its file's class and a sample of records against their files. Exits 1 on any mismatch."""
-    from imagenet_kit.data.convert import read_classes, scan_source
-
     scanned = None
     if source is not None:
         scanned = scan_source(source, labels, [c["wnid"] for c in read_classes(beton)])
