@@ -9,10 +9,13 @@ KIT := $(VENV)/bin/imagenet-kit
 PY := $(VENV)/bin/python
 NPROC ?= 1
 RECIPE ?= full
+# Real images the benchmarks read (the kit's development data; point them at your own copies).
+BENCH_IMAGES ?= ../shared/data/imagenet-samples
+IMAGENETTE ?= ../shared/data/imagenette2
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps browser-deps mini full demo space test test-fast lint bench gpu-evidence gpu-bundle clean
+.PHONY: help setup system-deps browser-deps mini full demo space test test-fast lint bench gpu-evidence gpu-bundle image-check clean
 
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
@@ -22,6 +25,7 @@ help:
 	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
 	@echo "make test    lint (ruff) and the test suite, one worker per core"
 	@echo "make test-fast  the unit tests only (no processes started), for the edit loop"
+	@echo "make image-check  build the Docker image with podman and run the demo, a recipe and a stop in it"
 
 setup: $(STAMP)
 
@@ -80,7 +84,7 @@ test-fast: setup
 
 # pyflakes, import order, bugbear and a statement limit per function (pyproject.toml's [tool.ruff]).
 lint: setup
-	$(PY) -m ruff check imagenet_kit tests
+	$(PY) -m ruff check imagenet_kit tests tools
 
 # The demo's browser test drives Debian's chromium (Playwright never downloads a browser here); without it
 # that one test is skipped with its reason.
@@ -93,7 +97,7 @@ browser-deps:
 
 # On a GPU, bench train times the full recipe's network (resnet50 + BlurPool), the rows `plan` looks for.
 bench: setup
-	$(KIT) bench data --src ../shared/data/imagenet-samples
+	$(KIT) bench data --src $(BENCH_IMAGES)
 	$(KIT) bench train $(if $(filter 0,$(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),--arch resnet50 --res 128 --batch 16,--arch resnet50 --set model.blurpool=true)
 	$(KIT) bench demo
 	$(KIT) bench report
@@ -105,9 +109,15 @@ gpu-evidence:
 	$(EVIDENCE_PY) -m imagenet_kit bench gpu-evidence $(if $(wildcard gpu-bundle/manifest.json),--bundle gpu-bundle) $(ARGS)
 
 # FFCV, its shared libraries and 2,600 real Imagenette images in gpu-bundle/ (ignored), for gpu-evidence on a host
-# without FFCV; refuses when it and the working tree exceed the 64 MiB a device run carries.
+# without FFCV. ARGS="--max-mib N" refuses a bundle that, with the working tree, is over what you can carry there.
 gpu-bundle: setup
-	$(KIT) bench gpu-bundle $(ARGS)
+	$(KIT) bench gpu-bundle --src $(IMAGENETTE)/train $(ARGS)
+
+# Builds the Dockerfile with podman on a local Debian base and runs the image for real: the import check, the
+# compose train service on the embedded sample, the demo service answering from the host, a stop mid-epoch and
+# the resume (tools/image_check.py). Needs root the first time (apt-get install podman runc debootstrap).
+image-check: setup
+	$(PY) tools/image_check.py
 
 clean:
 	rm -rf runs betons test-artifacts .pytest_cache gpu-bundle

@@ -27,7 +27,8 @@ RECIPES_DIR = PACKAGE_DIR / "recipes"
 
 @dataclass
 class DataConfig:
-    root: str = ""  # ImageFolder root holding train/ and val/ (the raw JPEGs)
+    root: str = ""  # ImageFolder root holding train/ and val/ (the raw JPEGs); --data sets it
+    source: str = ""  # where the recipe's dataset comes from: said when no root is given
     name: str = "dataset"  # names the betons: <beton_dir>/<name>-<split>-<max_res>.beton
     beton_dir: str = "betons"
     max_res: int = 256  # longest side stored in the beton (FFCV's ImageNet write uses 256-512)

@@ -4,8 +4,11 @@
 """
 from __future__ import annotations
 
+import difflib
+
 from imagenet_kit.errors import ConfigError
 
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet50d", "resnext50d")
 ACTIVATIONS = ("relu", "mish", "silu")
 OPTIMIZERS = ("sgd", "adamw", "radam")
 SCHEDULES = ("onecycle", "linear", "step", "flat_cos")
@@ -48,9 +51,19 @@ RANGES = (
 )
 
 
+def check_choice(key: str, value, allowed: tuple[str, ...]) -> None:
+    """A value outside ``allowed`` is one error line naming the key, the valid values and the closest one."""
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}{hint}")
+
+
 def validate(cfg) -> None:
     """Raise ConfigError naming the first key whose value is out of its choices or range."""
     choices = {
+        "model.arch": (cfg.model.arch, ARCHS),
         "train.precision": (cfg.train.precision, PRECISIONS),
         "optim.schedule": (cfg.optim.schedule, SCHEDULES),
         "optim.optimizer": (cfg.optim.optimizer, OPTIMIZERS),
@@ -59,8 +72,7 @@ def validate(cfg) -> None:
         "lr_find.suggestion": (cfg.lr_find.suggestion, LR_SUGGESTIONS),
     }
     for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+        check_choice(key, value, allowed)
     if cfg.lr_find.end_lr <= cfg.lr_find.start_lr:
         raise ConfigError(f"lr_find.end_lr ({cfg.lr_find.end_lr:g}) must exceed lr_find.start_lr "
                           f"({cfg.lr_find.start_lr:g})")

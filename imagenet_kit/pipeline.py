@@ -40,7 +40,7 @@ def run_command(**flags):
     if not runtime.is_main:
         return
     best = cfg.run.best
-    summary, out_path = run_eval(best, cfg.run, cfg.betons[1], None, None, cfg.train.val_batch_size)
+    summary, out_path = run_eval(best, cfg.run, cfg.betons[1], batch_size=cfg.train.val_batch_size)
     export_stage(cfg)
     click.echo(f"{cfg.name}: val top-1 {100 * summary['top1']:.2f}%, top-5 {100 * summary['top5']:.2f}% "
                f"({summary['count']} images, {best}) -> {out_path}")

@@ -23,6 +23,34 @@ def test_unknown_override_exits_nonzero_naming_the_key():
     assert "train.nope" in result.output and "train.epochs" in result.output
 
 
+@pytest.mark.parametrize("command", ["train", "run", "lr-find"])
+@pytest.mark.parametrize("args, key, suggestion", [
+    (["--arch", "resnet5O"], "model.arch", "did you mean resnet50?"),
+    (["--set", "optim.schedule=cosine"], "optim.schedule", ""),
+    (["--set", "train.crop=zoom"], "train.crop", ""),
+    (["--set", "model.activation=mesh"], "model.activation", "did you mean mish?"),
+])
+def test_a_bad_choice_is_one_error_line_before_any_file(tmp_path, monkeypatch, command, args, key, suggestion):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, [command, "--recipe", "sample", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}: ") and suggestion in lines[0]
+    assert "is not one of" in lines[0] and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # no run folder, no betons
+
+
+@pytest.mark.parametrize("recipe", ["imagenette", "imagenette-resnet18"])
+def test_an_imagenette_recipe_without_data_says_where_imagenette_comes_from(tmp_path, monkeypatch, recipe):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", "--recipe", recipe])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: no data: give --data ROOT") and len(result.output.splitlines()) == 1
+    assert "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2.tgz" in result.output
+    assert "--data imagenette2" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_data_root_names_path_and_layout(tmp_path):
     result = CliRunner().invoke(cli, ["run", "--recipe", "mini", "--data", "/does/not/exist",
                                       "--set", f"data.beton_dir={tmp_path}"])

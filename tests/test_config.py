@@ -31,6 +31,9 @@ def test_unknown_recipe_key_names_file_and_key(tmp_path):
     ("train.epochs=abc", "train.epochs: expected int"),
     ("train.epochs=2.5", "train.epochs: expected int"),
     ("train.precision=fp8", "train.precision"),
+    ("model.arch=vgg16", "model.arch: 'vgg16' is not one of resnet18, resnet34, resnet50, resnet101, resnet50v2, "
+                         "resnet50d, resnext50d$"),
+    ("model.arch=resnet5O", "model.arch: 'resnet5O' is not one of .*; did you mean resnet50\\?"),
     ("optim.optimizer=adam", "optim.optimizer: 'adam' is not one of sgd, adamw, radam"),
     ("optim.schedule=cosine", "optim.schedule: 'cosine' is not one of onecycle, linear, step, flat_cos"),
     ("model.activation=gelu", "model.activation: 'gelu' is not one of relu, mish, silu"),

@@ -8,14 +8,15 @@ from conftest import tiny_overrides  # tests/ is on sys.path (pytest's rootdir-l
 from test_export import IMAGENETTE, make_fake_run
 
 import imagenet_kit.engine.train as train_module
-from imagenet_kit.config import ConfigError, ModelConfig, load_config
+from imagenet_kit.config import ConfigError, ModelConfig, OptimConfig, load_config
+from imagenet_kit.config_checks import SCHEDULES
 from imagenet_kit.data.imagenet_meta import wnid_to_index, wnid_to_name
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.engine.init_weights import InitError, init_model
 from imagenet_kit.engine.train import train
 from imagenet_kit.models.factory import create_model
 from imagenet_kit.optim.optimizers import param_groups
-from imagenet_kit.optim.schedule import SCHEDULES, create_scheduler
+from imagenet_kit.optim.schedule import create_scheduler
 from imagenet_kit.runtime import Runtime
 from imagenet_kit.serve.export import export_model
 
@@ -200,8 +201,8 @@ def test_head_lr_mult_gives_the_head_groups_mult_times_the_lr(tiny_config, first
 def test_every_schedule_keeps_the_head_multiplier(schedule):
     model = create_model("resnet18", 4)
     optimizer = torch.optim.SGD(param_groups(model, 5e-5, head_lr_mult=3.0), lr=0.1, momentum=0.9)
-    scheduler = create_scheduler(optimizer, schedule, 0.1, epochs=2, steps_per_epoch=5, peak_epoch=1,
-                                 step_epochs=1)
+    scheduler = create_scheduler(optimizer, OptimConfig(schedule=schedule, peak_epoch=1, step_epochs=1), 0.1,
+                                 epochs=2, steps_per_epoch=5)
     for _ in range(10):
         lrs = [group["lr"] for group in optimizer.param_groups]
         assert lrs[2:] == pytest.approx([3 * lrs[0]] * 2, rel=1e-12) and lrs[1] == lrs[0]

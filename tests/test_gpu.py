@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from imagenet_kit.config import OptimConfig
 from imagenet_kit.engine.evaluate import evaluate
 from imagenet_kit.engine.step import train_step
 from imagenet_kit.models.factory import create_model
@@ -46,8 +47,8 @@ def test_evaluate_syncs_once_whatever_the_number_of_batches():
 def test_bf16_train_step_does_not_sync():
     device = torch.device("cuda")
     model = create_model("resnet18", 10).to(device, memory_format=torch.channels_last)
-    optimizer = create_optimizer(param_groups(model, 5e-5), lr=0.1)
-    scheduler = create_scheduler(optimizer, "onecycle", 0.1, 1, 20)
+    optimizer = create_optimizer(param_groups(model, 5e-5), OptimConfig(), 0.1)
+    scheduler = create_scheduler(optimizer, OptimConfig(), 0.1, 1, 20)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     batches = _batches(6, device)

@@ -159,3 +159,12 @@ def test_without_a_gpu_the_full_evidence_is_refused(tmp_path):
     run = _cli(["bench", "gpu-evidence", "--results-dir", str(tmp_path)])
     assert run.returncode == 2 and "error: no CUDA GPU here" in run.stderr and "--smoke" in run.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_size_limit_is_the_users_own():
+    from imagenet_kit.bench.gpu_bundle import BundleError, check_size
+    check_size(Path("gpu-bundle"), 500.0, 0, 2600, 160)  # no --max-mib: no limit
+    check_size(Path("gpu-bundle"), 63.9, 64, 2600, 160)
+    with pytest.raises(BundleError, match=r"gpu-bundle and the working tree are 64.1 MiB, over --max-mib 64; lower "
+                                          r"--images \(now 2600\) or --max-res \(now 160\)"):
+        check_size(Path("gpu-bundle"), 64.1, 64, 2600, 160)

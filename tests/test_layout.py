@@ -77,6 +77,15 @@ def test_modules_and_functions_fit_on_a_screen(path):
             assert length <= MAX_FUNCTION_LINES, f"{path.name}:{node.lineno} {node.name}: {length} lines"
 
 
+def test_nothing_shipped_names_the_development_machine():
+    """Users have no ../shared/data and no fixed transfer limit: the package and its recipes name neither."""
+    shipped = [p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".md", ".json")]
+    assert len(shipped) > 50
+    for path in shipped:
+        text = path.read_text()
+        assert "../shared" not in text and "64 MiB" not in text, path.relative_to(REPO)
+
+
 def test_cli_is_only_a_registry():
     source = (PACKAGE / "cli.py").read_text()
     assert source.count("\n") < MAX_CLI_LINES

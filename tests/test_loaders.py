@@ -100,9 +100,11 @@ def test_val_crop_ratio_sets_the_share_of_the_shorter_side(gradient_beton):
     assert 100 < half_rows < 140 and 50 < half_cols < 70  # the middle 16 rows and columns
 
 
-def test_unknown_train_crop_is_refused(tiny_data):
-    with pytest.raises(ValueError, match="random_square"):
-        create_train_loader(_train_beton(tiny_data), 8, 32, CPU, 1, crop="center")
+def test_every_train_crop_the_config_allows_has_a_decoder():
+    """The config refuses any other crop when it loads (test_config), so the loader can trust its value."""
+    from imagenet_kit.config_checks import TRAIN_CROPS
+    from imagenet_kit.data.loaders import TRAIN_DECODERS
+    assert set(TRAIN_DECODERS) == set(TRAIN_CROPS)
 
 
 def _scaled(factor):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imagenet_kit.config import ConfigError, load_config
+from imagenet_kit.config import ConfigError, OptimConfig, load_config
 from imagenet_kit.optim.lookahead import Lookahead
 from imagenet_kit.optim.optimizers import create_optimizer
 
@@ -42,7 +42,7 @@ def test_alpha_one_is_the_inner_optimizer():
 
 def test_schedulers_set_the_inner_lr_also_after_load_state_dict():
     param = _param()
-    optimizer = create_optimizer([{"params": [param]}], "radam", lr=0.01, lookahead_k=6)
+    optimizer = create_optimizer([{"params": [param]}], OptimConfig(optimizer="radam", lookahead_k=6), 0.01)
     assert isinstance(optimizer, Lookahead) and isinstance(optimizer.inner, torch.optim.RAdam)
     optimizer.load_state_dict(optimizer.state_dict())  # torch replaces the inner param_groups list here
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
@@ -60,8 +60,9 @@ def test_resume_from_state_dict_continues_exactly():
 
     def fresh():
         param = torch.nn.Parameter(torch.ones(4))
-        return param, create_optimizer([{"params": [param], "weight_decay": 0.01}], "radam", lr=0.01, momentum=0.95,
-                                       lookahead_k=4, lookahead_alpha=0.5)
+        return param, create_optimizer([{"params": [param], "weight_decay": 0.01}],
+                                       OptimConfig(optimizer="radam", momentum=0.95, lookahead_k=4,
+                                                   lookahead_alpha=0.5), 0.01)
 
     def run(param, optimizer, steps):
         for g in steps:
@@ -85,7 +86,7 @@ def test_resume_from_state_dict_continues_exactly():
 
 def test_frozen_parameters_are_left_alone_until_they_train():
     frozen, trained = _param(2.0), _param(1.0)
-    optimizer = create_optimizer([{"params": [frozen, trained]}], "radam", lr=0.01, lookahead_k=2)
+    optimizer = create_optimizer([{"params": [frozen, trained]}], OptimConfig(optimizer="radam", lookahead_k=2), 0.01)
     for _ in range(3):
         optimizer.zero_grad()
         trained.grad = torch.tensor([1.0])

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from imagenet_kit.config import LRFindConfig, OptimConfig
 from imagenet_kit.data.pixels import normalize
 from imagenet_kit.engine.lr_find import (
     lr_range_test,
@@ -15,6 +16,11 @@ from imagenet_kit.engine.lr_find import (
 )
 
 CPU = torch.device("cpu")
+PLAIN_SGD = OptimConfig(weight_decay=0.0, label_smoothing=0.0)  # SGD, momentum 0.9, nothing else
+
+
+def _range_test(model, batches, optim=PLAIN_SGD, amp_dtype=None, channels_last=True, **settings):
+    return lr_range_test(model, batches, LRFindConfig(**settings), optim, CPU, amp_dtype, channels_last)
 
 
 def _batches(n=2048):
@@ -57,7 +63,7 @@ def test_known_good_range_of_the_synthetic_task():
 @pytest.mark.parametrize("name", ["valley", "min10"])
 def test_suggestion_lands_in_the_known_good_range(name):
     batches = _batches()
-    result = lr_range_test(_mlp(), batches, CPU, start_lr=1e-6, end_lr=10, num_iter=100, suggestion=name,
+    result = _range_test(_mlp(), batches, start_lr=1e-6, end_lr=10, num_iter=100, suggestion=name,
                            channels_last=False)
     assert result["chosen"] == name
     assert 5e-3 < result["lr"] < 0.2
@@ -68,7 +74,7 @@ def test_suggestion_lands_in_the_known_good_range(name):
 def test_turn_is_a_one_cycle_peak_that_trains_the_task():
     """turn picks the edge the test reached from a cold start; one-cycle (1/25 of it, warm-up) trains there."""
     batches = _batches()
-    result = lr_range_test(_mlp(), batches, CPU, start_lr=1e-6, end_lr=10, num_iter=100, suggestion="turn",
+    result = _range_test(_mlp(), batches, start_lr=1e-6, end_lr=10, num_iter=100, suggestion="turn",
                            channels_last=False)
     assert result["lr"] == pytest.approx(result["lrs"][result["losses"].index(min(result["losses"]))])
     assert _accuracy_after_training(result["lr"], batches, one_cycle=True) >= 0.95
@@ -81,7 +87,7 @@ def test_model_and_bn_stats_are_restored(tiny_data):
     model = create_model("resnet18", 4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = create_train_loader(str(tiny_data["beton_dir"] / "tiny-train-64.beton"), 8, 32, CPU, 1)
-    result = lr_range_test(model, loader, CPU, start_lr=1e-4, end_lr=1.0, num_iter=8)
+    result = _range_test(model, loader, start_lr=1e-4, end_lr=1.0, num_iter=8)
     after = model.state_dict()
     assert before.keys() == after.keys()
     for key in before:  # weights, BN running mean/var and num_batches_tracked
@@ -92,7 +98,7 @@ def test_model_and_bn_stats_are_restored(tiny_data):
 
 def test_lrs_grow_exponentially_and_losses_are_bias_corrected():
     batches = _batches(256)
-    result = lr_range_test(_mlp(), batches, CPU, start_lr=1e-5, end_lr=1e-3, num_iter=5, channels_last=False,
+    result = _range_test(_mlp(), batches, start_lr=1e-5, end_lr=1e-3, num_iter=5, channels_last=False,
                            diverge=1e9)
     assert result["lrs"] == pytest.approx([1e-5 * 10 ** (0.5 * i) for i in range(5)])
     # with bias correction the first smoothed value is the first raw loss (about ln 2 for 2 classes)
@@ -129,7 +135,7 @@ def test_no_loader_thread_is_left_after_the_test(tiny_data):
     # batch 2: 16 batches per pass, the test stops after 5, with FFCV's thread blocked on a full queue
     loader = create_train_loader(str(tiny_data["beton_dir"] / "tiny-train-64.beton"), 2, 32, CPU, 1)
     earlier = set(threading.enumerate())  # other tests' loaders are theirs to close
-    lr_range_test(create_model("resnet18", 4), loader, CPU, start_lr=1e-7, end_lr=1e-5, num_iter=5)
+    _range_test(create_model("resnet18", 4), loader, start_lr=1e-7, end_lr=1e-5, num_iter=5)
     left = [t for t in threading.enumerate() if isinstance(t, EpochIterator) and t not in earlier]
     for thread in left:
         thread.join(timeout=10)
@@ -143,11 +149,37 @@ def test_fp16_steps_go_through_a_grad_scaler(monkeypatch):
         monkeypatch.setattr(torch.amp.GradScaler, name,
                             lambda self, *a, _m=method, _n=name, **k: calls.append((_n, self.is_enabled())) or
                             _m(self, *a, **k))
-    lr_range_test(_mlp(), _batches(), CPU, amp_dtype=torch.float16, start_lr=1e-4, end_lr=1e-2, num_iter=6)
+    _range_test(_mlp(), _batches(), amp_dtype=torch.float16, start_lr=1e-4, end_lr=1e-2, num_iter=6)
     assert calls == [("scale", True), ("step", True), ("update", True)] * 6
     calls.clear()
-    lr_range_test(_mlp(), _batches(), CPU, amp_dtype=torch.bfloat16, start_lr=1e-4, end_lr=1e-2, num_iter=3)
+    _range_test(_mlp(), _batches(), amp_dtype=torch.bfloat16, start_lr=1e-4, end_lr=1e-2, num_iter=3)
     assert {enabled for _, enabled in calls} == {False}  # bf16 needs no loss scaling
+
+
+def test_every_step_is_trainings_own_step(monkeypatch):
+    """The test trains with ``engine.step.train_step``, so what it measures is what training will run."""
+    import imagenet_kit.engine.lr_find as lr_find
+    from imagenet_kit.engine.step import train_step
+    seen = []
+
+    def counted(model, images, labels, criterion, optimizer, *rest):
+        seen.append((optimizer.param_groups[0]["lr"], criterion.label_smoothing))
+        return train_step(model, images, labels, criterion, optimizer, *rest)
+
+    monkeypatch.setattr(lr_find, "train_step", counted)
+    result = _range_test(_mlp(), _batches(256), OptimConfig(label_smoothing=0.1), channels_last=False,
+                         start_lr=1e-5, end_lr=1e-3, num_iter=5, diverge=1e9)
+    assert [lr for lr, _ in seen] == pytest.approx(result["lrs"]) and len(seen) == 5
+    assert {smoothing for _, smoothing in seen} == {0.1}  # the recipe's loss, not a plain one
+
+
+def test_the_recipes_optimizer_runs_the_test():
+    model = _mlp()
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(1))
+    result = _range_test(model, _batches(256), OptimConfig(optimizer="adamw", weight_decay=0.0, label_smoothing=0.0),
+                         channels_last=False, start_lr=1e-5, end_lr=1e-2, num_iter=6, diverge=1e9)
+    assert len(seen) == result["stopped_at"] == 6
 
 
 CURVES = Path(__file__).with_name("fixtures") / "lr_find"

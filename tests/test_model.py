@@ -2,11 +2,11 @@ import pytest
 import torch
 from torchvision.ops import SqueezeExcitation
 
-from imagenet_kit.config import load_config
+from imagenet_kit.config import OptimConfig, load_config
 from imagenet_kit.models.factory import create_model, fold_parametrizations
 from imagenet_kit.models.layers import BINOMIAL_3X3, BlurPoolConv2d, MaxBlurPool2d, SimpleSelfAttention
 from imagenet_kit.optim.lookahead import Lookahead
-from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups
+from imagenet_kit.optim.optimizers import create_optimizer, param_groups
 
 
 @pytest.mark.parametrize("arch, options, params_m", [
@@ -83,8 +83,6 @@ def test_se_on_every_branch_and_attention_on_layer1s_last_block():
     assert create_model("resnet18", 10, se_reduction=16).layer1[0].bn2[1].fc1.out_channels == 8  # 64 // 16, up to 8
     # zero-init still empties each branch: its last BN is zero, so SE and attention see and give zeros
     assert torch.count_nonzero(model.layer2[0].bn3[0].weight) == 0
-    with pytest.raises(ValueError, match="resnet50v2 has its own"):
-        create_model("resnet50v2", 10, se_reduction=16)
 
 
 def test_simple_self_attention_is_x_plus_gamma_xxt_wx_with_a_unit_norm_w():
@@ -145,14 +143,10 @@ def test_maxblurpool_replaces_the_stem_pool_and_the_pooled_shortcuts(arch, poole
     assert shapes["maxblur"] == shapes["plain"]
 
 
-def test_unknown_arch():
-    with pytest.raises(ValueError, match="resnet50"):
-        create_model("vgg16", 10)
-
-
 def test_adamw_keeps_the_no_decay_groups_and_uses_momentum_as_beta1():
     model = create_model("resnet18", 10)
-    optimizer = create_optimizer(param_groups(model, 0.05), "adamw", lr=3e-3, momentum=0.9, beta2=0.99)
+    optimizer = create_optimizer(param_groups(model, 0.05), OptimConfig(optimizer="adamw", momentum=0.9, beta2=0.99),
+                                 3e-3)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.99) and optimizer.param_groups[0]["lr"] == 3e-3
@@ -168,7 +162,8 @@ def test_adamw_keeps_the_no_decay_groups_and_uses_momentum_as_beta1():
 
 def test_radam_decays_decoupled_and_cycles_beta1():
     model = create_model("resnet18", 10)
-    optimizer = create_optimizer(param_groups(model, 0.01), "radam", lr=8e-3, momentum=0.95, beta2=0.99)
+    optimizer = create_optimizer(param_groups(model, 0.01), OptimConfig(optimizer="radam", momentum=0.95, beta2=0.99),
+                                 8e-3)
     assert isinstance(optimizer, torch.optim.RAdam) and optimizer.param_groups[0]["decoupled_weight_decay"]
     assert optimizer.param_groups[0]["betas"] == (0.95, 0.99)
     conv = model.conv1.weight
@@ -192,25 +187,16 @@ def test_activation_replaces_every_relu(arch, activation, module):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert not torch.allclose(relu(x), swapped(x))
-    with pytest.raises(ValueError, match=r"model.activation.*relu, mish, silu"):
-        create_model(arch, 10, activation="gelu")
-
-
-def test_unknown_optimizer_names_the_key():
-    with pytest.raises(ValueError, match=r"optim.optimizer.*sgd, adamw, radam"):
-        create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], "lamb")
 
 
 def test_optimizer_settings_reach_the_optimizer():
     cfg = load_config("sample", ["optim.optimizer=radam", "optim.momentum=0.95", "optim.beta2=0.99", "optim.eps=1e-6",
                                  "optim.lookahead_k=6", "optim.lookahead_alpha=0.5"])
-    optimizer = create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.008,
-                                 **optimizer_settings(cfg.optim))
+    optimizer = create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], cfg.optim, 0.008)
     assert isinstance(optimizer, Lookahead) and (optimizer.k, optimizer.alpha) == (6, 0.5)
     assert isinstance(optimizer.inner, torch.optim.RAdam)
     group = optimizer.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"], group["decoupled_weight_decay"]) == (0.008, (0.95, 0.99), 1e-6,
                                                                                             True)
-    plain = create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}],
-                             **optimizer_settings(load_config("sample", ["optim.optimizer=adamw"]).optim))
+    plain = create_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], OptimConfig(optimizer="adamw"), 0.1)
     assert type(plain) is torch.optim.AdamW and plain.param_groups[0]["eps"] == 1e-8

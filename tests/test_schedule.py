@@ -1,13 +1,14 @@
 import pytest
 import torch
 
+from imagenet_kit.config import OptimConfig
 from imagenet_kit.errors import ConfigError
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 
 
 def test_onecycle_pins_lr_and_momentum():
     # 10 epochs x 10 steps, peak 1.0, 25% warm-up: torch's OneCycleLR with cosine annealing.
-    t = schedule_trace("onecycle", 1.0, 10, 10, pct_start=0.25, div_factor=25, final_div_factor=1e4)
+    t = schedule_trace(OptimConfig(pct_start=0.25, div_factor=25, final_div_factor=1e4), 1.0, 10, 10)
     assert t["lr"][0] == pytest.approx(1.0 / 25)
     assert t["momentum"][0] == pytest.approx(0.95)
     peak = 24  # float(pct_start * total) - 1
@@ -19,14 +20,14 @@ def test_onecycle_pins_lr_and_momentum():
 
 
 def test_onecycle_cycles_adamw_beta1_like_sgd_momentum():
-    t = schedule_trace("onecycle", 4e-3, 10, 10, optimizer_name="adamw", momentum=0.9, pct_start=0.25)
+    t = schedule_trace(OptimConfig(optimizer="adamw", momentum=0.9, pct_start=0.25), 4e-3, 10, 10)
     assert t["lr"][0] == pytest.approx(4e-3 / 25) and t["lr"][24] == pytest.approx(4e-3)
     assert (t["momentum"][0], t["momentum"][24]) == (pytest.approx(0.95), pytest.approx(0.85))
 
 
 def test_linear_matches_ffcv_schedule():
     # FFCV: 1e-4*lr at epoch 0, lr at peak_epoch 2, 0 at the end; stepped per iteration.
-    t = schedule_trace("linear", 1.7, 16, 100, peak_epoch=2)
+    t = schedule_trace(OptimConfig(schedule="linear", peak_epoch=2), 1.7, 16, 100)
     assert t["lr"][0] == pytest.approx(1.7e-4)
     assert t["lr"][100] == pytest.approx(1.7 * (1e-4 + (1 - 1e-4) * 0.5))
     assert t["lr"][200] == pytest.approx(1.7)
@@ -36,7 +37,7 @@ def test_linear_matches_ffcv_schedule():
 
 
 def test_step_schedule():
-    t = schedule_trace("step", 0.1, 9, 4, step_epochs=3, step_gamma=0.1)
+    t = schedule_trace(OptimConfig(schedule="step", step_epochs=3, step_gamma=0.1), 0.1, 9, 4)
     assert t["lr"][11] == pytest.approx(0.1)
     assert t["lr"][12] == pytest.approx(0.01)
     assert t["lr"][35] == pytest.approx(0.001)
@@ -44,7 +45,8 @@ def test_step_schedule():
 
 def test_flat_cos_matches_fastai_fit_flat_cos():
     # 2 epochs x 10 steps, 75% flat: the peak through step 15, then half a cosine over the last 5 steps.
-    t = schedule_trace("flat_cos", 0.01, 2, 10, optimizer_name="radam", momentum=0.95, flat_fraction=0.75)
+    t = schedule_trace(OptimConfig(schedule="flat_cos", optimizer="radam", momentum=0.95,
+                                   flat_fraction=0.75), 0.01, 2, 10)
     assert t["lr"][:16] == [pytest.approx(0.01)] * 16
     assert t["lr"][17] == pytest.approx(0.01 * 0.5 * (1 + 0.30901699))  # cos(2/5 pi)
     assert t["lr"][19] == pytest.approx(0.01 * 0.5 * (1 - 0.80901699))  # cos(4/5 pi)
@@ -56,7 +58,7 @@ def test_resume_restores_schedule_position(name):
     def make():
         p = torch.nn.Parameter(torch.zeros(1))
         opt = torch.optim.SGD([p], lr=0.5, momentum=0.9)
-        return opt, create_scheduler(opt, name, 0.5, 5, 10)
+        return opt, create_scheduler(opt, OptimConfig(schedule=name), 0.5, 5, 10)
 
     opt, sched = make()
     for _ in range(23):
@@ -83,14 +85,8 @@ def test_resume_restores_schedule_position(name):
         assert got[-1][0] == pytest.approx(0.5 * (1 - 13 / 30))
 
 
-def test_unknown_schedule():
-    p = torch.nn.Parameter(torch.zeros(1))
-    with pytest.raises(ValueError, match="cosine"):
-        create_scheduler(torch.optim.SGD([p], lr=1), "cosine", 1.0, 1, 1)
-
-
 def test_onecycle_with_a_warm_up_under_one_step_names_the_way_out():
     p = torch.nn.Parameter(torch.zeros(1))
     with pytest.raises(ConfigError, match=r"pct_start 0.25 x 4 steps\) is under one step"):  # one error line
-        create_scheduler(torch.optim.SGD([p], lr=1), "onecycle", 1.0, 1, 4)
-    create_scheduler(torch.optim.SGD([p], lr=1), "onecycle", 1.0, 1, 5)  # 1.25 steps of warm-up: fine
+        create_scheduler(torch.optim.SGD([p], lr=1), OptimConfig(), 1.0, 1, 4)
+    create_scheduler(torch.optim.SGD([p], lr=1), OptimConfig(), 1.0, 1, 5)  # 1.25 steps of warm-up: fine

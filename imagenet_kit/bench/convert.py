@@ -118,8 +118,7 @@ def bench_convert(src: Path, settings: list[tuple[int, float, int]], workers: in
 
 
 @click.command("convert")
-@click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default="../shared/data/imagenet-samples", show_default=True,
+@click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="ImageFolder split, or flat folder of <wnid>_*.JPEG files")
 @click.option("--settings", default=DEFAULT_SETTINGS, show_default=True,
               help="comma list of MAX_RES:COMPRESS_PROB:JPEG_QUALITY")

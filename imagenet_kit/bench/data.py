@@ -157,8 +157,8 @@ def print_table(result: dict) -> None:
 
 
 @click.command("data")
-@click.option("--src", type=click.Path(exists=True, file_okay=False), default="../shared/data/imagenet-samples",
-              show_default=True, help="ImageFolder split or flat folder of JPEGs")
+@click.option("--src", type=click.Path(exists=True, file_okay=False), required=True,
+              help="ImageFolder split or flat folder of JPEGs")
 @click.option("--res", type=int, default=176, show_default=True, help="random-resized-crop output size")
 @click.option("-j", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="FFCV threads / DataLoader worker processes (the cores each side gets)")

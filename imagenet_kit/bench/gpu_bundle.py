@@ -24,8 +24,6 @@ from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console
 
 DEFAULT_DIR = Path("gpu-bundle")
-DEFAULT_SRC = Path("../shared/data/imagenette2/train")
-LIMIT_MIB = 64  # what one device run carries: the working tree and the bundle together
 # Every Linux host has these, and a second copy of the C/C++ runtime beside torch's would clash with it.
 HOST_LIBRARIES = re.compile(r"^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libstdc\+\+|libgcc_s)")
 PURE_PYTHON_DEPENDENCIES = ("tqdm",)  # FFCV imports it; the GPU image has torch, numpy, numba and PIL
@@ -122,6 +120,13 @@ def working_tree_mib(repo: Path) -> float:
     return sum((repo / name).stat().st_size for name in listed if name and (repo / name).is_file()) / 2**20
 
 
+def check_size(out: Path, total_mib: float, max_mib: float, images: int, max_res: int) -> None:
+    """Refuse a bundle that, with the working tree, is over ``max_mib`` (0: no limit)."""
+    if max_mib and total_mib > max_mib:
+        raise BundleError(f"{out} and the working tree are {total_mib:.1f} MiB, over --max-mib {max_mib:g}; lower "
+                          f"--images (now {images}) or --max-res (now {max_res})")
+
+
 def activate(bundle: Path) -> dict:
     """Make the bundle's FFCV the one ``import ffcv`` finds, with its own shared libraries; return its manifest.
 
@@ -140,19 +145,20 @@ def activate(bundle: Path) -> dict:
 
 @click.command("gpu-bundle")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DIR, help="the bundle folder (replaced)")
-@click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_SRC,
-              help="an ImageFolder split to take the beton's images from")
+@click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="an ImageFolder split to take the beton's images from (e.g. imagenette2/train)")
 @click.option("--images", type=click.IntRange(min=1), default=2600, help="images in the beton (evenly per class)")
 @click.option("--max-res", type=click.IntRange(min=16), default=160, help="longest side stored")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90)
 @click.option("-j", "--workers", type=click.IntRange(min=0), default=0, help="conversion processes (0 = all cores)")
-def gpu_bundle_command(out, src, images, max_res, jpeg_quality, workers):
+@click.option("--max-mib", type=click.FloatRange(min=0), default=0,
+              help="refuse a bundle that, with the working tree, is larger than what you can copy to the GPU host "
+                   "in one go (0 = no limit)")
+def gpu_bundle_command(out, src, images, max_res, jpeg_quality, workers, max_mib):
     """FFCV, its libraries and a real beton in one folder, for bench gpu-evidence --bundle on a bare GPU host."""
     manifest = build_bundle(out, src, images, max_res, jpeg_quality, workers)
     tree = working_tree_mib(Path.cwd()) if (Path.cwd() / ".git").exists() else 0.0
     total = manifest["mib"] + tree
     console.print(f"{out}: {manifest['images']} images at max side {max_res}, {len(manifest['libraries'])} "
                   f"libraries, {manifest['mib']:.1f} MiB; with the working tree ({tree:.1f} MiB) {total:.1f} MiB")
-    if total > LIMIT_MIB:
-        raise BundleError(f"{out} and the working tree are {total:.1f} MiB, over the {LIMIT_MIB} MiB a device run "
-                          f"carries; lower --images (now {images}) or --max-res (now {max_res})")
+    check_size(out, total, max_mib, images, max_res)

@@ -34,10 +34,10 @@ from imagenet_kit.bench.train_steps import (
     measure_synthetic,
 )
 from imagenet_kit.config import PACKAGE_DIR, ConfigError, ModelConfig, load_config
+from imagenet_kit.config_checks import ARCHS
 from imagenet_kit.data.workers import usable_workers
 from imagenet_kit.engine.logbook import peak_memory_mb
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture_label
-from imagenet_kit.models.factory import ARCHS
 from imagenet_kit.progress import console
 from imagenet_kit.runtime import device_name, environment, precision_name, resolve_precision
 
@@ -134,7 +134,7 @@ def _check_beton(beton, batch: int, steps: int, warmup: int) -> int:
     if images < needed:
         raise ConfigError(f"{beton}: {images} images, fewer than the {needed} the real-data mode reads "
                           f"((warm-up {warmup} + {steps} steps) x batch {batch}), so FFCV would restart its epoch "
-                          "while timed. Build a larger one, e.g. imagenet-kit convert ../shared/data/imagenette2/train "
+                          "while timed. Build a larger one, e.g. imagenet-kit convert imagenette2/train "
                           "betons/imagenette2-train-256.beton --max-res 256 (9,469 images), and pass --beton, or "
                           "lower --steps, --warmup or --batch")
     return images

@@ -11,7 +11,7 @@ import torchvision
 from imagenet_kit.config import ModelConfig, OptimConfig
 from imagenet_kit.engine.step import train_step
 from imagenet_kit.models.factory import create_model
-from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
+from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled_lr
 from imagenet_kit.optim.schedule import create_scheduler
 from imagenet_kit.runtime import resolve_precision
 
@@ -51,10 +51,10 @@ def _kit_step(arch: str, model_options: dict, batch: int, total_steps: int, devi
     model = create_model(arch, NUM_CLASSES, **model_options).to(device=device, memory_format=memory_format)
     optim = OptimConfig()
     max_lr = scaled_lr(optim.lr, optim.lr_batch, batch)
-    optimizer = create_optimizer(param_groups(model, optim.weight_decay), lr=max_lr, **optimizer_settings(optim))
+    optimizer = create_optimizer(param_groups(model, optim.weight_decay), optim, max_lr)
     # One "epoch" a few steps longer than the steps run: OneCycleLR refuses to step past its total and needs a
     # warm-up of more than one step, which `--warmup 1 --steps 3` alone would not give it.
-    scheduler = create_scheduler(optimizer, optim.schedule, max_lr, 1, total_steps + 8)
+    scheduler = create_scheduler(optimizer, optim, max_lr, 1, total_steps + 8)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
     step_model = torch.compile(model, dynamic=False) if compile_ else model  # as training compiles it

@@ -18,7 +18,6 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's reader corrupts numba's types)
-from imagenet_kit.config_checks import TRAIN_CROPS
 from imagenet_kit.data.pixels import CENTER_CROP_RATIO
 from imagenet_kit.data.workers import usable_workers
 
@@ -47,6 +46,14 @@ class RandomSquareCropRGBImageDecoder(ResizedCropRGBImageDecoder):
         return random_square_crop
 
 
+# train.crop's choices (config_checks.TRAIN_CROPS), each a decoder for (resolution, min_scale).
+TRAIN_DECODERS = {
+    "random_resized": lambda res, min_scale: RandomResizedCropRGBImageDecoder((res, res), scale=(min_scale, 1.0),
+                                                                              ratio=(3 / 4, 4 / 3)),
+    "random_square": lambda res, _min_scale: RandomSquareCropRGBImageDecoder((res, res)),
+}
+
+
 def _label_pipeline(device: torch.device) -> list:
     # Squeeze after ToDevice: FFCV's ToDevice indexes shape[0], which a squeezed batch of one (the last
     # val batch when count % batch == 1) lacks; its loader thread then dies and the main thread waits
@@ -72,13 +79,7 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
         augment = [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO)]
         order = OrderOption.SEQUENTIAL
     else:
-        if crop == "random_square":
-            decoder = RandomSquareCropRGBImageDecoder((res, res))
-        elif crop == "random_resized":
-            decoder = RandomResizedCropRGBImageDecoder((res, res), scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3))
-        else:
-            raise ValueError(f"crop {crop!r} is not one of {', '.join(TRAIN_CROPS)}")
-        augment = [decoder, RandomHorizontalFlip()]
+        augment = [TRAIN_DECODERS[crop](res, min_scale), RandomHorizontalFlip()]
         # QUASI_RANDOM saves memory when the beton is not in RAM, but FFCV does not support it distributed.
         order = OrderOption.RANDOM if (distributed or in_memory) else OrderOption.QUASI_RANDOM
     pipelines = {

@@ -62,9 +62,10 @@ def prepare(cfg: RunConfig) -> None:
         console.print(f"convert: skipped, {train_beton} and {val_beton} exist")
         return
     if not cfg.data.root:
+        where = f"; {cfg.data.source}" if cfg.data.source else ""
         raise ConfigError(f"no data: give --data ROOT (an ImageFolder root with train/ and val/, or a folder with "
-                          f"ImageNet's official tars or Kaggle's download) or set data.root in the recipe; betons "
-                          f"{train_beton} and {val_beton} do not exist")
+                          f"ImageNet's official tars or Kaggle's download){where}. Betons {train_beton} and "
+                          f"{val_beton} do not exist yet")
     scan_train, scan_val = data_splits(Path(cfg.data.root), cfg.data.holdout_fraction, cfg.data.holdout_seed)
     subset = cfg.subset
     if not train_beton.is_file():

@@ -88,7 +88,7 @@ def per_class_rows(result: dict, classes: list[dict]) -> list[dict]:
     return rows
 
 
-def run_eval(checkpoint: Path, run: RunFolder, data_path: Path, res: int | None = None, tta: bool | None = None,
+def run_eval(checkpoint: Path, run: RunFolder, data_path: Path, *, res: int | None = None, tta: bool | None = None,
              batch_size: int = 128, out: Path | None = None) -> tuple[dict, Path]:
     """Evaluate ``checkpoint`` on a val beton or an ImageFolder split (converted to a temporary beton); write the
     summary JSON (default: the run's eval.json) and the per-class CSV beside it."""
@@ -129,7 +129,7 @@ def run_eval(checkpoint: Path, run: RunFolder, data_path: Path, res: int | None 
 def eval_command(checkpoint_path, output_dir, data_path, res, tta, batch_size, out):
     """Top-1, top-5, loss and per-class accuracy of a checkpoint; JSON + per-class CSV + a table."""
     checkpoint, run = resolve_checkpoint(checkpoint_path, output_dir)
-    result, out_path = run_eval(checkpoint, run, data_path, res, tta, batch_size, out)
+    result, out_path = run_eval(checkpoint, run, data_path, res=res, tta=tta, batch_size=batch_size, out=out)
     table = Table(title=f"evaluation of {checkpoint}")
     for col in ("images", "res", "flip TTA", "top-1", "top-5", "loss"):
         table.add_column(col, justify="right")

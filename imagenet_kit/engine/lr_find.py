@@ -17,18 +17,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from imagenet_kit.config import RunConfig
+from imagenet_kit.config import LRFindConfig, OptimConfig, RunConfig
 from imagenet_kit.data.convert import read_classes
 from imagenet_kit.data.loaders import create_train_loader
-from imagenet_kit.data.pixels import normalize
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine import plots
+from imagenet_kit.engine.step import train_step
 from imagenet_kit.errors import KitError
 from imagenet_kit.models.factory import model_on_device
-from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
+from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled_lr
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console
-from imagenet_kit.runtime import Runtime, autocast, init_runtime, resolve_precision, shutdown_runtime, write_json
+from imagenet_kit.runtime import Runtime, init_runtime, resolve_precision, shutdown_runtime, write_json
 
 # Like torch-lr-finder's defaults: the first points are dominated by the initial noise of the EMA and the
 # last ones are the divergence itself; neither says anything about good LRs.
@@ -99,41 +99,40 @@ def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float]:
     return {name: fn(lrs[start:end], losses[start:end]) for name, fn in SUGGESTERS.items()}
 
 
-def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-                  label_smoothing: float = 0.0, optimizer: dict | None = None, weight_decay: float = 0.0,
-                  start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100, smooth: float = 0.98,
-                  diverge: float = 4.0, suggestion: str = "turn_x3", channels_last: bool = True) -> dict:
-    """Run the test on ``batches`` (an iterable of (uint8 images, labels), re-iterated if short).
+class _FixedLR:
+    """The scheduler ``train_step`` steps during the test: it sets each step's LR itself, so this does nothing."""
 
-    ``optimizer``: ``create_optimizer``'s keyword arguments but the LR (default: SGD, momentum 0.9).
-    Returns lrs, smoothed losses, the three suggestions, the chosen one's name and its LR.
+    def step(self) -> None:
+        pass
+
+
+def lr_range_test(model: torch.nn.Module, batches, settings: LRFindConfig, optim: OptimConfig,
+                  device: torch.device, amp_dtype: torch.dtype | None = None, channels_last: bool = True) -> dict:
+    """Run the test on ``batches`` (an iterable of (uint8 images, labels), re-iterated if short), each step
+    training's own ``train_step`` with ``optim``'s optimizer, weight decay and label smoothing.
+
+    Returns lrs, smoothed losses, the suggestions, the chosen one's name and its LR.
     """
-    if num_iter < 2:
-        raise LRFindError("lr_find.num_iter must be at least 2")
     saved = copy.deepcopy(model.state_dict())  # includes BatchNorm running stats
-    optimizer = create_optimizer(param_groups(model, weight_decay), lr=start_lr, **(optimizer or {}))
+    optimizer = create_optimizer(param_groups(model, optim.weight_decay), optim, settings.start_lr)
     # fp16 (T4/V100) needs loss scaling here as in training: small gradients underflow to 0 without it, and an
     # overflowing step is skipped (its loss still counts) instead of ending the curve on NaN.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+    gamma = (settings.end_lr / settings.start_lr) ** (1 / (settings.num_iter - 1))
+    smooth = settings.smooth
     lrs, losses, raw = [], [], []
     avg, best = 0.0, math.inf
     model.train()
     stream = _cycle(batches)
     try:
-        for i in range(num_iter):
-            lr = start_lr * gamma**i
+        for i in range(settings.num_iter):
+            lr = settings.start_lr * gamma**i
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images, labels = next(stream)
-            with autocast(device, amp_dtype):
-                loss = criterion(model(normalize(images, channels_last)), labels.long())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            value = loss.item()
+            value = train_step(model, images, labels, criterion, optimizer, scaler, _FixedLR(), amp_dtype,
+                               channels_last).item()
             if not math.isfinite(value):
                 break
             avg = smooth * avg + (1 - smooth) * value
@@ -142,18 +141,17 @@ def lr_range_test(model: torch.nn.Module, batches, device: torch.device, *, amp_
             losses.append(smoothed)
             raw.append(value)
             best = min(best, smoothed)
-            if smoothed > diverge * best:
+            if smoothed > settings.diverge * best:
                 break
     finally:
         stream.close()  # stops FFCV's loader thread and frees its pinned batches now, not at exit
         model.load_state_dict(saved)
     if len(lrs) < 3:
-        raise LRFindError(f"LR range test diverged after {len(lrs)} steps from start_lr={start_lr:g}; "
+        raise LRFindError(f"LR range test diverged after {len(lrs)} steps from start_lr={settings.start_lr:g}; "
                            "lower lr_find.start_lr")
     found = suggestions(lrs, losses)
-    return {"lrs": lrs, "losses": losses, "raw_losses": raw, "suggestions": found, "chosen": suggestion,
-            "lr": found[suggestion],
-            "num_iter": num_iter, "stopped_at": len(lrs)}
+    return {"lrs": lrs, "losses": losses, "raw_losses": raw, "suggestions": found, "chosen": settings.suggestion,
+            "lr": found[settings.suggestion], "num_iter": settings.num_iter, "stopped_at": len(lrs)}
 
 
 def _cycle(batches):
@@ -184,11 +182,7 @@ def run_lr_find(cfg: RunConfig, model, loader, device, amp_dtype, world_size: in
 
     ``lr`` is the pick at the test's batch; ``peak_lr`` is it scaled to the training's global batch."""
     f = cfg.lr_find
-    result = lr_range_test(model, loader, device, amp_dtype=amp_dtype, label_smoothing=cfg.optim.label_smoothing,
-                           optimizer=optimizer_settings(cfg.optim),
-                           weight_decay=cfg.optim.weight_decay, start_lr=f.start_lr,
-                           end_lr=f.end_lr, num_iter=f.num_iter, smooth=f.smooth, diverge=f.diverge,
-                           suggestion=f.suggestion, channels_last=cfg.model.channels_last)
+    result = lr_range_test(model, loader, f, cfg.optim, device, amp_dtype, cfg.model.channels_last)
     test_batch, global_batch = f.batch_size or cfg.train.batch_size, cfg.train.batch_size * world_size
     result.update(test_batch=test_batch, global_batch=global_batch,
                   peak_lr=scaled_lr(result["lr"], test_batch, global_batch))

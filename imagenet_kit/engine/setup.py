@@ -27,7 +27,7 @@ from imagenet_kit.engine.init_weights import init_model
 from imagenet_kit.engine.lr_find import auto_lr
 from imagenet_kit.engine.resume_checks import check_resumable
 from imagenet_kit.models.factory import model_on_device
-from imagenet_kit.optim.optimizers import create_optimizer, optimizer_settings, param_groups, scaled_lr
+from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled_lr
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 from imagenet_kit.progress import console
 from imagenet_kit.runs import LAST
@@ -45,7 +45,7 @@ class Position:
     partial: dict | None = None  # {"loss_sum", "steps"} of the epoch a mid-epoch checkpoint cut
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Training:
     cfg: RunConfig
     runtime: Runtime
@@ -107,27 +107,20 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
         # the precision `auto` resolved to here: the same recipe runs bf16 on one CPU and fp32 on another
         write_json(cfg.run.env, {**environment(runtime), "precision": precision_name(amp_dtype)})
     steps_per_epoch = len(train_loader)  # at least 1: require_betons checked that a batch fits
-    optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult), lr=max_lr,
-                                 **optimizer_settings(cfg.optim))
-    scheduler = create_scheduler(optimizer, cfg.optim.schedule, max_lr, cfg.train.epochs, steps_per_epoch,
-                                 **schedule_settings(cfg))
-    t = Training(cfg, runtime, classes, model, _step_model(cfg, runtime, model), optimizer, scheduler,
-                 torch.amp.GradScaler(runtime.device.type, enabled=use_scaler),
-                 torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), train_loader, val_loader,
-                 amp_dtype, max_lr, steps_per_epoch, Position())
+    optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult), cfg.optim,
+                                 max_lr)
+    scheduler = create_scheduler(optimizer, cfg.optim, max_lr, cfg.train.epochs, steps_per_epoch)
+    t = Training(cfg=cfg, runtime=runtime, classes=classes, model=model,
+                 step_model=_step_model(cfg, runtime, model), optimizer=optimizer, scheduler=scheduler,
+                 scaler=torch.amp.GradScaler(runtime.device.type, enabled=use_scaler),
+                 criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+                 train_loader=train_loader, val_loader=val_loader, amp_dtype=amp_dtype, max_lr=max_lr,
+                 steps_per_epoch=steps_per_epoch, position=Position())
     if state is not None:
         _restore(t, state)
     elif runtime.is_main:
         _plot_schedule(t, global_batch)
     return t
-
-
-def schedule_settings(cfg: RunConfig) -> dict:
-    """``create_scheduler``'s keyword arguments from the config, but the name, LR and lengths."""
-    o = cfg.optim
-    return dict(pct_start=o.pct_start, div_factor=o.div_factor, final_div_factor=o.final_div_factor,
-                base_momentum=o.base_momentum, max_momentum=o.max_momentum, peak_epoch=o.peak_epoch,
-                step_epochs=o.step_epochs, step_gamma=o.step_gamma, flat_fraction=o.flat_fraction)
 
 
 def _resume_state(cfg: RunConfig, resume: str | None) -> tuple[Path | None, dict | None]:
@@ -187,8 +180,7 @@ def _restore(t: Training, state: dict) -> None:
 
 def _plot_schedule(t: Training, global_batch: int) -> None:
     cfg = t.cfg
-    trace = schedule_trace(cfg.optim.schedule, t.max_lr, cfg.train.epochs, t.steps_per_epoch,
-                           optimizer_name=cfg.optim.optimizer, momentum=cfg.optim.momentum, **schedule_settings(cfg))
+    trace = schedule_trace(cfg.optim, t.max_lr, cfg.train.epochs, t.steps_per_epoch)
     plots.plot_schedule(trace, cfg.run.schedule_png,
                         f"{cfg.optim.schedule} schedule, peak LR {t.max_lr:.3g} "
                         f"(global batch {global_batch}, {t.steps_per_epoch} steps/epoch)")

@@ -8,7 +8,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from imagenet_kit.config import ModelConfig
-from imagenet_kit.config_checks import ACTIVATIONS
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture
 from imagenet_kit.models.layers import (
     ACTIVATION_MODULES,
@@ -20,22 +19,16 @@ from imagenet_kit.models.layers import (
 )
 from imagenet_kit.models.resnet_v2 import resnet50v2
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50v2", "resnet50d", "resnext50d")
 HEAD = "fc"  # every arch's classifier; fine-tuning replaces it, freezes all else around it, scales its LR
 
 
 def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
                  blurpool: bool = False, activation: str = "relu", se_reduction: int = 0,
                  self_attention: bool = False, maxblurpool: bool = False) -> nn.Module:
-    """A randomly initialised ResNet. Weights are never downloaded here."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch '{arch}'; choose one of {', '.join(ARCHS)}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{activation}' (model.activation); choose one of "
-                         f"{', '.join(ACTIVATIONS)}")
-    if arch == "resnet50v2" and (se_reduction or self_attention or maxblurpool):
-        raise ValueError("model.se_reduction, model.self_attention and model.maxblurpool need torchvision's "
-                         "ResNet layout; resnet50v2 has its own")
+    """A randomly initialised ResNet. Weights are never downloaded here.
+
+    The arguments are trusted: ``config_checks.validate`` checked the arch, the activation and which add-ons an
+    arch takes when the config was loaded."""
     if arch == "resnet50v2":
         model = resnet50v2(num_classes, zero_init_residual)
     elif arch in ("resnet50d", "resnext50d"):

@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from imagenet_kit.config import OptimConfig
-from imagenet_kit.config_checks import OPTIMIZERS
 from imagenet_kit.models.factory import HEAD
 from imagenet_kit.optim.lookahead import Lookahead
 
@@ -15,30 +14,21 @@ def scaled_lr(lr: float, lr_batch: int, global_batch: int) -> float:
     return lr * global_batch / lr_batch
 
 
-def create_optimizer(groups: list[dict], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
-                     beta2: float = 0.99, eps: float = 1e-8, lookahead_k: int = 0,
-                     lookahead_alpha: float = 0.5) -> torch.optim.Optimizer:
-    """torch's SGD (heavy-ball momentum), AdamW or RAdam over ``groups`` (from ``param_groups``), inside a
-    ``Lookahead`` when ``lookahead_k`` > 0.
+def create_optimizer(groups: list[dict], optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """torch's SGD (heavy-ball momentum), AdamW or RAdam (``optim.optimizer``) over ``groups`` (from
+    ``param_groups``) at ``lr``, inside a ``Lookahead`` when ``optim.lookahead_k`` > 0.
 
-    For the Adams ``momentum`` is beta1, so OneCycleLR's momentum cycling moves it the same way it moves
+    For the Adams ``optim.momentum`` is beta1, so OneCycleLR's momentum cycling moves it the same way it moves
     SGD's momentum, and the weight decay in the groups is decoupled (scaled by the LR, as torch does).
+    The optimizer's name was checked against ``config_checks.OPTIMIZERS`` when the config loaded.
     """
-    if name == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    elif name == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2), eps=eps)
-    elif name == "radam":
-        optimizer = torch.optim.RAdam(groups, lr=lr, betas=(momentum, beta2), eps=eps, decoupled_weight_decay=True)
-    else:
-        raise ValueError(f"unknown optimizer '{name}' (optim.optimizer); choose one of {', '.join(OPTIMIZERS)}")
-    return Lookahead(optimizer, lookahead_k, lookahead_alpha) if lookahead_k else optimizer
-
-
-def optimizer_settings(optim: OptimConfig) -> dict:
-    """``create_optimizer``'s keyword arguments from the config, but the LR (the schedule's business)."""
-    return {"name": optim.optimizer, "momentum": optim.momentum, "beta2": optim.beta2, "eps": optim.eps,
-            "lookahead_k": optim.lookahead_k, "lookahead_alpha": optim.lookahead_alpha}
+    betas = (optim.momentum, optim.beta2)
+    optimizer = {
+        "sgd": lambda: torch.optim.SGD(groups, lr=lr, momentum=optim.momentum),
+        "adamw": lambda: torch.optim.AdamW(groups, lr=lr, betas=betas, eps=optim.eps),
+        "radam": lambda: torch.optim.RAdam(groups, lr=lr, betas=betas, eps=optim.eps, decoupled_weight_decay=True),
+    }[optim.optimizer]()
+    return Lookahead(optimizer, optim.lookahead_k, optim.lookahead_alpha) if optim.lookahead_k else optimizer
 
 
 def param_groups(model: nn.Module, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict]:
