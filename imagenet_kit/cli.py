@@ -22,7 +22,7 @@ COMMANDS = {
     "demo": "imagenet_kit.serve.demo:demo_command",
     "space": "imagenet_kit.serve.space:space_command",
     "run": "imagenet_kit.pipeline:run_command",
-    "plan": "imagenet_kit.bench.plan:plan_command",
+    "plan": "imagenet_kit.plan.command:plan_command",
 }
 BENCH_COMMANDS = {
     "train": "imagenet_kit.bench.train:bench_train_command",

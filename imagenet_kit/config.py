@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,8 @@ import yaml
 
 from imagenet_kit.config_checks import validate
 from imagenet_kit.errors import ConfigError
+from imagenet_kit.recipe_files import flatten, recipe_items
 from imagenet_kit.runs import RunFolder, beton_paths
-
-# Package data, so an installed kit (pip install .) finds them from any folder. `files` gives a real folder for
-# an installed or editable package (the kit is never imported from a zip).
-PACKAGE_DIR = Path(str(files("imagenet_kit")))
-RECIPES_DIR = PACKAGE_DIR / "recipes"
 
 
 @dataclass
@@ -156,6 +151,13 @@ class LRFindConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """A published result of the recipe's schedule, never the kit's own: what ``plan --target`` selects by."""
+    top1: float = 0.0  # ImageNet-1K val top-1 in percent; 0 = no published figure
+    source: str = ""  # who measured it, how and where it is published
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs"
@@ -165,6 +167,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,7 +187,7 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "subset": SubsetConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
-            "lr_find": LRFindConfig}
+            "lr_find": LRFindConfig, "reference": ReferenceConfig}
 TOP_LEVEL = ("name", "output_dir")
 
 
@@ -242,39 +245,14 @@ def set_key(cfg: RunConfig, key: str, value: Any) -> None:
     setattr(section, parts[1], _coerce(key, value, default))
 
 
-def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    """{"train": {"epochs": 5}} -> [("train.epochs", 5)]"""
-    return [item for k, v in tree.items()
-            for item in (_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)])]
-
-
-def resolve_recipe_path(recipe: str) -> Path:
-    """A recipe is a YAML path or the name of one in ``recipes/`` (``sample`` -> recipes/sample.yaml)."""
-    path = Path(recipe)
-    if path.suffix not in (".yaml", ".yml"):
-        path = RECIPES_DIR / f"{recipe}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-        raise ConfigError(f"recipe not found: {path}. Give a YAML path or one of: {', '.join(known)}")
-    return path
-
-
 def load_config(recipe: str | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
-    """Defaults, then the recipe's YAML, then ``key=value`` overrides, each key validated."""
+    """Defaults, then the recipe's YAML (its ``base:`` first), then ``key=value`` overrides, each key validated."""
     cfg = RunConfig()
-    if recipe:
-        path = resolve_recipe_path(recipe)
+    for path, key, value in recipe_items(recipe) if recipe else ():
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(tree).__name__}")
-        for key, value in _flatten(tree):
-            try:
-                set_key(cfg, key, value)
-            except ConfigError as err:
-                raise ConfigError(f"{path}: {err}") from None
+            set_key(cfg, key, value)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.epochs=5)")
@@ -287,7 +265,7 @@ def load_config(recipe: str | None = None, overrides: typing.Iterable[str] = ())
 def config_from_dict(tree: dict) -> RunConfig:
     """Rebuild a RunConfig from ``to_dict()`` output (e.g. a checkpoint's or a run folder's config)."""
     cfg = RunConfig()
-    for key, value in _flatten(tree):
+    for key, value in flatten(tree):
         set_key(cfg, key, value)
     return cfg
 

@@ -48,6 +48,7 @@ RANGES = (
     ("lr_find.num_iter", lambda v: v >= 2, "at least 2"),
     ("lr_find.start_lr", lambda v: v > 0, "positive"),
     ("lr_find.batch_size", lambda v: v >= 0, "0 (the training batch) or more"),
+    ("reference.top1", lambda v: 0 <= v <= 100, "a percentage, 0 (none) to 100"),
 )
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from imagenet_kit.config import PACKAGE_DIR, RunConfig, load_config
+from imagenet_kit.config import RunConfig, load_config
+from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import DEFAULT_OUTPUT_DIR
 
 RECIPE_OPTIONS = [

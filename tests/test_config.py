@@ -1,6 +1,7 @@
 import pytest
 
-from imagenet_kit.config import RECIPES_DIR, ConfigError, RunConfig, config_from_dict, load_config
+from imagenet_kit.config import ConfigError, RunConfig, config_from_dict, load_config
+from imagenet_kit.recipe_files import RECIPES_DIR
 
 
 def test_precedence_defaults_recipe_overrides(tmp_path):

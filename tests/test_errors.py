@@ -29,7 +29,7 @@ def _cases(tmp):
         "demo": (["demo", "--output-dir", str(empty)], "no exported model found"),
         "space": (["space", "--output-dir", str(empty)], "no run with an export found"),
         "run": (["run", "--set", "train.epochs=abc"], "train.epochs: expected int"),
-        "plan": (["plan", "--gpu", "a10g"], "a10g"),
+        "plan": (["plan", "--target", "99"], "no recipe has a published top-1 of 99%"),
         "bench train": (["bench", "train", "--set", "model.arch=resnet18"], "model.arch"),
         "bench data": (["bench", "data", "--src", str(empty), "--out", str(tmp / "bench-betons")], "empty"),
         "bench convert": (["bench", "convert", "--src", str(empty), "--settings", "256:1"],

@@ -8,10 +8,11 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from imagenet_kit.bench.host_fit import INSTANCES, check_fit
-from imagenet_kit.bench.plan import VAL_IMAGES, estimate_plan
 from imagenet_kit.cli import cli
 from imagenet_kit.config import load_config
+from imagenet_kit.plan.catalog import INSTANCES
+from imagenet_kit.plan.estimate import VAL_IMAGES, estimate_plan
+from imagenet_kit.plan.host_fit import check_fit
 from tests.conftest import REPO
 
 IMAGES = 1_281_167 + VAL_IMAGES

@@ -7,10 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from imagenet_kit.bench.gpu_throughput import REFERENCES, Throughput, seconds_per_image
-from imagenet_kit.bench.plan import estimate_plan
 from imagenet_kit.cli import cli
 from imagenet_kit.config import load_config
+from imagenet_kit.plan.catalog import GPUS, Throughput
+from imagenet_kit.plan.estimate import estimate_plan
+from imagenet_kit.plan.throughput import seconds_per_image
 
 
 def _plan(*args: str):
@@ -65,18 +66,27 @@ def test_t4_without_a_measurement_is_a_derived_estimate_naming_its_sources(tmp_p
     assert not any("published figure" in line for line in mini["assumptions"])
 
 
-def test_a10g_without_a_measurement_fails_and_says_how_to_get_one(tmp_path):
-    result = _plan("--gpu", "a10g", "--gpus", "1", "--results-dir", str(tmp_path))
-    assert result.exit_code != 0
-    assert "no ResNet-50 training throughput for a10g" in result.output
-    # the command that measures the recipe's own network, BlurPool included
-    assert "`imagenet-kit bench train --arch resnet50 --set model.blurpool=true`" in " ".join(result.output.split())
+@pytest.mark.parametrize("instance, gpu, ratio, words", [
+    ("g5.2xlarge", "a10g", 1.0, "AWS's variant of the A10"),
+    ("g6.xlarge", "l4", 0.5, "300 vs 600 GB/s"),
+    ("g6e.2xlarge", "l40s", 1.44, "864 vs 600 GB/s"),
+])
+def test_the_gpus_people_rent_get_a_derived_plan_that_says_so(tmp_path, instance, gpu, ratio, words):
+    result = _plan("--recipe", "full", "--instance", instance, "--results-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "Estimate — sources: derived: not measured: Lambda's A10 figure, 638 img/s" in text
+    assert words in text and f"x {ratio:.2f}" in text and f"`imagenet-kit bench train` on the {gpu.upper()}" in text
+    assert f"{instance} $" in text  # priced by the instance itself
+    plan = estimate_plan(load_config("full"), gpu, 1, results_dir=tmp_path)
+    assert plan["throughput"]["kind"] == "derived"
+    assert plan["throughput"]["points"] == [{"gpus": 1, "res": 224, "img_per_s": pytest.approx(638 * ratio)}]
 
 
 def test_unknown_gpu_lists_the_valid_ones():
     result = _plan("--gpu", "v100")
     assert result.exit_code != 0
-    for name in ("t4", "a10g", "a100", "h100"):
+    for name in ("t4", "a10g", "l4", "l40s", "a100", "h100"):
         assert name in result.output
 
 
@@ -153,5 +163,6 @@ def test_seconds_per_image_interpolates_in_pixels():
 
 
 def test_every_reference_names_a_source_file():
-    for label, points in REFERENCES.values():
-        assert ".csv" in label and points
+    for gpu in GPUS.values():
+        assert ".csv" in gpu.reference.source and gpu.reference.points
+        assert gpu.reference.derived == gpu.reference.source.startswith("not measured")

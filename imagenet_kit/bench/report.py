@@ -100,8 +100,14 @@ def _accuracy_row(r: dict) -> tuple[str, str, str]:
     return what, value, hardware + f", {_count(r['torch_threads'], 'thread')}{precision}"
 
 
+def _image_row(r: dict) -> tuple[str, str, str]:
+    what = f"container image from the Dockerfile on {r['base']} ({r['builder']}), steps {r['checks']}"
+    value = f"{r['size_bytes'] / 1e9:.2f} GB, built in {r['build_s'] / 60:.1f} min"
+    return what, value, f"{r['cpu']}, {_count(r['cpu_count'], 'core')}"
+
+
 ROW_FORMATS = {"accuracy": _accuracy_row, "train": _train_row, "data": _data_row, "convert": _convert_row,
-               "demo": _demo_row}
+               "demo": _demo_row, "image": _image_row}
 
 
 def _cell(text: str) -> str:

@@ -3,19 +3,19 @@
 Results are append-only JSON lines under ``bench/results/`` (one file per bench), so earlier
 measurements on other hardware stay next to new ones; ``imagenet-kit bench report`` turns them into
 the README's table and ``imagenet-kit plan`` reads the training rows. Every row names its ``kind``
-(accuracy, train, data, convert, demo): the one key readers branch on.
+(accuracy, train, data, convert, demo, image): the one key readers branch on.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from imagenet_kit.errors import KitError
 
 RESULTS_DIR = Path("bench/results")
-KINDS = ("accuracy", "train", "data", "convert", "demo")
+KINDS = ("accuracy", "train", "data", "convert", "demo", "image")
 
 
 class ResultsError(KitError):
@@ -56,3 +56,23 @@ def read_results(results_dir: Path) -> Iterator[tuple[Path, int, dict]]:
                 raise ResultsError(f"{path}:{number}: no README row format for kind {kind!r}; a result row's "
                                    f"\"kind\" is one of {', '.join(KINDS)}")
             yield path, number, row
+
+
+def newest_rows(results_dir: Path, kind: str, key: Callable[[dict], Hashable],
+                keep: Callable[[dict], bool] = lambda row: True) -> dict[Hashable, tuple[dict, str]]:
+    """The newest row of ``kind`` per ``key(row)`` among those ``keep`` accepts, with its "file:line".
+
+    Newest by ``date``; of two rows with the same date, the later line. A row ``key`` cannot read (a missing or
+    non-numeric field) is a ResultsError naming its file and line."""
+    newest: dict[Hashable, tuple[dict, str]] = {}
+    for path, number, row in read_results(results_dir):
+        if row["kind"] != kind or not keep(row):
+            continue
+        try:
+            k = key(row)
+        except (KeyError, TypeError, ValueError) as err:
+            what = f"has no {err.args[0]!r} field" if isinstance(err, KeyError) else f"has a field that is not a number ({err})"
+            raise ResultsError(f"{path}:{number}: this {kind} row {what}") from None
+        if k not in newest or str(row.get("date", "")) >= str(newest[k][0].get("date", "")):
+            newest[k] = (row, f"{path.name}:{number}")
+    return newest

@@ -1,38 +1,23 @@
-"""``imagenet-kit plan``: hours and dollars for a recipe on a GPU model and count. Always an estimate.
+"""Hours and dollars for a recipe on a GPU model and count, epoch by epoch. Always an estimate.
 
-GPU throughput comes from ``gpu_throughput`` (measured rows, else a named published figure). Given a host
+GPU throughput comes from ``throughput`` (measured rows, else the catalog's published or derived figure). Given a host
 (``--instance NAME`` or ``--host local``), ``host_fit`` also checks that the recipe's betons fit its page cache and
 disk and how fast its CPUs decode; each epoch then runs at the slower of the GPU and CPU decoding, and the plan
 names which one bounds it.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict
 from pathlib import Path
 
-import click
-from rich.console import Console
-from rich.table import Table
-
-from imagenet_kit.bench.gpu_throughput import (
-    DERIVED,
-    GPUS,
-    NO_REFERENCE,
-    PRICE_SOURCE,
-    REFERENCES,
-    PlanError,
-    bench_command,
-    measured_throughput,
-    scale_to_gpus,
-    seconds_per_image,
-)
-from imagenet_kit.bench.host_fit import INSTANCE_SOURCE, INSTANCES, Host, check_fit, local_host
 from imagenet_kit.bench.results import RESULTS_DIR
-from imagenet_kit.config import RunConfig, load_config
+from imagenet_kit.config import RunConfig
 from imagenet_kit.models.architecture import architecture, architecture_extras
 from imagenet_kit.optim.schedule import resolution_for_epoch
+from imagenet_kit.plan.catalog import GPUS, INSTANCES, PRICE_SOURCE, Host, default_instance, price_per_gpu_hour
+from imagenet_kit.plan.host_fit import local_host
+from imagenet_kit.plan.throughput import PlanError, bench_command, measured_throughput, scale_to_gpus, seconds_per_image
 
 TRAIN_IMAGES = 1_281_167  # ILSVRC2012 (ImageNet-1K) train split
 VAL_IMAGES = 50_000  # ILSVRC2012 validation split
@@ -45,14 +30,11 @@ def gpu_throughput(cfg: RunConfig, gpu: str, gpus: int, efficiency: float, resul
     points, source = measured_throughput(results_dir, gpu, cfg.model, cfg.train.precision)
     kind, assumptions = "measured", []
     if not points:
-        if gpu not in REFERENCES:
-            raise PlanError(f"no ResNet-50 training throughput for {gpu} ({NO_REFERENCE[gpu]}). Measure one on "
-                            f"that GPU with `{bench_command(cfg.model)}` (rows land in {results_dir}), then plan "
-                            f"again. Published references exist for: {', '.join(REFERENCES)}")
         if cfg.model.arch != "resnet50":
             raise PlanError(f"the published references are for resnet50, the recipe trains {cfg.model.arch}; "
                             f"measure it with `{bench_command(cfg.model)}`")
-        kind, (source, points) = "derived" if gpu in DERIVED else "reference", REFERENCES[gpu]
+        reference = GPUS[gpu].reference
+        kind, source, points = "derived" if reference.derived else "reference", reference.source, reference.points
         extras = architecture_extras(architecture(cfg.model))
         if extras:
             assumptions.append(f"the published figure is a plain ResNet-50's; the recipe's {', '.join(extras)} "
@@ -95,7 +77,7 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
     # flip TTA runs the network twice on each image but decodes it once
     val_seconds = max(val_images * passes * FORWARD_SHARE * seconds_per_image(points, cfg.train.val_res),
                       val_images / decode)
-    price = GPUS[gpu].price_per_gpu_hour if price_per_hour is None else price_per_hour
+    price = price_per_gpu_hour(gpu) if price_per_hour is None else price_per_hour
     epochs = []
     for epoch in range(cfg.train.epochs):
         res = resolution_for_epoch(epoch, cfg.train.min_res, cfg.train.max_res, cfg.train.start_ramp,
@@ -116,8 +98,7 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
         "total_hours": total_hours, "gpu_hours": total_hours * gpus, "total_cost_usd": total_hours * gpus * price,
         "price_per_gpu_hour": price,
         "price_source": price_source or ("--price-per-hour" if price_per_hour is not None
-                                         else f"{GPUS[gpu].instance} ${GPUS[gpu].instance_price}/h / "
-                                              f"{GPUS[gpu].gpus_per_instance} GPU(s), {PRICE_SOURCE}"),
+                                         else _default_price_source(gpu)),
         "throughput": {**throughput, "points": [asdict(p) for p in points]},
         "assumptions": [
             ("throughput at other resolutions: time per image linear in pixel count between measured "
@@ -128,6 +109,11 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
             *throughput["assumptions"],
         ],
     }
+
+
+def _default_price_source(gpu: str) -> str:
+    host = default_instance(gpu)
+    return f"{host.name} ${host.price_per_hour}/h / {host.gpus} GPU(s), {PRICE_SOURCE}"
 
 
 def resolve_host(gpu: str | None, gpus: int | None, instance: str | None, host: str | None,
@@ -159,73 +145,3 @@ def _local_gpu() -> str:
             return key
     raise PlanError(f"this machine has {'a ' + name if name else 'no CUDA GPU'}, which the plan has no figures "
                     f"for; pass --gpu ({', '.join(GPUS)}) to plan this host's data with that GPU")
-
-
-@click.command("plan")
-@click.option("--recipe", default="full", show_default=True, help="recipe name in imagenet_kit/recipes/ or a YAML path")
-@click.option("--gpu", type=click.Choice(list(GPUS)), default=None, help="GPU model (an --instance names its own)")
-@click.option("--gpus", type=click.IntRange(min=1), default=None,
-              help="GPUs in the run  [default: the instance's, else 1]")
-@click.option("--instance", type=click.Choice(list(INSTANCES)), default=None,
-              help="AWS instance: also check the data against its RAM, disk and CPUs, and price it")
-@click.option("--host", type=click.Choice(["local"]), default=None, help="local: check this machine instead")
-@click.option("--price-per-hour", type=click.FloatRange(min=0), default=None,
-              help="USD per GPU-hour  [default: AWS on-demand list price of the GPU's instance]")
-@click.option("--images", type=click.IntRange(min=1), default=TRAIN_IMAGES, show_default=True,
-              help="training images (ImageNet-1K train split by default)")
-@click.option("--val-images", type=click.IntRange(min=0), default=VAL_IMAGES, show_default=True)
-@click.option("--efficiency", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_EFFICIENCY,
-              show_default=True, help="assumed multi-GPU scaling efficiency where no figure exists")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
-              show_default=True, help="where `imagenet-kit bench ...` writes its JSON lines")
-@click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
-def plan_command(recipe, gpu, gpus, instance, host, price_per_hour, images, val_images, efficiency, results_dir,
-                 as_json):
-    """Estimate hours and cost of a recipe on GPUs, from measured or published throughput; with a host, check
-    that its data fits and whether CPU decoding or the GPU bounds it."""
-    cfg = load_config(recipe)
-    gpu, gpus, target = resolve_host(gpu, gpus, instance, host, price_per_hour, cfg.data.beton_dir)
-    fit = check_fit(cfg, target, gpus, images, val_images, results_dir) if target else None
-    price_source = None
-    if target and target.price_per_hour is not None and price_per_hour is None:
-        price_per_hour = target.price_per_hour / gpus  # the whole instance, however many of its GPUs train
-        price_source = f"{target.name} ${target.price_per_hour}/h for the whole instance, {PRICE_SOURCE}"
-    plan = estimate_plan(cfg, gpu, gpus, price_per_hour, images, val_images, efficiency, results_dir,
-                         fit["decode_img_per_s"] if fit else None, price_source)
-    plan["host_fit"] = fit
-    if as_json:
-        click.echo(json.dumps(plan, indent=2))
-    else:
-        print_plan(plan, images)
-
-
-def print_plan(plan: dict, images: int) -> None:
-    console = Console(highlight=False)
-    fit, gpus = plan["host_fit"], plan["gpus"]
-    on = f" on {fit['host']}" if fit and fit["host"] != "this machine" else ""
-    table = Table(title=f"Estimate: recipe '{plan['recipe']}' ({plan['arch']}){on}, {gpus} x {plan['gpu_name']}")
-    bound = plan["bottleneck"] is not None
-    for column in ("epoch", "res (px)", "img/s", *(("bound",) if bound else ()), "minutes", "cost (USD)"):
-        table.add_column(column, justify="right")
-    for e in plan["epochs"]:
-        table.add_row(str(e["epoch"]), str(e["res"]), f"{e['img_per_s']:,.0f}", *((e["bound"],) if bound else ()),
-                      f"{60 * e['hours']:.1f}", f"{e['cost_usd']:,.2f}")
-    table.add_row("total", "", "", *(("",) if bound else ()), f"{60 * plan['total_hours']:.1f}",
-                  f"{plan['total_cost_usd']:,.2f}", style="bold")
-    console.print(table)
-    throughput = plan["throughput"]
-    lines = [(f"{plan['total_hours']:.2f} hours on {gpus} GPU(s) = {plan['gpu_hours']:.1f} GPU-hours at "
-              f"${plan['price_per_gpu_hour']:.4g} per GPU-hour ({plan['price_source']})"),
-             (f"{plan['images_per_epoch']:,} training images per epoch (--images {images:,}, whole batches of "
-              f"{gpus} x {plan['batch_size']})"),
-             f"throughput ({throughput['kind']}): {throughput['scaling']}",
-             *plan["assumptions"]]
-    if fit:
-        host = "this machine" if fit["host"] == "this machine" else f"{fit['host']} ({INSTANCE_SOURCE})"
-        lines += [f"host: {host}: {fit['vcpus']} vCPUs, {fit['ram_gib']:,.0f} GiB RAM, {fit['disk_gb']:,.0f} GB "
-                  f"{fit['disk_what']}", *fit["lines"],
-                  f"bottleneck: {plan['bottleneck'] or 'unknown (CPU decoding not measured); GPU-bound hours'}"]
-        lines += [f"DOES NOT FIT as configured: {problem}" for problem in fit["problems"]]
-    lines.append(f"Estimate — sources: {throughput['kind']}: {throughput['source']}; price: {plan['price_source']}")
-    for line in lines:
-        console.print(line, markup=False, soft_wrap=True)

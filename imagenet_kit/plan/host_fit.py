@@ -3,57 +3,23 @@
 Every number comes from a measured row: bytes per image from ``bench convert`` (the kit's writer, the recipe's
 max_res, compress_prob and JPEG quality), decoding speed per core from ``bench data`` (FFCV's loader at the
 recipe's max_res and compress_prob). Without such a row the verdict says which command measures it.
-The instance table is AWS's published sizes; ``--host local`` reads this machine instead.
+The instances are ``catalog.INSTANCES``; ``--host local`` reads this machine instead.
 """
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-from imagenet_kit.bench.results import RESULTS_DIR, read_results
+from imagenet_kit.bench.results import RESULTS_DIR, newest_rows
 from imagenet_kit.config import RunConfig
 from imagenet_kit.data.workers import core_share, host_cores
+from imagenet_kit.plan.catalog import INSTANCES, Host
 
 GIB = 2 ** 30
 # What the page cache cannot have: the OS, and per training process its model, optimizer and FFCV's pinned batch
 # buffers. An allowance, not a measurement.
 BASE_HEADROOM_GIB, HEADROOM_PER_GPU_GIB = 4, 4
-
-
-@dataclass(frozen=True)
-class Host:
-    name: str
-    vcpus: int
-    ram_gib: float
-    disk_gb: float  # where the betons go: an instance's local NVMe (instance store), or free space here
-    gpu: str | None  # a key of plan.GPUS, or None (this machine has no CUDA GPU)
-    gpus: int
-    price_per_hour: float | None  # USD, on demand, the whole instance
-    disk_what: str = "local NVMe (instance store)"
-
-
-INSTANCES = {host.name: host for host in (
-    Host("g4dn.xlarge", 4, 16, 125, "t4", 1, 0.526),
-    Host("g4dn.2xlarge", 8, 32, 225, "t4", 1, 0.752),
-    Host("g4dn.4xlarge", 16, 64, 225, "t4", 1, 1.204),
-    Host("g4dn.8xlarge", 32, 128, 900, "t4", 1, 2.176),
-    Host("g4dn.12xlarge", 48, 192, 900, "t4", 4, 3.912),
-    Host("g4dn.16xlarge", 64, 256, 900, "t4", 1, 4.352),
-    Host("g5.xlarge", 4, 16, 250, "a10g", 1, 1.006),
-    Host("g5.2xlarge", 8, 32, 450, "a10g", 1, 1.212),
-    Host("g5.4xlarge", 16, 64, 600, "a10g", 1, 1.624),
-    Host("g5.8xlarge", 32, 128, 900, "a10g", 1, 2.448),
-    Host("g5.12xlarge", 48, 192, 3800, "a10g", 4, 5.672),
-    Host("g5.16xlarge", 64, 256, 1900, "a10g", 1, 4.096),
-    Host("g5.24xlarge", 96, 384, 3800, "a10g", 4, 8.144),
-    Host("g5.48xlarge", 192, 768, 7600, "a10g", 8, 16.288),
-    Host("p4d.24xlarge", 96, 1152, 8000, "a100", 8, 21.957642),
-    Host("p5.48xlarge", 192, 2048, 30400, "h100", 8, 55.04),
-)}
-INSTANCE_SOURCE = ("AWS's published instance sizes (aws.amazon.com/ec2/instance-types: vCPUs, memory in GiB, "
-                   "instance-store NVMe in GB, GPUs)")
 
 
 def local_host(beton_dir: Path, gpu: str | None, price_per_hour: float | None) -> Host:
@@ -81,13 +47,9 @@ def _setting_key(max_res, compress_prob, jpeg_quality) -> tuple[int, float, int]
 
 def measured_sizes(results_dir: Path) -> dict[tuple[int, float, int], tuple[dict, str]]:
     """The newest ``bench convert`` row of the kit's writer per (max_res, compress_prob, jpeg_quality)."""
-    newest: dict[tuple[int, float, int], tuple[dict, str]] = {}
-    for path, number, row in read_results(results_dir):
-        if row["kind"] == "convert" and row.get("writer") == "kit":
-            key = _setting_key(row["max_res"], row["compress_prob"], row["jpeg_quality"])
-            if key not in newest or str(row.get("date", "")) >= str(newest[key][0].get("date", "")):
-                newest[key] = (row, f"{path.name}:{number}")
-    return newest
+    return newest_rows(results_dir, "convert",
+                       lambda row: _setting_key(row["max_res"], row["compress_prob"], row["jpeg_quality"]),
+                       lambda row: row.get("writer") == "kit")
 
 
 def measured_bytes_per_image(cfg: RunConfig, results_dir: Path) -> tuple[float, str] | None:
@@ -104,12 +66,10 @@ def measured_bytes_per_image(cfg: RunConfig, results_dir: Path) -> tuple[float, 
 def measured_decode_per_core(cfg: RunConfig, results_dir: Path) -> tuple[float, str] | None:
     """FFCV's train loader, images per second per core, on a beton of the recipe's max_res and compress_prob."""
     d = cfg.data
-    found = None
-    for path, number, row in read_results(results_dir):
-        if (row["kind"] == "data" and row.get("loader") == "ffcv" and row.get("max_res") == d.max_res
-                and row.get("compress_prob") is not None and float(row["compress_prob"]) == float(d.compress_prob)
-                and (found is None or str(row.get("date", "")) >= str(found[0].get("date", "")))):
-            found = (row, f"{path.name}:{number}")
+    found = newest_rows(results_dir, "data", lambda row: "newest",
+                        lambda row: (row.get("loader") == "ffcv" and row.get("max_res") == d.max_res
+                                     and row.get("compress_prob") is not None
+                                     and float(row["compress_prob"]) == float(d.compress_prob))).get("newest")
     if found is None:
         return None
     row, where = found

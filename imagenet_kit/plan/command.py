@@ -1,0 +1,128 @@
+"""``imagenet-kit plan``: a recipe on a GPU setup (``--gpu``, ``--instance``, ``--host local``), or with ``--target``
+every schedule reaching an accuracy on every instance. Always an estimate, every figure with its source."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from imagenet_kit.bench.results import RESULTS_DIR
+from imagenet_kit.config import load_config
+from imagenet_kit.plan.catalog import GPUS, INSTANCE_SOURCE, INSTANCES, PRICE_SOURCE
+from imagenet_kit.plan.estimate import DEFAULT_EFFICIENCY, TRAIN_IMAGES, VAL_IMAGES, estimate_plan, resolve_host
+from imagenet_kit.plan.host_fit import check_fit
+from imagenet_kit.plan.targets import plan_targets
+
+# The plan is the command's result: stdout, so that it can be piped or saved (progress and errors go to stderr);
+# whole rows when piped, where rich would otherwise assume 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+@click.command("plan")
+@click.option("--recipe", default=None, help="recipe name in imagenet_kit/recipes/ or a YAML path  [default: full]")
+@click.option("--target", type=click.FloatRange(0, 100), default=None,
+              help="top-1 %% to reach: every schedule whose published figure reaches it, on every instance")
+@click.option("--family", default="", help="with --target: instance families, e.g. g5,g6 (default: all)")
+@click.option("--gpu", type=click.Choice(list(GPUS)), default=None, help="GPU model (an --instance names its own)")
+@click.option("--gpus", type=click.IntRange(min=1), default=None,
+              help="GPUs in the run  [default: the instance's, else 1]")
+@click.option("--instance", type=click.Choice(list(INSTANCES)), default=None,
+              help="AWS instance: also check the data against its RAM, disk and CPUs, and price it")
+@click.option("--host", type=click.Choice(["local"]), default=None, help="local: check this machine instead")
+@click.option("--price-per-hour", type=click.FloatRange(min=0), default=None,
+              help="USD per GPU-hour [default: AWS on-demand list price]; with --target, a spot price")
+@click.option("--spot-discount", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="with --target: spot's discount off on-demand, e.g. 0.65")
+@click.option("--images", type=click.IntRange(min=1), default=TRAIN_IMAGES, show_default=True,
+              help="training images (ImageNet-1K train split by default)")
+@click.option("--val-images", type=click.IntRange(min=0), default=VAL_IMAGES, show_default=True)
+@click.option("--efficiency", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_EFFICIENCY,
+              show_default=True, help="assumed multi-GPU scaling efficiency where no figure exists")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
+              show_default=True, help="where `imagenet-kit bench ...` writes its JSON lines")
+@click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
+def plan_command(recipe, target, family, gpu, gpus, instance, host, price_per_hour, spot_discount, images,
+                 val_images, efficiency, results_dir, as_json):
+    """Estimate hours and cost of a recipe on GPUs, from measured or published throughput; with a host, check
+    that its data fits and whether CPU decoding or the GPU bounds it. With --target, compare every schedule that
+    reaches an accuracy on every instance."""
+    if target is not None:
+        families = tuple(f.strip() for f in family.split(",") if f.strip())
+        result = plan_targets(target, families, gpus, spot_discount, price_per_hour, images=images,
+                              val_images=val_images, efficiency=efficiency, results_dir=results_dir)
+        click.echo(json.dumps(result, indent=2)) if as_json else print_targets(result)
+        return
+    cfg = load_config(recipe or "full")
+    gpu, gpus, chosen = resolve_host(gpu, gpus, instance, host, price_per_hour, cfg.data.beton_dir)
+    fit = check_fit(cfg, chosen, gpus, images, val_images, results_dir) if chosen else None
+    price_source = None
+    if chosen and chosen.price_per_hour is not None and price_per_hour is None:
+        price_per_hour = chosen.price_per_hour / gpus  # the whole instance, however many of its GPUs train
+        price_source = f"{chosen.name} ${chosen.price_per_hour}/h for the whole instance, {PRICE_SOURCE}"
+    plan = estimate_plan(cfg, gpu, gpus, price_per_hour, images, val_images, efficiency, results_dir,
+                         fit["decode_img_per_s"] if fit else None, price_source)
+    plan["host_fit"] = fit
+    if as_json:
+        click.echo(json.dumps(plan, indent=2))
+    else:
+        print_plan(plan, images)
+
+
+def _yes_no(value) -> str:
+    return "?" if value is None else "yes" if value else "NO"
+
+
+def print_targets(result: dict) -> None:
+    spot = result["cost"] == "spot_usd"
+    table = Table(title=f"Estimate: schedules reaching {result['target_top1']:g}% top-1 (published, not the kit's)")
+    for column in ("recipe", "top-1 (pub.)", "instance", "GPUs", "hours", "on-demand $", *(("spot $",) * spot),
+                   "page cache", "disk", "throughput", ""):
+        table.add_column(column, justify="left" if column in ("recipe", "instance", "throughput", "") else "right",
+                         no_wrap=True)
+    for r in result["rows"]:
+        table.add_row(r["recipe"], f"{r['reference_top1']:g}%", r["instance"], str(r["gpus"]), f"{r['hours']:.1f}",
+                      f"{r['on_demand_usd']:,.2f}", *([f"{r['spot_usd']:,.2f}"] if spot else []),
+                      _yes_no(r["fits_page_cache"]), _yes_no(r["fits_disk"]), r["throughput"], r["mark"],
+                      style="bold" if r["mark"] else None)
+    console.print(table)
+    for line in (f"top-1: each recipe's reference.source (FFCV's published runs on 8x A100); prices: {PRICE_SOURCE}",
+                 "throughput: measured = a bench train row; reference = a published figure; derived = another GPU's "
+                 "published figure scaled by the datasheets (imagenet-kit plan --recipe R --instance I names it)",
+                 "page cache / disk: whether the recipe's betons fit (? = no bench convert row for its data "
+                 "settings); cheapest and fastest are marked among rows that run as configured"):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def print_plan(plan: dict, images: int) -> None:
+    fit, gpus = plan["host_fit"], plan["gpus"]
+    on = f" on {fit['host']}" if fit and fit["host"] != "this machine" else ""
+    table = Table(title=f"Estimate: recipe '{plan['recipe']}' ({plan['arch']}){on}, {gpus} x {plan['gpu_name']}")
+    bound = plan["bottleneck"] is not None
+    for column in ("epoch", "res (px)", "img/s", *(("bound",) if bound else ()), "minutes", "cost (USD)"):
+        table.add_column(column, justify="right")
+    for e in plan["epochs"]:
+        table.add_row(str(e["epoch"]), str(e["res"]), f"{e['img_per_s']:,.0f}", *((e["bound"],) if bound else ()),
+                      f"{60 * e['hours']:.1f}", f"{e['cost_usd']:,.2f}")
+    table.add_row("total", "", "", *(("",) if bound else ()), f"{60 * plan['total_hours']:.1f}",
+                  f"{plan['total_cost_usd']:,.2f}", style="bold")
+    console.print(table)
+    throughput = plan["throughput"]
+    lines = [(f"{plan['total_hours']:.2f} hours on {gpus} GPU(s) = {plan['gpu_hours']:.1f} GPU-hours at "
+              f"${plan['price_per_gpu_hour']:.4g} per GPU-hour ({plan['price_source']})"),
+             (f"{plan['images_per_epoch']:,} training images per epoch (--images {images:,}, whole batches of "
+              f"{gpus} x {plan['batch_size']})"),
+             f"throughput ({throughput['kind']}): {throughput['scaling']}",
+             *plan["assumptions"]]
+    if fit:
+        host = "this machine" if fit["host"] == "this machine" else f"{fit['host']} ({INSTANCE_SOURCE})"
+        lines += [f"host: {host}: {fit['vcpus']} vCPUs, {fit['ram_gib']:,.0f} GiB RAM, {fit['disk_gb']:,.0f} GB "
+                  f"{fit['disk_what']}", *fit["lines"],
+                  f"bottleneck: {plan['bottleneck'] or 'unknown (CPU decoding not measured); GPU-bound hours'}"]
+        lines += [f"DOES NOT FIT as configured: {problem}" for problem in fit["problems"]]
+    lines.append(f"Estimate — sources: {throughput['kind']}: {throughput['source']}; price: {plan['price_source']}")
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)

@@ -1,0 +1,73 @@
+"""``plan --target``: every schedule whose published accuracy reaches a target, on every instance of the catalog.
+
+Each row is one recipe on one instance (all of its GPUs, or ``--gpus`` of them): hours and on-demand dollars from
+``estimate``, spot dollars from a discount or a spot price, and whether the betons fit the instance's page cache and
+disk (``host_fit``). The cheapest and the fastest row that runs as configured are marked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagenet_kit.config import load_config
+from imagenet_kit.plan.catalog import INSTANCES, Host
+from imagenet_kit.plan.estimate import estimate_plan
+from imagenet_kit.plan.host_fit import check_fit
+from imagenet_kit.plan.throughput import PlanError
+from imagenet_kit.recipe_files import RECIPES_DIR
+
+
+def schedules_reaching(target: float) -> list:
+    """The packaged recipes with a published top-1 at or above ``target``, fewest epochs first."""
+    configs = [load_config(path.stem) for path in sorted(RECIPES_DIR.glob("*.yaml"))]
+    reaching = [cfg for cfg in configs if cfg.reference.top1 and cfg.reference.top1 >= target]
+    if not reaching:
+        best = max(cfg.reference.top1 for cfg in configs)
+        raise PlanError(f"no recipe has a published top-1 of {target:g}% or more (the highest is {best:g}%)")
+    return sorted(reaching, key=lambda cfg: (cfg.train.epochs, cfg.name))
+
+
+def instances_in(families: tuple[str, ...], gpus: int | None) -> list[Host]:
+    """The catalog's instances of ``families`` (g5, g6, ...; all when empty) with at least ``gpus`` GPUs."""
+    known = sorted({name.split(".")[0] for name in INSTANCES})
+    unknown = [f for f in families if f not in known]
+    if unknown:
+        raise PlanError(f"unknown instance family {', '.join(unknown)}; the catalog has {', '.join(known)}")
+    return [h for h in INSTANCES.values() if (not families or h.name.split(".")[0] in families)
+            and h.gpus >= (gpus or 1)]
+
+
+def target_row(cfg, host: Host, gpus: int, spot: tuple[float | None, float | None], images: int, val_images: int,
+               efficiency: float, results_dir: Path) -> dict:
+    """One recipe on one instance. ``spot``: (discount off on-demand, USD per GPU-hour); at most one is set."""
+    fit = check_fit(cfg, host, gpus, images, val_images, results_dir)
+    plan = estimate_plan(cfg, host.gpu, gpus, host.price_per_hour / gpus, images, val_images, efficiency,
+                         results_dir, fit["decode_img_per_s"])
+    discount, spot_price = spot
+    spot_usd = (plan["total_cost_usd"] * (1 - discount) if discount is not None
+                else plan["gpu_hours"] * spot_price if spot_price is not None else None)
+    return {"recipe": cfg.name, "epochs": cfg.train.epochs, "reference_top1": cfg.reference.top1,
+            "instance": host.name, "gpu": host.gpu, "gpus": gpus, "hours": plan["total_hours"],
+            "on_demand_usd": plan["total_cost_usd"], "spot_usd": spot_usd,
+            "fits_page_cache": fit.get("fits_ram"), "fits_disk": fit.get("fits_disk"),
+            "runs_as_configured": not fit["problems"], "throughput": plan["throughput"]["kind"],
+            "bound": plan["bottleneck"]}
+
+
+def plan_targets(target: float, families: tuple[str, ...] = (), gpus: int | None = None,
+                 spot_discount: float | None = None, spot_price: float | None = None, *, images: int,
+                 val_images: int, efficiency: float, results_dir: Path) -> dict:
+    """Every (schedule, instance) row, cheapest first, with the cheapest and fastest runnable ones marked."""
+    if spot_discount is not None and spot_price is not None:
+        raise PlanError("give --spot-discount or --price-per-hour (a spot price), not both")
+    rows = [target_row(cfg, host, gpus or host.gpus, (spot_discount, spot_price), images, val_images, efficiency,
+                       results_dir)
+            for cfg in schedules_reaching(target) for host in instances_in(families, gpus)]
+    cost = "spot_usd" if spot_discount is not None or spot_price is not None else "on_demand_usd"
+    rows.sort(key=lambda r: (r[cost], r["hours"]))
+    runnable = [r for r in rows if r["runs_as_configured"]] or rows
+    cheapest, fastest = runnable[0], min(runnable, key=lambda r: (r["hours"], r[cost]))
+    for r in rows:
+        r["mark"] = " ".join(word for word, row in (("cheapest", cheapest), ("fastest", fastest)) if r is row)
+    return {"estimate": True, "target_top1": target, "cost": cost, "rows": rows,
+            "cheapest": {k: cheapest[k] for k in ("recipe", "instance", "gpus")},
+            "fastest": {k: fastest[k] for k in ("recipe", "instance", "gpus")}}

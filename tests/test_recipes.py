@@ -1,0 +1,79 @@
+"""Recipes that compose (``base:``) and FFCV's six ResNet-50 schedules, key by key against FFCV's own files."""
+import json
+from pathlib import Path
+
+import pytest
+
+from imagenet_kit.config import ConfigError, RunConfig, load_config
+from imagenet_kit.optim.optimizers import scaled_lr
+
+FFCV = json.loads((Path(__file__).with_name("fixtures") / "ffcv_rn50_configs.json").read_text())
+SCHEDULES = {16: "full", 24: "full-24", 32: "full-32", 40: "full-40", 56: "full-56", 88: "full-88"}
+
+
+@pytest.mark.parametrize("epochs, recipe", SCHEDULES.items())
+def test_each_schedule_is_ffcvs_config_key_by_key(epochs, recipe):
+    ffcv = FFCV["configs"][f"rn50_{epochs}_epochs.yaml"]
+    y, cfg = ffcv["yaml"], load_config(recipe)
+    global_batch = y["training"]["batch_size"] * y["dist"]["world_size"]
+    assert cfg.train.epochs == y["training"]["epochs"] == epochs
+    assert (cfg.train.min_res, cfg.train.max_res, cfg.train.start_ramp, cfg.train.end_ramp) == (
+        y["resolution"]["min_res"], y["resolution"]["max_res"], y["resolution"]["start_ramp"],
+        y["resolution"]["end_ramp"])
+    # FFCV's LR applies as written to its global batch of 8 x 512; the kit's scales linearly to any batch
+    assert scaled_lr(cfg.optim.lr, cfg.optim.lr_batch, global_batch) == pytest.approx(y["lr"]["lr"])
+    assert (y["lr"]["lr_schedule_type"], cfg.optim.schedule) == ("cyclic", "linear")
+    assert cfg.optim.peak_epoch == FFCV["train_imagenet_py_defaults"]["lr_peak_epoch"]
+    assert (cfg.optim.optimizer, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.label_smoothing) == (
+        y["training"]["optimizer"], y["training"]["momentum"], y["training"]["weight_decay"],
+        y["training"]["label_smoothing"])
+    assert (cfg.model.arch, cfg.model.blurpool, cfg.model.zero_init_residual) == (y["model"]["arch"], True, False)
+    assert y["training"]["use_blurpool"] == 1
+    assert (cfg.train.val_res, cfg.train.flip_tta) == (y["validation"]["resolution"], y["validation"]["lr_tta"])
+    assert cfg.reference.top1 == pytest.approx(100 * ffcv["readme"]["top_1"])
+    assert f"{100 * ffcv['readme']['top_1']:.1f}% top-1" in cfg.reference.source
+    assert f"rn50_{epochs}_epochs.yaml" in cfg.reference.source and "not measured by the kit" in cfg.reference.source
+    assert cfg.data == load_config("full").data  # one set of betons for every schedule
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_a_recipe_overrides_its_base_and_keeps_the_rest(tmp_path):
+    _write(tmp_path, "parent.yaml", "name: parent\ntrain:\n  epochs: 7\n  batch_size: 12\noptim:\n  lr: 0.3\n")
+    child = _write(tmp_path, "child.yaml", "base: parent.yaml\nname: child\ntrain:\n  epochs: 9\n")
+    cfg = load_config(str(child))
+    assert (cfg.name, cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr) == ("child", 9, 12, 0.3)
+    grandchild = _write(tmp_path, "grandchild.yaml", f"base: {child}\ntrain:\n  batch_size: 4\n")
+    cfg = load_config(str(grandchild), ["train.epochs=3"])  # flags still win over every recipe
+    assert (cfg.name, cfg.train.epochs, cfg.train.batch_size, cfg.optim.lr) == ("child", 3, 4, 0.3)
+    assert load_config("g4dn-t4").optim == load_config("full").optim  # a packaged base by name
+
+
+def test_an_unknown_key_names_the_file_that_has_it(tmp_path):
+    _write(tmp_path, "parent.yaml", "train:\n  epoch: 7\n")
+    child = _write(tmp_path, "child.yaml", "base: parent.yaml\ntrain:\n  epochs: 9\n")
+    with pytest.raises(ConfigError, match=r"parent.yaml: unknown config key 'train.epoch'; did you mean train.epochs"):
+        load_config(str(child))
+    missing = _write(tmp_path, "orphan.yaml", "base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"recipe not found: .*nowhere.yaml"):
+        load_config(str(missing))
+
+
+def test_a_cycle_of_bases_is_an_error_not_a_hang(tmp_path):
+    _write(tmp_path, "a.yaml", "base: b.yaml\n")
+    _write(tmp_path, "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: its base recipes form a cycle: a.yaml -> b.yaml -> a.yaml"):
+        load_config(str(tmp_path / "a.yaml"))
+    _write(tmp_path, "self.yaml", "base: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "self.yaml"))
+
+
+def test_a_reference_is_a_percentage():
+    assert RunConfig().reference.top1 == 0
+    with pytest.raises(ConfigError, match=r"reference.top1 must be a percentage, 0 \(none\) to 100, got 738"):
+        load_config("full", ["reference.top1=738"])
