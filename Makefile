@@ -116,8 +116,9 @@ gpu-bundle: setup
 # Builds the Dockerfile with podman on a local Debian base and runs the image for real: the import check, the
 # compose train service on the embedded sample, the demo service answering from the host, a stop mid-epoch and
 # the resume (tools/image_check.py). Needs root the first time (apt-get install podman runc debootstrap).
+# ARGS=--no-cache times a build from scratch for the row it records in bench/results/image.jsonl.
 image-check: setup
-	$(PY) tools/image_check.py
+	$(PY) tools/image_check.py $(ARGS)
 
 clean:
 	rm -rf runs betons test-artifacts .pytest_cache gpu-bundle

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from imagenet_kit import config
+from imagenet_kit import config, recipe_files
 
 REPO = Path(__file__).resolve().parent.parent
 # Copied from compose-spec/compose-spec schema/compose-spec.json (commit 00655e22).
@@ -45,12 +47,20 @@ DOCKERFILE = _instructions((REPO / "Dockerfile").read_text())
 
 
 def _stages() -> list[list[tuple[str, str]]]:
+    """The build stages' instructions; the global ARGs before the first FROM are no stage's."""
     stages: list[list[tuple[str, str]]] = []
     for instruction in DOCKERFILE:
         if instruction[0] == "FROM":
             stages.append([])
-        stages[-1].append(instruction)
+        if stages:
+            stages[-1].append(instruction)
     return stages
+
+
+def _base_default() -> str:
+    """The default of ``ARG BASE``, the image the first stage starts from."""
+    global_args = dict(args.split("=", 1) for instruction, args in DOCKERFILE[:1] if instruction == "ARG")
+    return global_args["BASE"]
 
 
 def _interpolate(value: str, env: dict[str, str]) -> str:
@@ -95,7 +105,7 @@ def test_train_service_reserves_gpus_and_needs_its_profile():
     assert "./runs:/workspace/runs" in volumes and "./betons:/workspace/betons" in volumes
     assert set(train["environment"]) >= {"RECIPE", "NPROC"}
     assert "DATA" not in train["environment"]  # make would read it and `mini` would leave the sample
-    assert train["entrypoint"][0] == "make" and train["command"][0] == "full"
+    assert train["entrypoint"] == ["train-entrypoint"] and train["command"][0] == "full"
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
@@ -113,13 +123,57 @@ def test_train_service_make_call_runs_the_recipe_through_the_makefile(tmp_path, 
     image: no pyproject.toml or .venv beside it, the kit in /opt/venv."""
     train = COMPOSE["services"]["train"]
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
-    argv = [_interpolate(a, shell) for a in train["entrypoint"] + (command or train["command"])]
+    argv = [_interpolate(a, shell) for a in ENTRYPOINT_MAKE + (command or train["command"])]
     env = {"PATH": "/usr/bin:/bin", **{k: _interpolate(str(v), shell) for k, v in train["environment"].items()}}
     result = subprocess.run([argv[0], "-n", *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     for line in expected:
         assert line in result.stdout
+
+
+ENTRYPOINT = REPO / "docker" / "train-entrypoint.sh"
+# The make call of the train service's entrypoint, with "$@" (the service's command) left off.
+ENTRYPOINT_MAKE = next(line.split()[:-2] for line in ENTRYPOINT.read_text().splitlines()
+                       if line.startswith("make ") and line.endswith('"$@" &'))
+STOPPABLE = """\
+kit:
+\t@python3 -c "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), \\
+\t  print('checkpoint written', flush=True), sys.exit(0))); print('training', flush=True); time.sleep(60)"
+\t@echo after the kit
+fails:
+\t@exit 3
+"""
+
+
+def _entrypoint(tmp_path: Path, target: str) -> subprocess.Popen:
+    """docker/train-entrypoint.sh on a stand-in Makefile (its make flags left out: they need the real one)."""
+    (tmp_path / "Makefile").write_text(STOPPABLE)
+    script = tmp_path / "entrypoint.sh"
+    script.write_text(ENTRYPOINT.read_text().replace(" ".join(ENTRYPOINT_MAKE), "make"))
+    return subprocess.Popen(["sh", str(script), target], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_stop_reaches_the_kit_through_make_and_the_service_exits_0(tmp_path):
+    """SIGTERM to the entrypoint (what `docker compose stop` sends) reaches the command make runs, not make: the
+    kit writes its checkpoint, make goes on to its next line, and the container's main process exits 0."""
+    proc = _entrypoint(tmp_path, "kit")
+    assert proc.stdout.readline().strip() == "training"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert out.splitlines()[-2:] == ["checkpoint written", "after the kit"]
+
+
+@pytest.mark.slow
+def test_the_entrypoint_exits_with_makes_status(tmp_path):
+    failing = _entrypoint(tmp_path, "fails")
+    out, _ = failing.communicate(timeout=30)
+    assert failing.returncode == 2 and "Error 3" in out  # make's own status for a failed recipe
+    assert ENTRYPOINT_MAKE == ["make", "-o", "setup", "VENV=/opt/venv"]  # the kit in the image's venv
+    assert os.access(ENTRYPOINT, os.X_OK)
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------
@@ -143,8 +197,8 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_is_multi_stage_on_the_cuda_version_of_the_pinned_torch():
     import torch
     bases = [args.split()[0] for instruction, args in DOCKERFILE if instruction == "FROM"]
-    assert len(bases) >= 2
-    external = [b for b in bases if "/" in b]  # the other stages build on earlier ones
+    assert len(bases) >= 2 and bases[0] == "${BASE}"  # make image-check builds it on Debian instead
+    external = [_base_default()] + [b for b in bases[1:] if "/" in b]  # the other stages build on earlier ones
     assert external and all(b.startswith("nvidia/cuda:") for b in external)
     pinned = re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.MULTILINE).group(1)
     if torch.__version__.split("+")[0] != pinned or torch.version.cuda is None:
@@ -184,8 +238,8 @@ def test_pip_installs_use_the_constraints_and_apt_stays_lean():
 
 def test_recipes_are_package_data_so_the_image_needs_no_link():
     """Recipes and the sample resolve inside the installed package; the image copies or links neither."""
-    assert config.RECIPES_DIR == Path(config.__file__).resolve().parent / "recipes"
-    assert sorted(p.name for p in config.RECIPES_DIR.glob("*.yaml"))
+    assert recipe_files.RECIPES_DIR == Path(config.__file__).resolve().parent / "recipes"
+    assert sorted(p.name for p in recipe_files.RECIPES_DIR.glob("*.yaml"))
     instructions = " ".join(args for instruction, args in DOCKERFILE if instruction in ("RUN", "COPY"))
     assert "site-packages/recipes" not in instructions and "ln -s" not in instructions
     assert "recipes" not in instructions and "sample_data" not in instructions
@@ -203,3 +257,32 @@ def test_dockerignore_sends_only_what_the_dockerfile_copies():
     assert sources == allowed
     for generated in ("**/__pycache__", "**/*.beton"):
         assert generated in lines
+
+
+# --- the image as built and run by `make image-check` --------------------------------------------
+
+IMAGE_INPUTS = ("Dockerfile", ".dockerignore", "docker-compose.yml", "docker/train-entrypoint.sh", "constraints.txt")
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
+
+
+def _dependencies(pyproject_text: str) -> list[str]:
+    import tomllib
+    return tomllib.loads(pyproject_text)["project"]["dependencies"]
+
+
+def test_the_image_was_checked_since_its_inputs_last_changed():
+    """`make image-check` builds and runs the image (minutes, root, podman): not part of `make test`. Its row in
+    bench/results/image.jsonl names the commit it checked; what goes into the image must not have changed since."""
+    rows = [json.loads(line) for line in (REPO / "bench" / "results" / "image.jsonl").read_text().splitlines()]
+    newest = max((r for r in rows if r["kind"] == "image"), key=lambda r: r["date"])
+    assert not newest["git"].endswith("-dirty"), "check the image at a commit: commit, then make image-check"
+    if _git("cat-file", "-e", f"{newest['git']}^{{commit}}").returncode != 0:
+        pytest.skip(f"commit {newest['git'][:7]} of the newest image row is not in this clone's history")
+    changed = _git("diff", "--name-only", newest["git"], "HEAD", "--", *IMAGE_INPUTS).stdout.split()
+    assert not changed, f"{changed} changed since the image was checked at {newest['git'][:7]}: run make image-check"
+    then = _git("show", f"{newest['git']}:pyproject.toml").stdout
+    assert _dependencies(then) == _dependencies((REPO / "pyproject.toml").read_text()), \
+        "the kit's dependencies changed since the image was checked: run make image-check"

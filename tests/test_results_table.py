@@ -94,6 +94,19 @@ def test_accuracy_rows_name_random_square_crops_and_a_non_standard_eval_crop(tmp
     assert what.endswith("radam + lookahead k=6 flat_cos LR 0.008 per 64 images")
 
 
+def test_an_image_row_names_base_builder_size_and_whether_it_was_built_from_scratch(tmp_path):
+    image = {"kind": "image", "date": "2026-12-05T21:00:00+00:00", "base": "localhost/debian:bookworm",
+             "builder": "podman version 4.3.1", "size_bytes": 7_376_118_521, "build_s": 612.0, "cached_steps": 0,
+             "checks": "1-4 passed", "cpu": "Intel Xeon", "cpu_count": 2, "git": "a" * 40,
+             "command": "make image-check"}
+    _write(tmp_path, "image.jsonl", [image, {**image, "build_s": 44.1, "cached_steps": 21}])
+    scratch, cached = _table_rows(results_markdown(load_rows(tmp_path)))
+    assert scratch[:3] == ["container image from the Dockerfile on localhost/debian:bookworm (podman version 4.3.1), "
+                           "steps 1-4 passed", "7.38 GB, built in 10.2 min (from scratch)", "Intel Xeon, 2 cores"]
+    assert cached[1] == "7.38 GB, built in 0.7 min (21 steps cached)"
+    assert scratch[3] == f"`make image-check` at {'a' * 7}"
+
+
 def test_gpu_pending_only_without_a_gpu_row(tmp_path):
     _write(tmp_path, "train.jsonl", [CPU_ROW])
     markdown = results_markdown(load_rows(tmp_path))

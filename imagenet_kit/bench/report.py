@@ -102,7 +102,8 @@ def _accuracy_row(r: dict) -> tuple[str, str, str]:
 
 def _image_row(r: dict) -> tuple[str, str, str]:
     what = f"container image from the Dockerfile on {r['base']} ({r['builder']}), steps {r['checks']}"
-    value = f"{r['size_bytes'] / 1e9:.2f} GB, built in {r['build_s'] / 60:.1f} min"
+    cache = "from scratch" if not r["cached_steps"] else f"{r['cached_steps']} steps cached"
+    value = f"{r['size_bytes'] / 1e9:.2f} GB, built in {r['build_s'] / 60:.1f} min ({cache})"
     return what, value, f"{r['cpu']}, {_count(r['cpu_count'], 'core')}"
 
 
