@@ -1,6 +1,7 @@
 # imagenet-kit: every target calls the `imagenet-kit` CLI inside .venv (created by `make setup`).
 # Variables: DATA=/path/to/root (ImageFolder root with train/ and val/), NPROC=GPUs per node,
-# RECIPE=<recipe for make full> (default full; g4dn-t4 for one T4), RUN=runs/<name>, MODEL=<export folder>,
+# RECIPE=<recipe for make full> (default full; full-24 .. full-88 for longer schedules), GPU=<profile>,
+# RUN=runs/<name>, MODEL=<export folder>,
 # ARGS="extra CLI flags".
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,6 +10,8 @@ KIT := $(VENV)/bin/imagenet-kit
 PY := $(VENV)/bin/python
 NPROC ?= 1
 RECIPE ?= full
+# GPU=t4|a10g|l4|l40s|a100|h100: the GPU profile (recipes/profiles/), e.g. make full RECIPE=full-24 GPU=a10g
+GPU_FLAG := $(if $(GPU),--gpu $(GPU))
 # Real images the benchmarks read (the kit's development data; point them at your own copies).
 BENCH_IMAGES ?= ../shared/data/imagenet-samples
 IMAGENETTE ?= ../shared/data/imagenette2
@@ -20,7 +23,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
 	@echo "make mini    whole workflow on the embedded sample (or DATA=root with train/ val/: mini recipe)"
-	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8] [RECIPE=g4dn-t4]"
+	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8] [RECIPE=full-24] [GPU=a10g]"
 	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
 	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
 	@echo "make test    lint (ruff) and the test suite, one worker per core"
@@ -48,6 +51,7 @@ mini: setup
 	$(KIT) run --recipe $(if $(DATA),mini --data "$(DATA)",sample) $(ARGS)
 
 # Conversion runs once, outside torchrun (it can take hours on ImageNet, longer than a collective's timeout).
+# ARGS=--dry-run prints the resolved config (recipe, GPU profile, flags) and converts and trains nothing.
 full: setup
 	@if [ -z "$(DATA)" ]; then \
 	  echo "make full needs DATA=/path/to/imagenet. ImageNet-1K (ILSVRC2012) comes from image-net.org"; \
@@ -58,11 +62,11 @@ full: setup
 	  echo "  a folder with Hugging Face's imagenet-1k shards: train_images_*.tar.gz and val_images.tar.gz;"; \
 	  echo "  an ImageFolder: DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG"; \
 	  exit 2; fi
-	$(KIT) prepare --recipe $(RECIPE) --data "$(DATA)" $(ARGS)
+	$(if $(findstring --dry-run,$(ARGS)),,$(KIT) prepare --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS))
 ifeq ($(NPROC),1)
-	$(KIT) run --recipe $(RECIPE) --data "$(DATA)" $(ARGS)
+	$(KIT) run --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS)
 else
-	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m imagenet_kit run --recipe $(RECIPE) --data "$(DATA)" $(ARGS)
+	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m imagenet_kit run --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS)
 endif
 
 demo: setup

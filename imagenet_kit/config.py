@@ -16,7 +16,7 @@ import yaml
 
 from imagenet_kit.config_checks import validate
 from imagenet_kit.errors import ConfigError
-from imagenet_kit.recipe_files import flatten, recipe_items
+from imagenet_kit.recipe_files import flatten, profile_items, recipe_items
 from imagenet_kit.runs import RunFolder, beton_paths
 
 
@@ -133,6 +133,9 @@ class TrainConfig:
     tensorboard: bool = False  # also log each epoch's metrics to <run>/tensorboard (needs `pip install tensorboard`)
     max_steps: int = 0  # stop after this many steps in total (smoke tests); 0 = no limit
     freeze_epochs: int = 0  # fine-tuning: only the head trains for this many epochs, then everything
+    # A GPU's settings (recipes/profiles/<name>.yaml: batch, precision, data that fits its instances), applied over
+    # the recipe and under the flags; --gpu sets it.
+    profile: str = ""
     # Reproducibility tests only: center crops, no flip, sequential order and torch's deterministic algorithms.
     # FFCV's random crops draw from numba's unseeded RNG, so a normal run cannot be replayed bit for bit.
     deterministic: bool = False
@@ -245,19 +248,30 @@ def set_key(cfg: RunConfig, key: str, value: Any) -> None:
     setattr(section, parts[1], _coerce(key, value, default))
 
 
+def _overrides(items: typing.Iterable[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.epochs=5)")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
+    return pairs
+
+
 def load_config(recipe: str | None = None, overrides: typing.Iterable[str] = ()) -> RunConfig:
-    """Defaults, then the recipe's YAML (its ``base:`` first), then ``key=value`` overrides, each key validated."""
-    cfg = RunConfig()
-    for path, key, value in recipe_items(recipe) if recipe else ():
+    """Defaults, then the recipe's YAML (its ``base:`` first), then its GPU profile (``train.profile``, from the
+    recipe or an override), then ``key=value`` overrides, each key validated."""
+    cfg, flags = RunConfig(), _overrides(overrides)
+    items = recipe_items(recipe) if recipe else []
+    profiles = [value for _, key, value in items if key == "train.profile"] + [v for k, v in flags if k == "train.profile"]
+    items += profile_items(str(profiles[-1])) if profiles and profiles[-1] else []
+    for path, key, value in items:
         try:
             set_key(cfg, key, value)
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. train.epochs=5)")
-        key, value = item.split("=", 1)
-        set_key(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    for key, value in flags:
+        set_key(cfg, key, value)
     validate(cfg)
     return cfg
 

@@ -1,13 +1,15 @@
 """Flags shared by several commands, and the run config they build.
 
 Every command that builds a run takes a recipe, then the flags users know from torchvision's references, then
-generic ``--set section.key=value`` overrides: defaults < recipe YAML < ``--set`` < named flags.
+generic ``--set section.key=value`` overrides: defaults < recipe YAML < GPU profile (``--gpu``) < ``--set`` < named
+flags.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+import yaml
 
 from imagenet_kit.config import RunConfig, load_config
 from imagenet_kit.recipe_files import PACKAGE_DIR
@@ -28,8 +30,11 @@ RECIPE_OPTIONS = [
     click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default=None),
     click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the model"),
     click.option("-j", "--workers", type=int, default=None, help="data loader workers (0 = all cores)"),
+    click.option("--gpu", default=None, help="GPU profile, recipes/profiles/<gpu>.yaml: t4 | a10g | l4 | l40s | "
+                                             "a100 | h100 (batch, precision, data that fits its instances)"),
     click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                  help="any config key, e.g. --set train.min_res=128 (repeatable)"),
+    click.option("--dry-run", is_flag=True, help="print the resolved config (YAML) and exit"),
 ]
 
 
@@ -47,15 +52,18 @@ def output_dir_option(fn):
 
 
 def build_config(recipe, data_root, name, output_dir, lr, epochs, batch_size, weight_decay, arch, precision,
-                 compile_, workers, overrides) -> RunConfig:
+                 compile_, workers, overrides, gpu=None, dry_run=False) -> RunConfig:
     flags = {"data.root": data_root, "name": name, "output_dir": output_dir, "optim.lr": lr, "train.epochs": epochs,
              "train.batch_size": batch_size, "optim.weight_decay": weight_decay, "model.arch": arch,
-             "train.precision": precision, "train.compile": compile_, "data.workers": workers}
+             "train.precision": precision, "train.compile": compile_, "data.workers": workers, "train.profile": gpu}
     # Named flags go after --set so the specific beats the generic, both after the recipe.
     items = list(overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_config(recipe, items)
     if cfg.data.root:
         cfg.data.root = str(resolve_data_root(cfg.data.root))
+    if dry_run:  # before any folder, beton or process group exists
+        click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+        click.get_current_context().exit(0)
     return cfg
 
 

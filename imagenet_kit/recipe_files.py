@@ -1,4 +1,5 @@
-"""Recipe YAML files: where a name points, and the keys a recipe sets once its ``base:`` chain is followed.
+"""Recipe YAML files: where a name points, the keys a recipe sets once its ``base:`` chain is followed, and GPU
+profiles (``recipes/profiles/``), the keys that depend on the GPU.
 
 A recipe may start from another (``base: full``, a name in ``recipes/`` or a path relative to the recipe) and set
 only what differs; the base's keys come first, so the recipe's own win. Each key keeps the file it came from, so a
@@ -12,12 +13,14 @@ from typing import Any
 
 import yaml
 
+from imagenet_kit.config_checks import check_choice
 from imagenet_kit.errors import ConfigError
 
 # Package data, so an installed kit (pip install .) finds them from any folder. `files` gives a real folder for
 # an installed or editable package (the kit is never imported from a zip).
 PACKAGE_DIR = Path(str(files("imagenet_kit")))
 RECIPES_DIR = PACKAGE_DIR / "recipes"
+PROFILES_DIR = RECIPES_DIR / "profiles"
 BASE = "base"
 
 
@@ -67,3 +70,17 @@ def recipe_items(recipe: str) -> list[tuple[Path, str, Any]]:
             raise ConfigError(f"{path}: base must be a recipe name or YAML path, got {base!r}")
         path = resolve_recipe_path(base, relative_to=path.parent)
     return [(path, key, value) for path, tree in reversed(chain) for key, value in flatten(tree)]
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def profile_items(name: str) -> list[tuple[Path, str, Any]]:
+    """(file, section.key, value) for the GPU profile ``name`` (recipes/profiles/<name>.yaml)."""
+    check_choice("train.profile", name, tuple(profile_names()))
+    path = PROFILES_DIR / f"{name}.yaml"
+    tree = _read(path)
+    if BASE in tree or "profile" in tree.get("train", {}):
+        raise ConfigError(f"{path}: a profile sets a GPU's keys only; it has no base and names no profile")
+    return [(path, key, value) for key, value in flatten(tree)]

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from imagenet_kit.cli import cli
@@ -65,6 +66,18 @@ def test_make_mini_with_missing_data_fails_with_layout(tmp_path):
     assert proc.returncode != 0
     assert "/does/not/exist" in proc.stdout + proc.stderr
     assert "val/<class>" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_make_full_with_a_gpu_profile_resolves_in_a_dry_run():
+    """`make full RECIPE=full-24 GPU=a10g` as a user types it, --dry-run: one resolved config, nothing converted."""
+    proc = subprocess.run(["make", "-s", "full", "RECIPE=full-24", "GPU=a10g", "DATA=/mnt/imagenet", "ARGS=--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=make_env())
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)  # one YAML document: prepare is skipped in a dry run
+    assert (resolved["name"], resolved["train"]["epochs"], resolved["train"]["profile"]) == ("full-24", 24, "a10g")
+    assert (resolved["train"]["batch_size"], resolved["train"]["precision"]) == (256, "bf16")
+    assert resolved["data"]["root"] == "/mnt/imagenet" and resolved["data"]["name"] == "imagenet-jpg"
 
 
 @pytest.mark.slow

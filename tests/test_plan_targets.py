@@ -12,8 +12,8 @@ from imagenet_kit.plan.throughput import PlanError
 
 A10G = {"kind": "train", "device": "NVIDIA A10G", "arch": "resnet50", "blurpool": True, "precision": "fp16",
         "gpus": 1, "date": "2026-12-01T00:00:00+00:00", "command": "imagenet-kit bench train"}
-# 100 kB per image at full's data settings: 25.6 GB of betons for the 256,000 images below
-CONVERT = {"kind": "convert", "writer": "kit", "max_res": 500, "compress_prob": 0.5, "jpeg_quality": 90,
+# 100 kB per image at the a10g profile's data settings: 25.6 GB of betons for the 256,000 images below
+CONVERT = {"kind": "convert", "writer": "kit", "max_res": 320, "compress_prob": 1.0, "jpeg_quality": 90,
            "bytes_per_image": 100_000, "n_images": 400, "src": "x", "date": "2026-12-01T00:00:00+00:00"}
 
 
@@ -42,7 +42,8 @@ def test_full_24_on_two_g5_sizes_by_hand(results):
     # 25.6 GB = 23.8 GiB of betons; page cache is RAM less 4 GiB and 4 GiB per training process
     assert (small["fits_page_cache"], small["fits_disk"]) == (False, True)  # 16 - 8 = 8 GiB
     assert (large["fits_page_cache"], large["fits_disk"]) == (True, True)  # 32 - 8 = 24 GiB
-    assert not small["runs_as_configured"] and large["runs_as_configured"]  # full sets in_memory: true
+    assert not small["runs_as_configured"] and large["runs_as_configured"]  # in_memory: true needs the page cache
+    assert (small["batch_size"], small["data"]) == (256, "320:1:90")  # the a10g profile's batch and betons
 
 
 def test_cheapest_and_fastest_are_marked_among_rows_that_run(results):

@@ -77,3 +77,44 @@ def test_a_reference_is_a_percentage():
     assert RunConfig().reference.top1 == 0
     with pytest.raises(ConfigError, match=r"reference.top1 must be a percentage, 0 \(none\) to 100, got 738"):
         load_config("full", ["reference.top1=738"])
+
+
+PROFILES = ("t4", "a10g", "l4", "l40s", "a100", "h100")
+
+
+@pytest.mark.parametrize("gpu", PROFILES)
+def test_a_gpu_profile_sets_what_depends_on_the_gpu_and_nothing_of_the_schedule(gpu):
+    full, profiled = load_config("full-24"), load_config("full-24", [f"train.profile={gpu}"])
+    assert profiled.train.precision == ("fp16" if gpu == "t4" else "bf16")  # Turing has no bf16
+    assert profiled.train.batch_size == (256 if gpu in ("t4", "a10g", "l4") else 512)
+    assert (profiled.optim, profiled.model, profiled.reference) == (full.optim, full.model, full.reference)
+    assert (profiled.train.epochs, profiled.train.start_ramp, profiled.train.end_ramp) == (24, 17, 20)
+    # the small instances of t4/a10g/l4/l40s hold 320 px JPEG betons in page cache; p4d and p5 hold full's
+    assert profiled.data.max_res == (500 if gpu in ("a100", "h100") else 320)
+
+
+def test_flags_beat_the_profile_and_the_profile_beats_the_recipe():
+    cfg = load_config("full", ["train.profile=a10g", "train.batch_size=128"])
+    assert (cfg.train.batch_size, cfg.train.precision) == (128, "bf16")
+    named = load_config("g4dn-t4")  # a named combination: full with the t4 profile
+    combined = load_config("full", ["train.profile=t4"])
+    assert (named.data, named.model, named.optim) == (combined.data, combined.model, combined.optim)
+    assert named.train.profile == "t4" and named.reference.top1 == 0  # FFCV's figure was for other betons
+    with pytest.raises(ConfigError, match=r"train.profile: 'a10' is not one of a100, a10g, h100, l4, l40s, t4; "
+                                          r"did you mean a10g\?"):
+        load_config("full", ["train.profile=a10"])
+
+
+def test_dry_run_prints_the_resolved_config_and_touches_nothing(tmp_path, monkeypatch):
+    import yaml
+    from click.testing import CliRunner
+
+    from imagenet_kit.cli import cli
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", "--recipe", "full-24", "--gpu", "a10g", "--data", "imagenet",
+                                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.output)
+    assert (resolved["name"], resolved["train"]["epochs"], resolved["train"]["profile"]) == ("full-24", 24, "a10g")
+    assert (resolved["train"]["batch_size"], resolved["train"]["precision"]) == (256, "bf16")
+    assert resolved["data"]["root"].endswith("imagenet") and list(tmp_path.iterdir()) == []

@@ -98,8 +98,9 @@ def convert(source: Source, out: Path, max_res: int = DEFAULT_MAX_RES, jpeg_qual
     return report
 
 
-def read_classes(beton: Path) -> list[dict]:
-    path = Path(f"{beton}.classes.json")
+def read_classes(beton: Path | str) -> list[dict]:
+    """The class table written next to ``beton`` (``<beton>.classes.json``), or the table at a ``.json`` path."""
+    path = Path(beton) if str(beton).endswith(".json") else Path(f"{beton}.classes.json")
     if not path.is_file():
         raise ConvertError(f"{path} is missing; it is written by 'imagenet-kit convert' next to the beton")
     return json.loads(path.read_text())
@@ -157,8 +158,7 @@ def convert_command(src, out, max_res, jpeg_quality, compress_prob, workers, lab
     Writes OUT, OUT.classes.json and OUT.report.json (every file: written, or skipped with its reason)."""
     classes = None
     if classes_from:
-        table_path = classes_from if classes_from.endswith(".json") else f"{classes_from}.classes.json"
-        classes = [c["wnid"] for c in json.loads(Path(table_path).read_text())]
+        classes = [c["wnid"] for c in read_classes(classes_from)]
     print_summary(convert(scan_source(Path(src), labels, classes), Path(out), max_res, jpeg_quality, compress_prob,
                           workers, force))
 

@@ -18,7 +18,6 @@ import torch
 
 from imagenet_kit.config import RunConfig
 from imagenet_kit.data.loaders import set_resolution
-from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine.evaluate import evaluate
 from imagenet_kit.engine.init_weights import freeze_backbone
 from imagenet_kit.engine.logbook import Logbook, peak_memory_mb, say_stopped
@@ -212,8 +211,7 @@ def divergence_error(global_step: int, optimizer) -> DivergenceError:
 @click.option("--resume", default=None, help="'auto' (newest valid checkpoint of the run) or a checkpoint path")
 def train_command(resume, **flags):
     """Train (one-cycle, mixed precision). Multi-GPU: torchrun --nproc_per_node=N -m imagenet_kit train ..."""
-    cfg = build_config(**flags)
-    require_betons(cfg)
+    cfg = build_config(**flags)  # build_training checks the betons, before the run folder exists
     runtime = init_runtime(cfg.train.dist_timeout_minutes)
     try:
         result = train(cfg, runtime, resume)

@@ -79,17 +79,21 @@ def _yes_no(value) -> str:
 def print_targets(result: dict) -> None:
     spot = result["cost"] == "spot_usd"
     table = Table(title=f"Estimate: schedules reaching {result['target_top1']:g}% top-1 (published, not the kit's)")
-    for column in ("recipe", "top-1 (pub.)", "instance", "GPUs", "hours", "on-demand $", *(("spot $",) * spot),
+    for column in ("recipe", "top-1 (pub.)", "instance", "GPUs", "batch", "data", "hours", "on-demand $",
+                   *(("spot $",) * spot),
                    "page cache", "disk", "throughput", ""):
-        table.add_column(column, justify="left" if column in ("recipe", "instance", "throughput", "") else "right",
+        table.add_column(column, justify="left" if column in ("recipe", "instance", "data", "throughput", "") else "right",
                          no_wrap=True)
     for r in result["rows"]:
-        table.add_row(r["recipe"], f"{r['reference_top1']:g}%", r["instance"], str(r["gpus"]), f"{r['hours']:.1f}",
+        table.add_row(r["recipe"], f"{r['reference_top1']:g}%", r["instance"], str(r["gpus"]), str(r["batch_size"]),
+                      r["data"], f"{r['hours']:.1f}",
                       f"{r['on_demand_usd']:,.2f}", *([f"{r['spot_usd']:,.2f}"] if spot else []),
                       _yes_no(r["fits_page_cache"]), _yes_no(r["fits_disk"]), r["throughput"], r["mark"],
                       style="bold" if r["mark"] else None)
     console.print(table)
     for line in (f"top-1: each recipe's reference.source (FFCV's published runs on 8x A100); prices: {PRICE_SOURCE}",
+                 "each recipe runs with the GPU profile of the instance's GPU (recipes/profiles/): its batch per GPU, "
+                 "precision and data settings (max side:JPEG share:quality)",
                  "throughput: measured = a bench train row; reference = a published figure; derived = another GPU's "
                  "published figure scaled by the datasheets (imagenet-kit plan --recipe R --instance I names it)",
                  "page cache / disk: whether the recipe's betons fit (? = no bench convert row for its data "

@@ -1,6 +1,7 @@
 """``plan --target``: every schedule whose published accuracy reaches a target, on every instance of the catalog.
 
-Each row is one recipe on one instance (all of its GPUs, or ``--gpus`` of them): hours and on-demand dollars from
+Each row is one recipe with the GPU profile of the instance's GPU (``recipes/profiles/``: its batch, precision and
+data settings) on one instance (all of its GPUs, or ``--gpus`` of them): hours and on-demand dollars from
 ``estimate``, spot dollars from a discount or a spot price, and whether the betons fit the instance's page cache and
 disk (``host_fit``). The cheapest and the fastest row that runs as configured are marked.
 """
@@ -16,14 +17,14 @@ from imagenet_kit.plan.throughput import PlanError
 from imagenet_kit.recipe_files import RECIPES_DIR
 
 
-def schedules_reaching(target: float) -> list:
+def schedules_reaching(target: float) -> list[str]:
     """The packaged recipes with a published top-1 at or above ``target``, fewest epochs first."""
     configs = [load_config(path.stem) for path in sorted(RECIPES_DIR.glob("*.yaml"))]
     reaching = [cfg for cfg in configs if cfg.reference.top1 and cfg.reference.top1 >= target]
     if not reaching:
         best = max(cfg.reference.top1 for cfg in configs)
         raise PlanError(f"no recipe has a published top-1 of {target:g}% or more (the highest is {best:g}%)")
-    return sorted(reaching, key=lambda cfg: (cfg.train.epochs, cfg.name))
+    return [cfg.name for cfg in sorted(reaching, key=lambda cfg: (cfg.train.epochs, cfg.name))]
 
 
 def instances_in(families: tuple[str, ...], gpus: int | None) -> list[Host]:
@@ -36,9 +37,10 @@ def instances_in(families: tuple[str, ...], gpus: int | None) -> list[Host]:
             and h.gpus >= (gpus or 1)]
 
 
-def target_row(cfg, host: Host, gpus: int, spot: tuple[float | None, float | None], images: int, val_images: int,
-               efficiency: float, results_dir: Path) -> dict:
-    """One recipe on one instance. ``spot``: (discount off on-demand, USD per GPU-hour); at most one is set."""
+def target_row(recipe: str, host: Host, gpus: int, spot: tuple[float | None, float | None], images: int,
+               val_images: int, efficiency: float, results_dir: Path) -> dict:
+    """One recipe with its GPU's profile on one instance. ``spot``: (discount off on-demand, USD per GPU-hour)."""
+    cfg = load_config(recipe, [f"train.profile={host.gpu}"])
     fit = check_fit(cfg, host, gpus, images, val_images, results_dir)
     plan = estimate_plan(cfg, host.gpu, gpus, host.price_per_hour / gpus, images, val_images, efficiency,
                          results_dir, fit["decode_img_per_s"])
@@ -46,7 +48,8 @@ def target_row(cfg, host: Host, gpus: int, spot: tuple[float | None, float | Non
     spot_usd = (plan["total_cost_usd"] * (1 - discount) if discount is not None
                 else plan["gpu_hours"] * spot_price if spot_price is not None else None)
     return {"recipe": cfg.name, "epochs": cfg.train.epochs, "reference_top1": cfg.reference.top1,
-            "instance": host.name, "gpu": host.gpu, "gpus": gpus, "hours": plan["total_hours"],
+            "instance": host.name, "gpu": host.gpu, "gpus": gpus, "batch_size": cfg.train.batch_size,
+            "data": fit["settings"], "hours": plan["total_hours"],
             "on_demand_usd": plan["total_cost_usd"], "spot_usd": spot_usd,
             "fits_page_cache": fit.get("fits_ram"), "fits_disk": fit.get("fits_disk"),
             "runs_as_configured": not fit["problems"], "throughput": plan["throughput"]["kind"],
@@ -59,9 +62,9 @@ def plan_targets(target: float, families: tuple[str, ...] = (), gpus: int | None
     """Every (schedule, instance) row, cheapest first, with the cheapest and fastest runnable ones marked."""
     if spot_discount is not None and spot_price is not None:
         raise PlanError("give --spot-discount or --price-per-hour (a spot price), not both")
-    rows = [target_row(cfg, host, gpus or host.gpus, (spot_discount, spot_price), images, val_images, efficiency,
+    rows = [target_row(recipe, host, gpus or host.gpus, (spot_discount, spot_price), images, val_images, efficiency,
                        results_dir)
-            for cfg in schedules_reaching(target) for host in instances_in(families, gpus)]
+            for recipe in schedules_reaching(target) for host in instances_in(families, gpus)]
     cost = "spot_usd" if spot_discount is not None or spot_price is not None else "on_demand_usd"
     rows.sort(key=lambda r: (r[cost], r["hours"]))
     runnable = [r for r in rows if r["runs_as_configured"]] or rows
