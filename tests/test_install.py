@@ -137,6 +137,22 @@ def sample_served(sample_run):
     demo.close()
 
 
+def test_the_installed_kit_has_every_recipe_and_gpu_profile(installed_kit, tmp_path):
+    """Package data: a schedule with a GPU profile resolves in the wheel's kit, from a folder with no checkout."""
+    script = ("from imagenet_kit.config import load_config; from imagenet_kit.recipe_files import RECIPES_DIR, "
+              "profile_names; import imagenet_kit; "
+              "print(RECIPES_DIR.is_relative_to(imagenet_kit.__file__.rsplit('/', 1)[0]), profile_names(), "
+              "sorted(p.stem for p in RECIPES_DIR.glob('*.yaml')) == sorted(p.stem for p in REPO_RECIPES), "
+              "load_config('full-24', ['train.profile=l4']).train.precision)")
+    repo_recipes = sorted((REPO / "imagenet_kit" / "recipes").glob("*.yaml"))
+    proc = subprocess.run([installed_kit / "python", "-c", f"REPO_RECIPES = {[str(p) for p in repo_recipes]}; "
+                           "from pathlib import Path; REPO_RECIPES = [Path(p) for p in REPO_RECIPES]; " + script],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "['a100',", "'a10g',", "'h100',", "'l4',", "'l40s',", "'t4']", "True",
+                                   "bf16"]
+
+
 def test_the_sample_export_carries_examples_of_its_own_classes(sample_served):
     _, export = sample_served
     classes = json.loads(export.classes.read_text())
