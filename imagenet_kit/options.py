@@ -12,6 +12,7 @@ import click
 import yaml
 
 from imagenet_kit.config import RunConfig, load_config
+from imagenet_kit.progress import results
 from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import DEFAULT_OUTPUT_DIR
 
@@ -62,7 +63,7 @@ def build_config(recipe, data_root, name, output_dir, lr, epochs, batch_size, we
     if cfg.data.root:
         cfg.data.root = str(resolve_data_root(cfg.data.root))
     if dry_run:  # before any folder, beton or process group exists
-        click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
+        results.out(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         click.get_current_context().exit(0)
     return cfg
 

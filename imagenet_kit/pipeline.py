@@ -14,7 +14,7 @@ from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.engine.evaluate import run_eval
 from imagenet_kit.engine.train import train
 from imagenet_kit.options import build_config, recipe_options
-from imagenet_kit.progress import console
+from imagenet_kit.progress import console, results
 from imagenet_kit.runtime import init_runtime, launched_by_torchrun, shutdown_runtime
 from imagenet_kit.serve.export import export_model
 
@@ -42,7 +42,7 @@ def run_command(**flags):
     best = cfg.run.best
     summary, out_path = run_eval(best, cfg.run, cfg.betons[1], batch_size=cfg.train.val_batch_size)
     export_stage(cfg)
-    click.echo(f"{cfg.name}: val top-1 {100 * summary['top1']:.2f}%, top-5 {100 * summary['top5']:.2f}% "
+    results.out(f"{cfg.name}: val top-1 {100 * summary['top1']:.2f}%, top-5 {100 * summary['top5']:.2f}% "
                f"({summary['count']} images, {best}) -> {out_path}")
 
 
@@ -65,4 +65,4 @@ def export_stage(cfg: RunConfig) -> None:
         console.print(f"export: skipped, {export.root} is newer than {checkpoint}")
         return
     export_model(checkpoint, export.root)
-    click.echo(f"export: {export.root}")
+    results.out(f"export: {export.root}")

@@ -1,23 +1,19 @@
-"""Where the code runs: device, torchrun process group, precision, and the run's environment record."""
+"""Where the code runs: the device, the torchrun process group and the agreements across its ranks, precision
+(autocast, bf16 on CPUs), and cuDNN's algorithm choice. The environment record is ``environment.py``."""
 from __future__ import annotations
 
 import contextlib
 import datetime
 import functools
-import json
 import os
-import platform
-import socket
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from imagenet_kit.config import ConfigError
+from imagenet_kit.environment import cpu_has_native_bf16, cpu_model
 
 
 @dataclass
@@ -118,99 +114,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
-def command_line(argv: list[str] | None = None) -> str:
-    """How this process was started, as a user would retype it: `imagenet-kit run ...`, or
-    `python -m imagenet_kit run ...` (torchrun's form), whose argv[0] is the package's __main__.py."""
-    argv = sys.argv if argv is None else argv
-    program = Path(argv[0])
-    name = "python -m imagenet_kit" if program.name == "__main__.py" else program.name
-    return " ".join([name, *argv[1:]])
-
-
-def cpu_has_native_bf16() -> bool:
-    # torch has no public check; these are torch.cpu's own cpuinfo probes.
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def cpu_model() -> str:
-    """The CPU's name and the vector instructions torch uses on it, e.g. "AMD EPYC (AVX2)": cloud hosts give
-    different CPU generations one name, and their training speeds differ several times over."""
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    isa = torch.backends.cpu.get_cpu_capability()
-    return f"{name} ({isa}{' + BF16' if cpu_has_native_bf16() else ''})"
-
-
-def git_revision() -> str:
-    """HEAD (+ "-dirty"); a copy of the tree without .git (a GPU host's) names it in IMAGENET_KIT_GIT."""
-    if os.environ.get("IMAGENET_KIT_GIT"):
-        return os.environ["IMAGENET_KIT_GIT"]
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
-
-
-def environment(runtime: Runtime | None = None) -> dict:
-    """Versions, hardware and code revision: what env.json and every bench result record."""
-    import numpy
-    import torchvision
-
-    device = runtime.device if runtime else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ffcv": _package_version("ffcv"),  # ffcv.__version__ says 0.0.3rc1 in the 1.0.2 release
-        "numpy": numpy.__version__,
-        "cuda": torch.version.cuda,
-        "cuda_driver": cuda_driver(),
-        "device": device_name(device),
-        "gpu_count": torch.cuda.device_count(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "host": socket.gethostname(),
-        "world_size": runtime.world_size if runtime else 1,
-        "git": git_revision(),
-        "command": command_line(),
-    }
-
-
-def cuda_driver() -> str | None:
-    """The NVIDIA kernel driver's version (e.g. 550.54.15), None without one."""
-    with contextlib.suppress(OSError):
-        first = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
-        words = [w for w in first.split() if w[:1].isdigit() and "." in w]
-        return words[0] if words else first.strip()
-    return None
-
-
-def _package_version(name: str) -> str | None:
-    """An installed package's version; None where it is absent (the GPU evidence runs without FFCV)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 @contextlib.contextmanager
 def algorithm_choice(deterministic: bool):
     """cuDNN's autotuner on (the fastest kernels for each input shape, as FFCV's ImageNet example sets it), or,
@@ -230,13 +133,6 @@ def algorithm_choice(deterministic: bool):
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         cudnn.benchmark, cudnn.deterministic = previous[2], previous[3]
-
-
-def write_json(path: Path, data) -> None:
-    """Write atomically: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def any_rank(flags: torch.Tensor, runtime: Runtime, also: torch.Tensor | None = None):

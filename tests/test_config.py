@@ -95,8 +95,9 @@ def test_t4_recipe_is_the_full_recipe_with_data_and_batch_for_one_t4():
     t4, full = load_config("g4dn-t4"), load_config("full")
     assert t4.model == full.model
     assert t4.optim == full.optim
-    same = ("epochs", "min_res", "max_res", "start_ramp", "end_ramp", "val_res", "flip_tta", "precision")
+    same = ("epochs", "min_res", "max_res", "start_ramp", "end_ramp", "val_res", "flip_tta")
     assert [getattr(t4.train, k) for k in same] == [getattr(full.train, k) for k in same]
+    assert t4.train.precision == "fp16"  # the t4 profile: Turing has no bf16
     assert (t4.data.max_res, t4.data.compress_prob, t4.data.jpeg_quality, t4.data.in_memory) == (320, 1.0, 90, True)
     assert t4.data.name != full.data.name  # other settings, other betons
     assert t4.train.batch_size == 256 and scaled_lr(t4.optim.lr, t4.optim.lr_batch, 256) == pytest.approx(0.10625)

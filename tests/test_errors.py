@@ -36,7 +36,7 @@ def _cases(tmp):
                           "MAX_RES:COMPRESS_PROB:JPEG_QUALITY"),
         "bench demo": (["bench", "demo", "--output-dir", str(empty)], "no exported model found"),
         "bench run": (["bench", "run", str(tmp / "unfinished-run")], "metrics.jsonl not found"),
-        "bench report": (["bench", "report", "--readme", str(tmp / "no-markers.md"), "--results-dir", str(empty)],
+        "bench report": (["bench", "report", "--doc", str(tmp / "no-markers.md"), "--results-dir", str(empty)],
                          "results:begin"),
         "bench lr-sweep": (["bench", "lr-sweep", "--recipe", "imagenette"], "optim.lr is 0.008, not auto"),
         "bench gpu-evidence": (["bench", "gpu-evidence", "--smoke", "--bundle", str(empty), "--results-dir",

@@ -117,7 +117,7 @@ def test_smoke_evidence_with_the_bundle_writes_every_row_and_the_readme(bundle, 
     readme.write_text(README)
     results = tmp_path / "results"
     run = _cli(["bench", "gpu-evidence", "--smoke", "--bundle", str(bundle), "--results-dir", str(results),
-                "--readme", str(readme)], bundle=str(bundle))
+                "--doc", str(readme)], bundle=str(bundle))
     assert run.returncode == 0, run.stdout + run.stderr
     train = [json.loads(line) for line in (results / "train.jsonl").read_text().splitlines()]
     seen = [(r["precision"], r["compile"], r["mode"]) for r in train]

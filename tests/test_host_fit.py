@@ -152,7 +152,7 @@ def test_plans_state_the_worker_count_they_assume(rows):
 
 
 def test_committed_rows_give_the_readme_verdicts():
-    """The README's EC2 section: what the committed measurements say about the two recipes and instances."""
+    """docs/deploying.md's EC2 section: what the committed measurements say about the two recipes and instances."""
     results = str(REPO / "bench" / "results")
     full = " ".join(_plan("--recipe", "full", "--instance", "g4dn.xlarge", "--results-dir", results).output.split())
     assert "disk: does NOT fit" in full and "page cache: does NOT fit" in full and "what to change:" in full

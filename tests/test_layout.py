@@ -86,6 +86,18 @@ def test_nothing_shipped_names_the_development_machine():
         assert "../shared" not in text and "64 MiB" not in text, path.relative_to(REPO)
 
 
+def test_output_goes_through_the_two_streams_of_progress_py():
+    """docs/development.md, "Output": progress on `console` (stderr), answers on `results` (stdout), nothing else prints."""
+    for path in MODULES:
+        if path.name == "progress.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = ast.unparse(node.func)
+                assert called not in ("print", "click.echo", "Console", "rich.console.Console"), \
+                    f"{path.relative_to(REPO)}:{node.lineno} writes with {called}(); use progress.console or .results"
+
+
 def test_cli_is_only_a_registry():
     source = (PACKAGE / "cli.py").read_text()
     assert source.count("\n") < MAX_CLI_LINES
@@ -118,6 +130,30 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("imagenet_kit")}
     return found
+
+
+# The stack docs/development.md's Layout section describes, bottom up: a module imports only from lower layers, its own
+# package, and the top-level modules (layer 0). pipeline.py is a top-level module that sits on top.
+LAYERS = {"data": 1, "models": 1, "optim": 2, "engine": 3, "serve": 4, "pipeline": 5, "bench": 6, "plan": 7}
+
+
+def _layer(module: str) -> tuple[str, int]:
+    part = module.split(".")[1] if "." in module else ""
+    return part, LAYERS.get(part, 0)
+
+
+def test_imports_run_down_the_layers_the_readme_describes():
+    readme = " ".join((REPO / "docs" / "development.md").read_text().split())
+    assert ("`data/` and `models/` use only the top-level modules, `optim/` also uses `models/`, `engine/` uses all "
+            "three, `serve/` uses `engine/`, `pipeline.py` runs the stages, `bench/` measures them, and `plan/` "
+            "(which reads bench's results) sits on top") in readme
+    modules = {_name(p) for p in MODULES}
+    for path in MODULES:
+        importer, rank = _layer(_name(path))
+        for target in _imports(path) & modules:
+            package, target_rank = _layer(target)
+            assert package == importer or target_rank < rank or target_rank == 0, \
+                f"{_name(path)} (layer {rank}) imports {target} (layer {target_rank})"
 
 
 def test_no_import_cycles():

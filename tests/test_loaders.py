@@ -100,6 +100,19 @@ def test_val_crop_ratio_sets_the_share_of_the_shorter_side(gradient_beton):
     assert 100 < half_rows < 140 and 50 < half_cols < 70  # the middle 16 rows and columns
 
 
+def test_finishing_an_epoch_early_ends_its_loader_thread(tiny_data):
+    """finish_epoch, as training calls it after a stop mid-epoch: the FFCV thread has ended when it returns. One still
+    running its pipeline while the process exits can abort it ("terminate called without an active exception",
+    seen once after `docker compose stop` in make image-check)."""
+    from imagenet_kit.data.loaders import finish_epoch
+    batches = iter(create_train_loader(_train_beton(tiny_data), 2, 32, CPU, 1))
+    next(batches)  # one batch of many: the thread is mid-epoch, filling its queue
+    assert batches.is_alive()
+    finish_epoch(batches)
+    assert not batches.is_alive()
+    finish_epoch(iter([(1, 2)]))  # a plain iterable: nothing to close or join
+
+
 def test_every_train_crop_the_config_allows_has_a_decoder():
     """The config refuses any other crop when it loads (test_config), so the loader can trust its value."""
     from imagenet_kit.config_checks import TRAIN_CROPS

@@ -115,7 +115,7 @@ def test_gpu_pending_only_without_a_gpu_row(tmp_path):
 
 def test_unreadable_unknown_or_incomplete_lines_are_errors_naming_the_line(tmp_path):
     _write(tmp_path, "a.jsonl", [CPU_ROW, {**CPU_ROW, "kind": "mystery"}])
-    with pytest.raises(ResultsError, match="a.jsonl:2: no README row format for kind 'mystery'"):
+    with pytest.raises(ResultsError, match="a.jsonl:2: no results-table format for kind 'mystery'"):
         load_rows(tmp_path)
     _write(tmp_path, "a.jsonl", [{k: v for k, v in CPU_ROW.items() if k != "img_per_s"}])
     with pytest.raises(ReportError, match="a.jsonl:1: a train row needs the field 'img_per_s'"):
@@ -131,7 +131,7 @@ def test_readme_rewrite_touches_only_the_block_and_is_idempotent(tmp_path):
     readme = tmp_path / "README.md"
     before, after = "# Kit\n\n## Results\n\nhand-written | table\n\n", "\nReference numbers from others\n"
     readme.write_text(f"{before}{BEGIN}\nstale table\n{END}{after}")
-    args = ["--results-dir", str(results), "--readme", str(readme)]
+    args = ["--results-dir", str(results), "--doc", str(readme)]
 
     run = CliRunner().invoke(cli, ["bench", "report", *args])
     assert run.exit_code == 0 and "table rewritten" in run.output, run.output

@@ -21,8 +21,8 @@ from test_export import PHOTO, make_fake_run  # tests/ is on sys.path (pytest's 
 
 from imagenet_kit.cli import cli
 from imagenet_kit.config import config_from_dict, dump_config, load_config
+from imagenet_kit.environment import environment, write_json
 from imagenet_kit.images import load_rgb
-from imagenet_kit.runtime import environment, write_json
 from imagenet_kit.serve import model_card, space
 from imagenet_kit.serve.export import export_model
 from imagenet_kit.serve.predict import load_exported

@@ -12,9 +12,10 @@ import yaml
 
 from imagenet_kit.engine.checkpoint import find_resume_checkpoint, load_checkpoint
 from imagenet_kit.engine.train import DivergenceError, train
+from imagenet_kit.environment import command_line
 from imagenet_kit.optim.optimizers import scaled_lr
 from imagenet_kit.optim.schedule import resolution_for_epoch
-from imagenet_kit.runtime import Runtime, command_line
+from imagenet_kit.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -155,13 +156,13 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_and_names_the_way_out(monkeypat
 
 
 def test_cpu_model_names_the_instruction_set(monkeypatch):
-    import imagenet_kit.runtime as runtime
-    monkeypatch.setattr(runtime.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.cpu_model().endswith(" (AVX512 + BF16)")
-    monkeypatch.setattr(runtime.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.cpu_model().endswith(" (AVX2)")
+    import imagenet_kit.environment as environment
+    monkeypatch.setattr(environment.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: True)
+    assert environment.cpu_model().endswith(" (AVX512 + BF16)")
+    monkeypatch.setattr(environment.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(environment, "cpu_has_native_bf16", lambda: False)
+    assert environment.cpu_model().endswith(" (AVX2)")
 
 
 def test_one_real_resnet50_step_bf16():

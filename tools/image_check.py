@@ -22,8 +22,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from imagenet_kit.bench.results import append_results, utc_now  # noqa: E402
+from imagenet_kit.environment import cpu_model, git_revision  # noqa: E402
 from imagenet_kit.runs import ExportFolder  # noqa: E402
-from imagenet_kit.runtime import cpu_model, git_revision  # noqa: E402
 
 BASE = "localhost/debian:bookworm"
 IMAGE = "imagenet-kit"

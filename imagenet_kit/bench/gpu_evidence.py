@@ -3,8 +3,8 @@
 On a GPU: the kit's training step (``bench train``'s synthetic mode) and its plain-PyTorch twin at 160, 192 and
 224 px, bf16 and fp16, channels_last, batch 256; both compiled at 192 px; peak GPU memory. With ``--bundle`` (a
 folder from ``bench gpu-bundle``) also FFCV's loader alone on all cores and the kit's step fed by it at 160 and
-192 px. Rows go to ``bench/results/`` (each names the GPU, driver, torch, CUDA, command and commit) and the README
-table is regenerated. The floors it checks are the ones the kit promises for an H100/H200-class GPU.
+192 px. Rows go to ``bench/results/`` (each names the GPU, driver, torch, CUDA, command and commit) and the
+docs/results.md table is regenerated. The floors it checks are the ones the kit promises for an H100/H200-class GPU.
 
 FFCV is imported only for the bundle's rows, so the command runs on a host with torch alone. ``--smoke`` runs the
 same code at tiny sizes on whatever device is there: the test suite's guard against it rotting.
@@ -19,12 +19,12 @@ import click
 import torch
 from rich.table import Table
 
-from imagenet_kit.bench.report import update_readme
+from imagenet_kit.bench.report import RESULTS_DOC, update_results_doc
 from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.bench.train import bench_train
+from imagenet_kit.environment import command_line, cpu_model, environment
 from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console
-from imagenet_kit.runtime import command_line, cpu_model, environment
 
 # One H100/H200, bf16, channels_last, batch 256: img/s floors per resolution, and ratios between modes.
 FLOORS_IMG_PER_S = {224: 3000, 160: 6000}
@@ -135,10 +135,10 @@ def print_verdicts(rows: list[dict], device: torch.device) -> None:
               help="a folder from `bench gpu-bundle`: adds FFCV's loader and the step on real data")
 @click.option("--smoke", is_flag=True, help="tiny sizes on whatever device is here (resnet18, 32 px, batch 4)")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR)
-@click.option("--readme", type=click.Path(path_type=Path), default=Path("README.md"),
+@click.option("--doc", type=click.Path(path_type=Path), default=RESULTS_DOC, show_default=True,
               help="regenerated from the results afterwards (the table between its results markers)")
-def gpu_evidence_command(bundle, smoke, results_dir, readme):
-    """The GPU rows the README needs, in about 5 minutes on one GPU; --smoke: the same at tiny sizes anywhere."""
+def gpu_evidence_command(bundle, smoke, results_dir, doc):
+    """The GPU rows the results need, in about 5 minutes on one GPU; --smoke: the same at tiny sizes anywhere."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not smoke:
         raise EvidenceError("no CUDA GPU here: gpu-evidence measures a GPU (add --smoke for a tiny run on this CPU)")
@@ -150,6 +150,6 @@ def gpu_evidence_command(bundle, smoke, results_dir, readme):
     sizes = GPU if not smoke else SMOKE_GPU if device.type == "cuda" else SMOKE_CPU
     rows = measure(sizes, device, results_dir, bundle)
     print_verdicts(rows, device)
-    changed, count = update_readme(readme, results_dir)
-    console.print(f"{len(rows)} rows appended under {results_dir}; {readme} {'updated' if changed else 'unchanged'} "
+    changed, count = update_results_doc(doc, results_dir)
+    console.print(f"{len(rows)} rows appended under {results_dir}; {doc} {'updated' if changed else 'unchanged'} "
                   f"({count} rows in its table)")

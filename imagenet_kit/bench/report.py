@@ -1,8 +1,8 @@
-"""``imagenet-kit bench report``: the README's measured-results table, generated from bench/results/*.jsonl.
+"""``imagenet-kit bench report``: the measured-results table of docs/results.md, generated from bench/results/*.jsonl.
 
 Every JSON line the benches appended becomes one row naming what was measured, the value, the hardware,
 the command and the date, so the generated table never shows a figure that no result file backs. The table lives
-between two HTML comments in README.md; only that block is rewritten, and rewriting is idempotent.
+between two HTML comments in docs/results.md; only that block is rewritten, and rewriting is idempotent.
 """
 from __future__ import annotations
 
@@ -151,20 +151,24 @@ def replace_block(text: str, block: str) -> str:
     return f"{head}{BEGIN}\n{block}\n{END}{tail}"
 
 
-def update_readme(readme: Path, results_dir: Path) -> tuple[bool, int]:
-    """Rewrite README's results block from RESULTS_DIR; returns (whether the file changed, rows)."""
+RESULTS_DOC = Path("docs/results.md")
+
+
+def update_results_doc(doc: Path, results_dir: Path) -> tuple[bool, int]:
+    """Rewrite the doc's results block from RESULTS_DIR; returns (whether the file changed, rows)."""
     rows = load_rows(results_dir)
-    text = Path(readme).read_text()
+    text = Path(doc).read_text()
     new = replace_block(text, results_markdown(rows))
     if new != text:
-        Path(readme).write_text(new)
+        Path(doc).write_text(new)
     return new != text, len(rows)
 
 
 @click.command("report")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
-@click.option("--readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("README.md"))
-def report_command(results_dir: Path, readme: Path) -> None:
-    """Regenerate README.md's measured-results table from every bench result line."""
-    changed, count = update_readme(readme, results_dir)
-    console.print(f"{readme}: {count} measurements, {'table rewritten' if changed else 'already up to date'}")
+@click.option("--doc", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=RESULTS_DOC,
+              show_default=True, help="the page whose results block is rewritten")
+def report_command(results_dir: Path, doc: Path) -> None:
+    """Regenerate docs/results.md's measured-results table from every bench result line."""
+    changed, count = update_results_doc(doc, results_dir)
+    console.print(f"{doc}: {count} measurements, {'table rewritten' if changed else 'already up to date'}")

@@ -2,7 +2,7 @@
 
 Results are append-only JSON lines under ``bench/results/`` (one file per bench), so earlier
 measurements on other hardware stay next to new ones; ``imagenet-kit bench report`` turns them into
-the README's table and ``imagenet-kit plan`` reads the training rows. Every row names its ``kind``
+docs/results.md's table and ``imagenet-kit plan`` reads the training rows. Every row names its ``kind``
 (accuracy, train, data, convert, demo, image): the one key readers branch on.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def read_results(results_dir: Path) -> Iterator[tuple[Path, int, dict]]:
                 raise ResultsError(f"{path}:{number}: not a JSON line ({err.msg})") from None
             if not isinstance(row, dict) or row.get("kind") not in KINDS:
                 kind = row.get("kind") if isinstance(row, dict) else None
-                raise ResultsError(f"{path}:{number}: no README row format for kind {kind!r}; a result row's "
+                raise ResultsError(f"{path}:{number}: no results-table format for kind {kind!r}; a result row's "
                                    f"\"kind\" is one of {', '.join(KINDS)}")
             yield path, number, row
 

@@ -37,10 +37,11 @@ from imagenet_kit.config import ConfigError, ModelConfig, load_config
 from imagenet_kit.config_checks import ARCHS
 from imagenet_kit.data.workers import usable_workers
 from imagenet_kit.engine.logbook import peak_memory_mb
+from imagenet_kit.environment import device_name, environment
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture_label
 from imagenet_kit.progress import console
 from imagenet_kit.recipe_files import PACKAGE_DIR
-from imagenet_kit.runtime import device_name, environment, precision_name, resolve_precision
+from imagenet_kit.runtime import precision_name, resolve_precision
 
 SAMPLE_TRAIN = PACKAGE_DIR / "sample_data" / "imagenette-sample" / "train"
 DEFAULT_BETON = "betons/bench-sample-train-256.beton"

@@ -24,7 +24,7 @@ from imagenet_kit.data.imagenet_meta import wnid_to_name
 from imagenet_kit.data.sources import ConvertError, Source, read_val_labels, scan_imagefolder, scan_labelled_flat
 from imagenet_kit.data.workers import usable_workers
 from imagenet_kit.errors import KitError
-from imagenet_kit.progress import console, progress_bar
+from imagenet_kit.progress import console, progress_bar, results
 
 # FFCV's published ImageNet write settings (ffcv-imagenet, write_imagenet.sh: 500 px, 50% JPEG, quality 90).
 DEFAULT_MAX_RES = 500
@@ -132,7 +132,7 @@ def print_summary(report: dict) -> None:
         console.print(f"... and {len(report['skipped']) - 10} more in {report['out']}.report.json")
     for name in report["empty_classes"]:
         console.print(f"[yellow]empty class folder[/] {name}")
-    click.echo(f"{report['out']}: seen {c['seen']}, written {c['written']}, skipped {c['skipped']}, "
+    results.out(f"{report['out']}: seen {c['seen']}, written {c['written']}, skipped {c['skipped']}, "
                f"ignored {c['ignored']} system files, {c['classes']} classes")
 
 

@@ -16,15 +16,13 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from imagenet_kit.config import SubsetConfig
 from imagenet_kit.data.archives import find_splits
 from imagenet_kit.data.selection import choose_classes, image_key, take_subset
 from imagenet_kit.data.sources import is_class_folder_root, scan_imagefolder
 from imagenet_kit.errors import KitError
-from imagenet_kit.progress import progress_bar
+from imagenet_kit.progress import progress_bar, results
 
 
 class SubsetError(KitError):
@@ -174,6 +172,5 @@ def subset_command(src: Path, dst: Path, classes: str, per_class: int | None, va
     except (ValueError, OSError) as err:
         raise SubsetError(str(err)) from err
     images = ", ".join(f"{'all' if s == WHOLE else s} {n}" for s, n in summary["images"].items())
-    # soft_wrap keeps the summary on one line for log grepping; escape: paths may contain "[".
-    Console().print(f"[green]subset[/] {len(summary['classes'])} classes, {images} images -> {escape(str(dst))} "
-                    f"({summary['linked']} linked, {summary['copied']} copied)", soft_wrap=True)
+    results.out(f"subset {len(summary['classes'])} classes, {images} images -> {dst} "
+                f"({summary['linked']} linked, {summary['copied']} copied)")

@@ -27,6 +27,7 @@ from PIL import Image
 from imagenet_kit.data.convert import read_classes, scan_source
 from imagenet_kit.data.sources import ConvertError, Source
 from imagenet_kit.images import load_rgb
+from imagenet_kit.progress import results
 
 PSNR_FLOOR = 21.0
 JPEG_MODE = 0  # FFCV's IMAGE_MODES: 0 JPEG, 1 raw pixels
@@ -171,6 +172,6 @@ def verify_command(beton, source, labels, sample):
     if source is not None:
         scanned = scan_source(source, labels, [c["wnid"] for c in read_classes(beton)])
     verdict = verify_beton(beton, scanned, sample)
-    click.echo(verdict.summary(beton))
+    results.out(verdict.summary(beton))
     if not verdict.ok:
         raise SystemExit(1)

@@ -18,11 +18,12 @@ from imagenet_kit.data.loaders import create_val_loader
 from imagenet_kit.data.pixels import normalize
 from imagenet_kit.data.sources import scan_imagefolder
 from imagenet_kit.engine.checkpoint import load_checkpoint
+from imagenet_kit.environment import write_json
 from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.options import output_dir_option
-from imagenet_kit.progress import console
+from imagenet_kit.progress import console, results
 from imagenet_kit.runs import BEST_IN_RUN, RunFolder, resolve_checkpoint
-from imagenet_kit.runtime import autocast, local_runtime, resolve_precision, write_json
+from imagenet_kit.runtime import autocast, local_runtime, resolve_precision
 
 
 @torch.no_grad()
@@ -136,4 +137,4 @@ def eval_command(checkpoint_path, output_dir, data_path, res, tta, batch_size, o
     table.add_row(str(result["count"]), str(result["res"]), str(result["flip_tta"]), f"{100 * result['top1']:.2f}%",
                   f"{100 * result['top5']:.2f}%", f"{result['loss']:.4f}")
     console.print(table)
-    click.echo(f"val top-1 {100 * result['top1']:.2f}% -> {out_path}")
+    results.out(f"val top-1 {100 * result['top1']:.2f}% -> {out_path}")

@@ -19,16 +19,17 @@ import torch.distributed as dist
 
 from imagenet_kit.config import LRFindConfig, OptimConfig, RunConfig
 from imagenet_kit.data.convert import read_classes
-from imagenet_kit.data.loaders import create_train_loader
+from imagenet_kit.data.loaders import create_train_loader, finish_epoch
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine import plots
 from imagenet_kit.engine.step import train_step
+from imagenet_kit.environment import write_json
 from imagenet_kit.errors import KitError
 from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled_lr
 from imagenet_kit.options import build_config, recipe_options
-from imagenet_kit.progress import console
-from imagenet_kit.runtime import Runtime, init_runtime, resolve_precision, shutdown_runtime, write_json
+from imagenet_kit.progress import console, results
+from imagenet_kit.runtime import Runtime, init_runtime, resolve_precision, shutdown_runtime
 
 # Like torch-lr-finder's defaults: the first points are dominated by the initial noise of the EMA and the
 # last ones are the divergence itself; neither says anything about good LRs.
@@ -164,8 +165,7 @@ def _cycle(batches):
                 empty = False
                 yield batch
         finally:
-            if hasattr(iterator, "close"):
-                iterator.close()
+            finish_epoch(iterator)
         if empty:
             raise LRFindError("LR range test: the training data yielded no batch")
 
@@ -233,4 +233,4 @@ def lr_find_command(**flags):
     finally:
         shutdown_runtime(runtime)
     if runtime.is_main:
-        click.echo(f"suggested LR ({cfg.lr_find.suggestion}): {lr:.4g} -> {cfg.run.lr_find_png}")
+        results.out(f"suggested LR ({cfg.lr_find.suggestion}): {lr:.4g} -> {cfg.run.lr_find_png}")

@@ -26,12 +26,13 @@ from imagenet_kit.engine.checkpoint import (
 from imagenet_kit.engine.init_weights import init_model
 from imagenet_kit.engine.lr_find import auto_lr
 from imagenet_kit.engine.resume_checks import check_resumable
+from imagenet_kit.environment import environment, write_json
 from imagenet_kit.models.factory import model_on_device
 from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled_lr
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 from imagenet_kit.progress import console
 from imagenet_kit.runs import LAST
-from imagenet_kit.runtime import Runtime, environment, precision_name, resolve_precision, write_json
+from imagenet_kit.runtime import Runtime, precision_name, resolve_precision
 
 
 @dataclass
@@ -105,7 +106,8 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     train_loader, val_loader = _loaders(cfg, runtime, train_beton, val_beton, workers)
     if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one
         # the precision `auto` resolved to here: the same recipe runs bf16 on one CPU and fp32 on another
-        write_json(cfg.run.env, {**environment(runtime), "precision": precision_name(amp_dtype)})
+        write_json(cfg.run.env, {**environment(runtime.device, runtime.world_size),
+                                  "precision": precision_name(amp_dtype)})
     steps_per_epoch = len(train_loader)  # at least 1: require_betons checked that a batch fits
     optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult), cfg.optim,
                                  max_lr)

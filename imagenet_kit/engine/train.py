@@ -7,7 +7,6 @@ from the newest readable checkpoint at the exact batch it stopped at.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import time
@@ -17,7 +16,7 @@ import click
 import torch
 
 from imagenet_kit.config import RunConfig
-from imagenet_kit.data.loaders import set_resolution
+from imagenet_kit.data.loaders import finish_epoch, set_resolution
 from imagenet_kit.engine.evaluate import evaluate
 from imagenet_kit.engine.init_weights import freeze_backbone
 from imagenet_kit.engine.logbook import Logbook, peak_memory_mb, say_stopped
@@ -26,7 +25,7 @@ from imagenet_kit.engine.step import train_step
 from imagenet_kit.errors import KitError
 from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.options import build_config, recipe_options
-from imagenet_kit.progress import ProgressLine
+from imagenet_kit.progress import ProgressLine, results
 from imagenet_kit.runs import BEST
 from imagenet_kit.runtime import Runtime, algorithm_choice, any_rank, init_runtime, mean_across_ranks, shutdown_runtime
 
@@ -98,8 +97,16 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
 
 def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict) -> EpochStats:
     """One pass over the train loader from ``t.position.step``; stops early, with a checkpoint, on request."""
-    cfg, pos = t.cfg, t.position
     res = _start_epoch(t, epoch)
+    batches = iter(t.train_loader)
+    try:
+        return _train_batches(t, epoch, res, batches, stop, last_metrics)
+    finally:  # a stop mid-epoch would otherwise leave FFCV's loader thread and its pinned batches behind
+        finish_epoch(batches)
+
+
+def _train_batches(t: Training, epoch: int, res: int, batches, stop: StopFlag, last_metrics: dict) -> EpochStats:
+    cfg, pos = t.cfg, t.position
     loss_sum = torch.zeros((), dtype=torch.float64, device=t.runtime.device)
     steps_done, images, skip = 0, 0, pos.step
     if pos.partial:
@@ -107,8 +114,7 @@ def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict)
         steps_done = pos.partial["steps"]
     last_step, last_checkpoint, start = t.steps_per_epoch - 1, time.monotonic(), time.perf_counter()
     cap = cfg.train.max_steps or math.inf
-    # closing: a stop mid-epoch would otherwise leave FFCV's loader thread and its pinned batches behind
-    with contextlib.closing(iter(t.train_loader)) as batches, _epoch_bar(t, epoch, res) as bar:
+    with _epoch_bar(t, epoch, res) as bar:
         for step, (batch, labels) in enumerate(batches):
             if step < skip:  # mid-epoch resume: these batches were trained on already
                 bar.skip(len(labels), steps=1)
@@ -218,5 +224,5 @@ def train_command(resume, **flags):
     finally:
         shutdown_runtime(runtime)
     if runtime.is_main and not result.get("interrupted") and "top1" in result:
-        click.echo(f"val top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
+        results.out(f"val top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
                    f"-> {cfg.run_dir}")

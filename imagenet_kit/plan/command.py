@@ -3,11 +3,9 @@ every schedule reaching an accuracy on every instance. Always an estimate, every
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from imagenet_kit.bench.results import RESULTS_DIR
@@ -16,10 +14,7 @@ from imagenet_kit.plan.catalog import GPUS, INSTANCE_SOURCE, INSTANCES, PRICE_SO
 from imagenet_kit.plan.estimate import DEFAULT_EFFICIENCY, TRAIN_IMAGES, VAL_IMAGES, estimate_plan, resolve_host
 from imagenet_kit.plan.host_fit import check_fit
 from imagenet_kit.plan.targets import plan_targets
-
-# The plan is the command's result: stdout, so that it can be piped or saved (progress and errors go to stderr);
-# whole rows when piped, where rich would otherwise assume 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+from imagenet_kit.progress import results
 
 
 @click.command("plan")
@@ -54,7 +49,7 @@ def plan_command(recipe, target, family, gpu, gpus, instance, host, price_per_ho
         families = tuple(f.strip() for f in family.split(",") if f.strip())
         result = plan_targets(target, families, gpus, spot_discount, price_per_hour, images=images,
                               val_images=val_images, efficiency=efficiency, results_dir=results_dir)
-        click.echo(json.dumps(result, indent=2)) if as_json else print_targets(result)
+        results.out(json.dumps(result, indent=2)) if as_json else print_targets(result)
         return
     cfg = load_config(recipe or "full")
     gpu, gpus, chosen = resolve_host(gpu, gpus, instance, host, price_per_hour, cfg.data.beton_dir)
@@ -67,7 +62,7 @@ def plan_command(recipe, target, family, gpu, gpus, instance, host, price_per_ho
                          fit["decode_img_per_s"] if fit else None, price_source)
     plan["host_fit"] = fit
     if as_json:
-        click.echo(json.dumps(plan, indent=2))
+        results.out(json.dumps(plan, indent=2))
     else:
         print_plan(plan, images)
 
@@ -90,7 +85,7 @@ def print_targets(result: dict) -> None:
                       f"{r['on_demand_usd']:,.2f}", *([f"{r['spot_usd']:,.2f}"] if spot else []),
                       _yes_no(r["fits_page_cache"]), _yes_no(r["fits_disk"]), r["throughput"], r["mark"],
                       style="bold" if r["mark"] else None)
-    console.print(table)
+    results.print(table)
     for line in (f"top-1: each recipe's reference.source (FFCV's published runs on 8x A100); prices: {PRICE_SOURCE}",
                  "each recipe runs with the GPU profile of the instance's GPU (recipes/profiles/): its batch per GPU, "
                  "precision and data settings (max side:JPEG share:quality)",
@@ -98,7 +93,7 @@ def print_targets(result: dict) -> None:
                  "published figure scaled by the datasheets (imagenet-kit plan --recipe R --instance I names it)",
                  "page cache / disk: whether the recipe's betons fit (? = no bench convert row for its data "
                  "settings); cheapest and fastest are marked among rows that run as configured"):
-        console.print(line, markup=False, soft_wrap=True)
+        results.print(line, markup=False, soft_wrap=True)
 
 
 def print_plan(plan: dict, images: int) -> None:
@@ -113,7 +108,7 @@ def print_plan(plan: dict, images: int) -> None:
                       f"{60 * e['hours']:.1f}", f"{e['cost_usd']:,.2f}")
     table.add_row("total", "", "", *(("",) if bound else ()), f"{60 * plan['total_hours']:.1f}",
                   f"{plan['total_cost_usd']:,.2f}", style="bold")
-    console.print(table)
+    results.print(table)
     throughput = plan["throughput"]
     lines = [(f"{plan['total_hours']:.2f} hours on {gpus} GPU(s) = {plan['gpu_hours']:.1f} GPU-hours at "
               f"${plan['price_per_gpu_hour']:.4g} per GPU-hour ({plan['price_source']})"),
@@ -129,4 +124,4 @@ def print_plan(plan: dict, images: int) -> None:
         lines += [f"DOES NOT FIT as configured: {problem}" for problem in fit["problems"]]
     lines.append(f"Estimate — sources: {throughput['kind']}: {throughput['source']}; price: {plan['price_source']}")
     for line in lines:
-        console.print(line, markup=False, soft_wrap=True)
+        results.print(line, markup=False, soft_wrap=True)

@@ -18,6 +18,7 @@ from rich.table import Table
 from imagenet_kit.config import config_from_dict
 from imagenet_kit.data.pixels import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from imagenet_kit.engine.checkpoint import load_checkpoint
+from imagenet_kit.environment import environment, write_json
 from imagenet_kit.images import UnreadableImage, load_rgb
 from imagenet_kit.models.architecture import architecture
 from imagenet_kit.models.factory import fold_parametrizations, model_from_config, model_from_export_info
@@ -25,7 +26,6 @@ from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import console
 from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import BEST_IN_RUN, EXPORT, MODEL_FILES, ExportFolder, checkpoint_label, resolve_checkpoint
-from imagenet_kit.runtime import environment, write_json
 from imagenet_kit.serve.predict import ExportError, _quiet_deprecations, preprocess
 
 FORMATS = tuple(MODEL_FILES)

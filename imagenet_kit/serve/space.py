@@ -19,6 +19,7 @@ import click
 
 from imagenet_kit.errors import KitError
 from imagenet_kit.options import output_dir_option
+from imagenet_kit.progress import results
 from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, EXPORT_IN_RUN, ExportFolder, RunFolder, find_latest_export
 from imagenet_kit.serve.demo import EXAMPLES_DIR
@@ -190,6 +191,6 @@ def space_command(run: Path | None, output_dir: Path, out: Path | None, license_
     the TorchScript model, pinned requirements, three example photos and a model card."""
     result = build_space(resolve_run(run, output_dir), out, license_id)
     rest = result["bytes"] - result["model_bytes"]
-    click.echo(f"space: {result['out']} ({result['bytes'] / 1e6:.1f} MB: model {result['model_bytes'] / 1e6:.1f} MB "
+    results.out(f"space: {result['out']} ({result['bytes'] / 1e6:.1f} MB: model {result['model_bytes'] / 1e6:.1f} MB "
                f"+ {rest / 1e3:.0f} kB of app, examples and card)")
-    click.echo(f"publish: huggingface-cli upload <user>/<space> {result['out']} . --repo-type=space")
+    results.out(f"publish: huggingface-cli upload <user>/<space> {result['out']} . --repo-type=space")
