@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from imagenet_kit import config, recipe_files
+from tests.conftest import make_env
 
 REPO = Path(__file__).resolve().parent.parent
 # Copied from compose-spec/compose-spec schema/compose-spec.json (commit 00655e22).
@@ -152,7 +153,7 @@ def _entrypoint(tmp_path: Path, target: str) -> subprocess.Popen:
     script = tmp_path / "entrypoint.sh"
     script.write_text(ENTRYPOINT.read_text().replace(" ".join(ENTRYPOINT_MAKE), "make"))
     return subprocess.Popen(["sh", str(script), target], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=make_env())  # not the outer make's flags
 
 
 @pytest.mark.slow

@@ -100,16 +100,22 @@ def test_val_crop_ratio_sets_the_share_of_the_shorter_side(gradient_beton):
     assert 100 < half_rows < 140 and 50 < half_cols < 70  # the middle 16 rows and columns
 
 
-def test_finishing_an_epoch_early_ends_its_loader_thread(tiny_data):
+@pytest.mark.parametrize("batch", [2, 8], ids=["mid-epoch", "epoch-all-made"])
+def test_finishing_an_epoch_early_ends_its_loader_thread(tiny_data, batch):
     """finish_epoch, as training calls it after a stop mid-epoch: the FFCV thread has ended when it returns. One still
     running its pipeline while the process exits can abort it ("terminate called without an active exception",
-    seen once after `docker compose stop` in make image-check)."""
+    seen once after `docker compose stop` in make image-check). With batch 8 (4 batches of the 32 images) the thread
+    makes its last batch and then blocks putting its end marker into the full queue, which close() alone never ends."""
+    import time
+
     from imagenet_kit.data.loaders import finish_epoch
-    batches = iter(create_train_loader(_train_beton(tiny_data), 2, 32, CPU, 1))
-    next(batches)  # one batch of many: the thread is mid-epoch, filling its queue
+    batches = iter(create_train_loader(_train_beton(tiny_data), batch, 32, CPU, 1))
+    next(batches)  # one batch taken: the thread is filling its queue
+    time.sleep(1)  # batch 8: time to make the other 3 batches, which fill the queue (FFCV's batches_ahead)
     assert batches.is_alive()
+    start = time.monotonic()
     finish_epoch(batches)
-    assert not batches.is_alive()
+    assert not batches.is_alive() and time.monotonic() - start < 10
     finish_epoch(iter([(1, 2)]))  # a plain iterable: nothing to close or join
 
 

@@ -6,7 +6,10 @@ host-to-device copy at one byte per pixel.
 """
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
+import time
 
 import numpy as np
 import torch
@@ -59,12 +62,21 @@ TRAIN_DECODERS = {
 def finish_epoch(batches) -> None:
     """End an epoch's batches early: close FFCV's epoch iterator and wait for its thread. A pipeline thread still
     running (numba code that calls torch) while the process exits can abort it ("terminate called without an active
-    exception", seen once in `make image-check` right after a stop mid-epoch). Other iterables are just closed."""
+    exception", seen once in `make image-check` right after a stop mid-epoch). Other iterables are just closed.
+
+    Closing alone does not end a thread that has made its last batch: it then blocks, with no timeout, putting the
+    end-of-epoch marker into a queue the consumer left full (ffcv/loader/epoch_iterator.py). Taking batches out of
+    the queue lets that put through."""
     close = getattr(batches, "close", None)
     if close is not None:
         close()
-    if isinstance(batches, threading.Thread) and batches.is_alive():
-        batches.join(timeout=60)
+    if not isinstance(batches, threading.Thread):
+        return
+    deadline = time.monotonic() + 60
+    while batches.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            batches.output_queue.get_nowait()
+        batches.join(timeout=0.05)
 
 
 def _label_pipeline(device: torch.device) -> list:
