@@ -187,13 +187,12 @@ def check_demo(compose: list[str], work: Path) -> str:
     return f"demo service healthy after {seconds:.0f} s; {photo.name} classified as {top!r} through gradio_client"
 
 
-def resume_service(compose: list[str], work: Path) -> list[str]:
+def set_resume_service(work: Path) -> None:
     """The train service set to a sample run long enough to stop in the middle of."""
     spec = yaml.safe_load((work / "docker-compose.yml").read_text())
     spec["services"]["train"]["command"] = ["mini", f"ARGS=--epochs {RESUME_EPOCHS} --name resume"]
     spec["services"]["train"]["restart"] = "no"  # the check starts it again itself
     (work / "docker-compose.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return compose
 
 
 def wait_for_epochs(metrics: Path, epochs: int, limit_s: float = 900) -> None:
@@ -208,7 +207,8 @@ def wait_for_epochs(metrics: Path, epochs: int, limit_s: float = 900) -> None:
 def check_stop_and_resume(compose: list[str], work: Path) -> str:
     from imagenet_kit.engine.checkpoint import load_checkpoint
     run = work / "runs" / "resume"
-    sh(*resume_service(compose, work), "--profile", "train", "up", "-d", "train")
+    set_resume_service(work)
+    sh(*compose, "--profile", "train", "up", "-d", "train")
     train = container("train")
     wait_for_epochs(run / "metrics.jsonl", 2)
     time.sleep(3)  # into the next epoch

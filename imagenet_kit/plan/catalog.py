@@ -133,6 +133,11 @@ def default_instance(gpu: str) -> Host:
     return next(host for host in INSTANCES.values() if host.gpu == gpu)
 
 
+def instance_price_per_gpu(host: Host, gpus: int) -> float:
+    """What each GPU of a run costs an hour: the whole instance's price, however many of its GPUs train."""
+    return host.price_per_hour / gpus
+
+
 def price_per_gpu_hour(gpu: str) -> float:
     host = default_instance(gpu)
-    return host.price_per_hour / host.gpus
+    return instance_price_per_gpu(host, host.gpus)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from imagenet_kit.bench.results import RESULTS_DIR
 from imagenet_kit.config import load_config
-from imagenet_kit.plan.catalog import GPUS, INSTANCE_SOURCE, INSTANCES, PRICE_SOURCE
+from imagenet_kit.plan.catalog import GPUS, INSTANCE_SOURCE, INSTANCES, PRICE_SOURCE, instance_price_per_gpu
 from imagenet_kit.plan.estimate import DEFAULT_EFFICIENCY, TRAIN_IMAGES, VAL_IMAGES, estimate_plan, resolve_host
 from imagenet_kit.plan.host_fit import check_fit
 from imagenet_kit.plan.targets import plan_targets
@@ -56,7 +56,7 @@ def plan_command(recipe, target, family, gpu, gpus, instance, host, price_per_ho
     fit = check_fit(cfg, chosen, gpus, images, val_images, results_dir) if chosen else None
     price_source = None
     if chosen and chosen.price_per_hour is not None and price_per_hour is None:
-        price_per_hour = chosen.price_per_hour / gpus  # the whole instance, however many of its GPUs train
+        price_per_hour = instance_price_per_gpu(chosen, gpus)
         price_source = f"{chosen.name} ${chosen.price_per_hour}/h for the whole instance, {PRICE_SOURCE}"
     plan = estimate_plan(cfg, gpu, gpus, price_per_hour, images, val_images, efficiency, results_dir,
                          fit["decode_img_per_s"] if fit else None, price_source)

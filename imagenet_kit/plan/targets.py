@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagenet_kit.config import load_config
-from imagenet_kit.plan.catalog import INSTANCES, Host
+from imagenet_kit.plan.catalog import INSTANCES, Host, instance_price_per_gpu
 from imagenet_kit.plan.estimate import estimate_plan
 from imagenet_kit.plan.host_fit import check_fit
 from imagenet_kit.plan.throughput import PlanError
@@ -42,7 +42,7 @@ def target_row(recipe: str, host: Host, gpus: int, spot: tuple[float | None, flo
     """One recipe with its GPU's profile on one instance. ``spot``: (discount off on-demand, USD per GPU-hour)."""
     cfg = load_config(recipe, [f"train.profile={host.gpu}"])
     fit = check_fit(cfg, host, gpus, images, val_images, results_dir)
-    plan = estimate_plan(cfg, host.gpu, gpus, host.price_per_hour / gpus, images, val_images, efficiency,
+    plan = estimate_plan(cfg, host.gpu, gpus, instance_price_per_gpu(host, gpus), images, val_images, efficiency,
                          results_dir, fit["decode_img_per_s"])
     discount, spot_price = spot
     spot_usd = (plan["total_cost_usd"] * (1 - discount) if discount is not None
