@@ -47,11 +47,11 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
 # The dependencies first, in a layer of their own (torch and its CUDA wheels are most of the image), so that a
-# change to the kit's code rebuilds only the small layer after it. Behind a proxy that re-signs TLS, hand pip its
+# change to the kit's code rebuilds only the small layer after it; with the s3 extra, for train.mirror on S3. Behind a proxy that re-signs TLS, hand pip its
 # CA bundle without baking it into a layer: --secret id=ca,src=/path/to/ca-bundle.crt.
 RUN --mount=type=secret,id=ca,target=/run/secrets/ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
- && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+ && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" \
     > /tmp/dependencies.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/dependencies.txt
 COPY imagenet_kit ./imagenet_kit

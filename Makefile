@@ -1,5 +1,6 @@
 # imagenet-kit: every target calls the `imagenet-kit` CLI inside .venv (created by `make setup`).
 # Variables: DATA=/path/to/root (ImageFolder root with train/ and val/), NPROC=GPUs per node,
+# NNODES=machines, MASTER_ADDR=node 0's address and MASTER_PORT (several nodes), MAX_RESTARTS=worker group restarts,
 # RECIPE=<recipe for make full> (default full; full-24 .. full-88 for longer schedules), GPU=<profile>,
 # RUN=runs/<name>, MODEL=<export folder>,
 # ARGS="extra CLI flags".
@@ -10,6 +11,14 @@ KIT := $(VENV)/bin/imagenet-kit
 PY := $(VENV)/bin/python
 NPROC ?= 1
 RECIPE ?= full
+# Several nodes: the same `make full NNODES=2 MASTER_ADDR=<node 0's address>` on each (torchrun's c10d rendezvous).
+NNODES ?= 1
+MASTER_ADDR ?=
+MASTER_PORT ?= 29500
+# torchrun restarts the worker group this many times after a worker dies (each start resumes from the newest
+# checkpoint); a stop signal is not a failure and is not restarted.
+MAX_RESTARTS ?= 3
+RDZV := $(if $(filter-out 1,$(NNODES)),--rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=$(RECIPE),--standalone)
 # GPU=t4|a10g|l4|l40s|a100|h100: the GPU profile (recipes/profiles/), e.g. make full RECIPE=full-24 GPU=a10g
 GPU_FLAG := $(if $(GPU),--gpu $(GPU))
 # Real images the benchmarks read (the kit's development data; point them at your own copies).
@@ -24,6 +33,7 @@ help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
 	@echo "make mini    whole workflow on the embedded sample (or DATA=root with train/ val/: mini recipe)"
 	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8] [RECIPE=full-24] [GPU=a10g]"
+	@echo "             several nodes, on each: ... NNODES=2 MASTER_ADDR=<node 0> [MASTER_PORT=29500] [MAX_RESTARTS=3]"
 	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
 	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
 	@echo "make test    lint (ruff) and the test suite, one worker per core"
@@ -62,11 +72,14 @@ full: setup
 	  echo "  a folder with Hugging Face's imagenet-1k shards: train_images_*.tar.gz and val_images.tar.gz;"; \
 	  echo "  an ImageFolder: DATA/train/<wnid>/*.JPEG and DATA/val/<wnid>/*.JPEG"; \
 	  exit 2; fi
+	@if [ "$(NNODES)" != 1 ] && [ -z "$(MASTER_ADDR)" ]; then \
+	  echo "make full NNODES=$(NNODES) needs MASTER_ADDR=<the address of node 0, reachable from every node>"; exit 2; fi
 	$(if $(findstring --dry-run,$(ARGS)),,$(KIT) prepare --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS))
-ifeq ($(NPROC),1)
+ifeq ($(NPROC)$(NNODES),11)
 	$(KIT) run --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS)
 else
-	$(VENV)/bin/torchrun --nproc_per_node=$(NPROC) -m imagenet_kit run --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS)
+	$(KIT) launch --nnodes=$(NNODES) --nproc_per_node=$(NPROC) $(RDZV) --max-restarts=$(MAX_RESTARTS) \
+	  -m imagenet_kit run --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS)
 endif
 
 demo: setup

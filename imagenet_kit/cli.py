@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 
 from imagenet_kit.errors import EXIT_CODE, KitError
+from imagenet_kit.launch import report_exit
 from imagenet_kit.progress import console
 
 COMMANDS = {
@@ -23,6 +24,7 @@ COMMANDS = {
     "space": "imagenet_kit.serve.space:space_command",
     "run": "imagenet_kit.pipeline:run_command",
     "plan": "imagenet_kit.plan.command:plan_command",
+    "launch": "imagenet_kit.launch:launch_command",
 }
 BENCH_COMMANDS = {
     "train": "imagenet_kit.bench.train:bench_train_command",
@@ -81,4 +83,8 @@ def bench():
 
 
 def main():
-    cli(prog_name="imagenet-kit")
+    try:
+        cli(prog_name="imagenet-kit")
+    except SystemExit as done:  # Click ends every command this way, success included
+        report_exit(done.code)  # for `imagenet-kit launch`, when this process is one of its workers
+        raise

@@ -127,6 +127,9 @@ class TrainConfig:
     flip_tta: bool = True  # average logits of the image and its mirror at evaluation
     seed: int = 0
     checkpoint_minutes: float = 20.0  # also checkpoint mid-epoch this often (spot instances)
+    # Also copy each checkpoint and the run's records to <mirror>/<name>/ (fsspec: s3://bucket/runs with s3fs, a
+    # path on a network disk); --resume auto on a fresh instance takes the newest complete one from there.
+    mirror: str = ""
     # torchrun: how long a rank waits in a collective before failing (NCCL's default is 10 minutes, less than rank
     # 0's LR range test with a beton loading into RAM); a rank that died is then reported after this long.
     dist_timeout_minutes: float = 30.0

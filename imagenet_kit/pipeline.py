@@ -15,8 +15,11 @@ from imagenet_kit.engine.evaluate import run_eval
 from imagenet_kit.engine.train import train
 from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console, results
-from imagenet_kit.runtime import init_runtime, launched_by_torchrun, shutdown_runtime
+from imagenet_kit.runtime import init_runtime, launched_by_torchrun, on_every_rank, shutdown_runtime
 from imagenet_kit.serve.export import export_model
+
+NOT_CONVERTED_UNDER_TORCHRUN = (" on this node (under torchrun, run does not convert: rank 0 would convert for hours "
+                                "while the other ranks time out; `make full` converts on each node first)")
 
 
 @click.command("run")
@@ -26,13 +29,12 @@ def run_command(**flags):
 
     Stages whose outputs exist are skipped, so an interrupted run picks up where it stopped."""
     cfg = build_config(**flags)
-    if launched_by_torchrun():  # every rank refuses at once, before a process group exists to time out
-        require_betons(cfg, " (under torchrun, run does not convert: rank 0 would convert for hours while the "
-                            "other ranks time out; `make full` converts first)")
-    else:
+    if not launched_by_torchrun():
         prepare(cfg)
     runtime = init_runtime(cfg.train.dist_timeout_minutes)
     try:
+        if runtime.distributed:  # each node has its own betons, or not: every rank stops if one has none
+            on_every_rank(lambda: require_betons(cfg, NOT_CONVERTED_UNDER_TORCHRUN), runtime)
         if not train_stage(cfg, runtime):
             return
     finally:
@@ -47,8 +49,9 @@ def run_command(**flags):
 
 
 def train_stage(cfg: RunConfig, runtime) -> bool:
-    """Train (resuming), unless the last checkpoint has done every epoch; False if a signal stopped it."""
-    if training_finished(cfg):
+    """Train (resuming), unless the last checkpoint has done every epoch; False if a signal stopped it. Under
+    torchrun the ranks decide that together (``engine.resume``): another node may hold the newer checkpoint."""
+    if not runtime.distributed and training_finished(cfg):
         console.print(f"train: skipped, {cfg.run.last} has finished all {cfg.train.epochs} epochs")
         return True
     return not train(cfg, runtime, resume="auto").get("interrupted")

@@ -22,6 +22,7 @@ from imagenet_kit.errors import KitError
 DEFAULT_OUTPUT_DIR = Path("runs")
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+LAST_PREVIOUS = "last.prev.pt"  # the last.pt before the newest, kept in case the newest is cut short
 EXPORT = "export"
 MODEL_INFO = "model.json"
 BEST_IN_RUN = f"{CHECKPOINTS}/{BEST}"  # for messages: what a run folder given as a checkpoint stands for
@@ -83,6 +84,12 @@ class RunFolder:
     best = property(lambda self: self.checkpoints / BEST)
     export = property(lambda self: ExportFolder(self.root / EXPORT))
     space = property(lambda self: self.root / "space")
+
+    @property
+    def records(self) -> tuple[Path, ...]:
+        """The small files a run keeps of itself: what a mirror copies and a node without them is sent."""
+        return (self.config, self.env, self.metrics, self.lr_find_json, self.lr_find_png, self.schedule_png,
+                self.curves_png)
 
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / name

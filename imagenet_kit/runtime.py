@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import functools
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -14,6 +15,9 @@ import torch.distributed as dist
 
 from imagenet_kit.config import ConfigError
 from imagenet_kit.environment import cpu_has_native_bf16, cpu_model
+from imagenet_kit.errors import KitError
+
+FRESH_STORE_KEY = "imagenet-kit/worker-store-port"
 
 
 @dataclass
@@ -22,6 +26,8 @@ class Runtime:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    node: int = 0  # torchrun's GROUP_RANK: which machine of the job this process runs on
+    nodes: int = 1  # torchrun's GROUP_WORLD_SIZE: how many machines take part
 
     @property
     def distributed(self) -> bool:
@@ -44,9 +50,38 @@ def init_runtime(timeout_minutes: float = 30.0) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
-    return Runtime(device, rank, local_rank, world_size)
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        store = _fresh_store(rank, world_size, timeout) if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" \
+            else None
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, store=store,
+                                rank=rank if store else -1, world_size=world_size if store else -1)
+    return Runtime(device, rank, local_rank, world_size, int(os.environ.get("GROUP_RANK", "0")),
+                   int(os.environ.get("GROUP_WORLD_SIZE", "1")))
+
+
+def _fresh_store(rank: int, world_size: int, timeout: datetime.timedelta):
+    """A key-value store of this start of the worker group alone, for the process group to meet in.
+
+    torchrun's workers meet in its agent's store, which outlives a restart (``--max-restarts``): the restarted
+    workers then read the addresses their dead predecessors left there, and gloo waits on them until its timeout
+    (torch 2.14, one node or several). So rank 0 serves a new store on a free port and leaves its address in the
+    agent's store; the other ranks take that address once a store answers there: an address left by a previous
+    start refuses the connection, since the agent ends every worker before it starts new ones."""
+    host, agent_port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = dist.TCPStore(host, agent_port, world_size, is_master=False, timeout=timeout)
+    if rank == 0:
+        store = dist.TCPStore(host, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        agent.set(FRESH_STORE_KEY, f"{store.port}")
+        return store
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        port = int(agent.get(FRESH_STORE_KEY))
+        try:
+            return dist.TCPStore(host, port, world_size, is_master=False, timeout=datetime.timedelta(seconds=5))
+        except (RuntimeError, dist.DistStoreError):  # a previous start's address: nothing listens there now
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def launched_by_torchrun() -> bool:
@@ -154,3 +189,25 @@ def mean_across_ranks(value: float, runtime: Runtime) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=runtime.device)
     dist.all_reduce(t)
     return float(t.item()) / runtime.world_size
+
+
+def on_every_rank(check, runtime: Runtime):
+    """``check()`` on every rank, and its KitError, if any rank raised one, on all of them: each rank of a job
+    checks its own node's files (betons, checkpoints), and a rank that failed alone would leave the others
+    waiting in their next collective until the process group's timeout (30 minutes), without a line printed.
+    Returns what ``check`` returned."""
+    failure, value = None, None
+    try:
+        value = check()
+    except KitError as err:
+        failure = err
+    if runtime.distributed:
+        gathered: list = [None] * runtime.world_size
+        dist.all_gather_object(gathered, (runtime.node, None if failure is None else str(failure)))
+        others = [(rank, node, message) for rank, (node, message) in enumerate(gathered) if message is not None]
+        if failure is None and others:
+            rank, node, message = others[0]
+            raise KitError(f"rank {rank} on node {node}: {message}")
+    if failure is not None:
+        raise failure
+    return value

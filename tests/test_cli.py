@@ -129,7 +129,16 @@ def test_make_full_with_nproc_runs_torchrun():
                           env=make_env())
     assert proc.returncode == 0
     assert "prepare --recipe full --data \"x\"" in proc.stdout  # conversion outside torchrun
-    assert "torchrun --nproc_per_node=8 -m imagenet_kit run --recipe full --data \"x\"" in proc.stdout
+    assert "imagenet-kit launch --nnodes=1 --nproc_per_node=8 --standalone --max-restarts=3" in proc.stdout
+    assert "-m imagenet_kit run --recipe full --data \"x\"" in proc.stdout
+
+
+@pytest.mark.slow
+def test_make_full_on_several_nodes_needs_the_address_of_node_0():
+    proc = subprocess.run(["make", "full", "DATA=x", "NNODES=2"], cwd=REPO, capture_output=True, text=True,
+                          env=make_env())
+    assert proc.returncode == 2
+    assert "NNODES=2 needs MASTER_ADDR=" in proc.stdout
 
 
 # prepare and run found this before; train and lr-find trained on the betons of another root without a word

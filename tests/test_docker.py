@@ -104,7 +104,8 @@ def test_train_service_reserves_gpus_and_needs_its_profile():
     volumes = train["volumes"]
     assert "${DATA:-./data}:/data:ro" in volumes
     assert "./runs:/workspace/runs" in volumes and "./betons:/workspace/betons" in volumes
-    assert set(train["environment"]) >= {"RECIPE", "NPROC"}
+    assert set(train["environment"]) >= {"RECIPE", "NPROC", "NNODES", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS"}
+    assert train["network_mode"] == "host"  # several nodes connect to each other's ports
     assert "DATA" not in train["environment"]  # make would read it and `mini` would leave the sample
     assert train["entrypoint"] == ["train-entrypoint"] and train["command"][0] == "full"
 
@@ -115,7 +116,11 @@ def test_train_service_reserves_gpus_and_needs_its_profile():
                 "/opt/venv/bin/imagenet-kit run --recipe full --data \"/data\""]),
     ({"NPROC": "8", "RECIPE": "g4dn-t4"}, None,
      ["/opt/venv/bin/imagenet-kit prepare --recipe g4dn-t4 --data \"/data\"",
-      "/opt/venv/bin/torchrun --nproc_per_node=8 -m imagenet_kit run --recipe g4dn-t4 --data \"/data\""]),
+      "/opt/venv/bin/imagenet-kit launch --nnodes=1 --nproc_per_node=8 --standalone --max-restarts=3",
+      "-m imagenet_kit run --recipe g4dn-t4 --data \"/data\""]),
+    ({"NNODES": "2", "MASTER_ADDR": "10.0.0.5", "MAX_RESTARTS": "1"}, None,  # the same on each node
+     ["/opt/venv/bin/imagenet-kit launch --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d "
+      "--rdzv_endpoint=10.0.0.5:29500 --rdzv_id=full --max-restarts=1"]),
     ({}, ["mini"], ["/opt/venv/bin/imagenet-kit run --recipe sample"]),  # the smoke test of docs/deploy.md
 ])
 @pytest.mark.slow

@@ -30,6 +30,7 @@ def _cases(tmp):
         "space": (["space", "--output-dir", str(empty)], "no run with an export found"),
         "run": (["run", "--set", "train.epochs=abc"], "train.epochs: expected int"),
         "plan": (["plan", "--target", "99"], "no recipe has a published top-1 of 99%"),
+        "launch": (["launch", "--nnodes=2"], "torchrun: the following arguments are required: training_script"),
         "bench train": (["bench", "train", "--set", "model.arch=resnet18"], "model.arch"),
         "bench data": (["bench", "data", "--src", str(empty), "--out", str(tmp / "bench-betons")], "empty"),
         "bench convert": (["bench", "convert", "--src", str(empty), "--settings", "256:1"],
@@ -47,7 +48,7 @@ def _cases(tmp):
 
 
 COMMANDS = ["subset", "convert", "prepare", "verify", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
-            "bench train", "bench data", "bench convert", "bench demo", "bench run", "bench report", "bench lr-sweep",
+            "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run", "bench report", "bench lr-sweep",
             "bench gpu-evidence", "bench gpu-bundle", "usage"]
 
 

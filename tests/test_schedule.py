@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -90,3 +92,39 @@ def test_onecycle_with_a_warm_up_under_one_step_names_the_way_out():
     with pytest.raises(ConfigError, match=r"pct_start 0.25 x 4 steps\) is under one step"):  # one error line
         create_scheduler(torch.optim.SGD([p], lr=1), OptimConfig(), 1.0, 1, 4)
     create_scheduler(torch.optim.SGD([p], lr=1), OptimConfig(), 1.0, 1, 5)  # 1.25 steps of warm-up: fine
+
+
+def _lrs(optim: OptimConfig, epochs: int, steps_per_epoch: int, epoch_changes, steps: int) -> list[float]:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0, momentum=0.9)
+    scheduler = create_scheduler(optimizer, optim, 1.0, epochs, steps_per_epoch, epoch_changes)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_more_epochs_stretch_the_rest_of_flat_cos_from_the_step_reached():
+    # planned 3 x 4 = 12 steps (flat until step 9, cosine to 0 at 12), lengthened to 5 epochs at step 10
+    lrs = _lrs(OptimConfig(schedule="flat_cos", flat_fraction=0.75), 5, 4, [(10, 12)], 20)
+    planned = _lrs(OptimConfig(schedule="flat_cos", flat_fraction=0.75), 3, 4, [], 12)
+    assert lrs[:10] == planned[:10]  # the steps already trained, unchanged
+    # then the cosine's rest (steps 10 -> 12 of 3 - 0.75 x 12 = 3 cosine steps) over steps 10 -> 20
+    for step in range(10, 20):
+        x = 10 + (step - 10) * 2 / 10
+        assert lrs[step] == pytest.approx(0.5 * (1 + math.cos(math.pi * (x - 9) / 3))), step
+    assert lrs[10] == pytest.approx(planned[10])  # no jump where it changed
+    assert lrs[10] == pytest.approx(0.75) and lrs[19] == pytest.approx(0.5 * (1 + math.cos(math.pi * 2.8 / 3)))
+
+
+def test_two_changes_compose_and_step_schedules_go_on_with_their_decay():
+    # linear from 1 to 0 over 10 steps (peak at step 0), lengthened at step 4 to 16 steps, then at step 10 to 22
+    lrs = _lrs(OptimConfig(schedule="linear", peak_epoch=0), 11, 2, [(4, 10), (10, 16)], 22)
+    assert lrs[3] == pytest.approx(0.7)  # the first plan: 1 - 3/10
+    assert lrs[7] == pytest.approx(1 - (4 + 3 * 6 / 12) / 10)  # the rest of it over 12 steps instead of 6
+    assert lrs[10] == pytest.approx(0.3) and lrs[16] == pytest.approx(0.15)  # and that rest over 12 instead of 6
+    assert lrs[21] == pytest.approx(1 - (4 + (10 + 11 * 0.5 - 4) * 0.5) / 10)
+    step = _lrs(OptimConfig(schedule="step", step_epochs=2, step_gamma=0.1), 6, 5, [(20, 20)], 30)
+    assert step[19] == pytest.approx(0.1) and step[20] == pytest.approx(0.01) and step[29] == pytest.approx(0.01)

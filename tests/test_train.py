@@ -319,3 +319,52 @@ def test_resume_into_other_settings_is_one_error_and_changes_nothing(tiny_config
     capsys.readouterr()
     assert train(tiny_config, CPU, resume="auto")["epoch"] == 0
     assert "resume: changed since the checkpoint: train.val_batch_size 16 -> 8" in capsys.readouterr().err
+
+
+def _recorded_lrs(monkeypatch) -> list[float]:
+    """The LR of every step trained from now on (read from the optimizer just before its step)."""
+    from imagenet_kit.engine import train as train_module
+
+    lrs, step = [], train_module.train_step
+
+    def recording(model, batch, labels, criterion, optimizer, *args):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return step(model, batch, labels, criterion, optimizer, *args)
+
+    monkeypatch.setattr(train_module, "train_step", recording)
+    return lrs
+
+
+def test_more_epochs_under_flat_cos_go_on_from_the_lr_reached(tiny_config, monkeypatch, capsys):
+    """3 epochs x 4 steps stopped at step 10 (in the cosine part), resumed with 5 epochs: the first 10 steps as
+    planned, then the cosine's rest stretched over the 10 steps left, with no jump."""
+    import math
+
+    tiny_config.optim.schedule, tiny_config.optim.flat_fraction = "flat_cos", 0.75
+    tiny_config.train.epochs, tiny_config.train.max_steps = 3, 10
+    lrs = _recorded_lrs(monkeypatch)
+    train(tiny_config, CPU)
+    tiny_config.train.epochs, tiny_config.train.max_steps = 5, 0
+    train(tiny_config, CPU, resume="auto")
+    assert "train.epochs 3 -> 5" in capsys.readouterr().err
+    peak = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")["max_lr"]
+
+    def cosine(x: float) -> float:  # the planned curve: flat to step 9, then down to 0 at step 12
+        return 1.0 if x < 9 else 0.5 * (1 + math.cos(math.pi * (x - 9) / 3))
+
+    assert len(lrs) == 20
+    expected = [cosine(s) for s in range(10)] + [cosine(10 + (s - 10) * 2 / 10) for s in range(10, 20)]
+    assert lrs == pytest.approx([peak * f for f in expected])
+    assert lrs[10] == pytest.approx(peak * cosine(10))  # where the 3-epoch run would have gone on
+    state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["global_step"]) == (5, 20) and state["epoch_changes"] == [(10, 12)]
+
+
+def test_more_epochs_after_a_finished_flat_cos_run_are_refused(tiny_config):
+    from imagenet_kit.errors import ConfigError
+
+    tiny_config.optim.schedule, tiny_config.train.epochs = "flat_cos", 1
+    train(tiny_config, CPU)
+    tiny_config.train.epochs = 2
+    with pytest.raises(ConfigError, match=r"train.epochs 1 -> 2: .* has finished its flat_cos schedule.*model.init="):
+        train(tiny_config, CPU, resume="auto")

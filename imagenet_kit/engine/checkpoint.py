@@ -14,7 +14,7 @@ import torch
 
 from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console
-from imagenet_kit.runs import BEST, CHECKPOINTS, LAST, RunFolder
+from imagenet_kit.runs import BEST, CHECKPOINTS, LAST, LAST_PREVIOUS, RunFolder
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
 
@@ -26,7 +26,7 @@ class CheckpointError(KitError):
 def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> None:
     """torch.save to a temp file, fsync, then rename over ``path``: a kill at any moment leaves either
     the old file or the new one, never a torn one. ``keep_previous`` first renames the old file to
-    ``<name>.prev.pt`` so that one bad write still leaves a good checkpoint to resume from."""
+    ``last.prev.pt`` so that one bad write still leaves a good checkpoint to resume from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
@@ -34,7 +34,7 @@ def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> Non
         handle.flush()
         os.fsync(handle.fileno())
     if keep_previous and path.exists():
-        os.replace(path, path.with_name(path.stem + ".prev.pt"))
+        os.replace(path, path.with_name(LAST_PREVIOUS))
     os.replace(tmp, path)
 
 

@@ -16,15 +16,11 @@ from imagenet_kit.data.convert import check_same_classes, read_classes
 from imagenet_kit.data.loaders import create_train_loader, create_val_loader
 from imagenet_kit.data.prepare import require_betons
 from imagenet_kit.engine import plots
-from imagenet_kit.engine.checkpoint import (
-    find_resume_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from imagenet_kit.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from imagenet_kit.engine.init_weights import init_model
 from imagenet_kit.engine.lr_find import auto_lr
+from imagenet_kit.engine.mirror import Mirror
+from imagenet_kit.engine.resume import resume_state, say_layout
 from imagenet_kit.engine.resume_checks import check_resumable
 from imagenet_kit.environment import environment, write_json
 from imagenet_kit.models.factory import model_on_device
@@ -32,7 +28,7 @@ from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 from imagenet_kit.progress import console
 from imagenet_kit.runs import LAST
-from imagenet_kit.runtime import Runtime, precision_name, resolve_precision
+from imagenet_kit.runtime import Runtime, on_every_rank, precision_name, resolve_precision
 
 
 @dataclass
@@ -63,13 +59,15 @@ class Training:
     max_lr: float
     steps_per_epoch: int
     position: Position
+    epoch_changes: list[tuple[int, int]]  # (step, total steps before) of each resume that changed train.epochs
+    mirror: Mirror | None  # rank 0's copy of each checkpoint elsewhere (train.mirror)
 
     def save_checkpoint(self, epoch: int, step: int, metrics: dict | None, name: str = LAST,
                         partial: tuple[float, int] | None = None) -> None:
         """Rank 0 writes model, optimizer, scheduler, scaler, position, RNG, config and classes atomically."""
         if not self.runtime.is_main:
             return
-        save_checkpoint({
+        state = {
             # the running train loss of an unfinished epoch, so a resumed epoch reports the same mean
             "partial_epoch": {"loss_sum": partial[0], "steps": partial[1]} if partial else None,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -77,21 +75,29 @@ class Training:
             "epoch": epoch, "step": step, "global_step": self.position.global_step, "rng": rng_state(),
             "config": self.cfg.to_dict(), "classes": self.classes, "best_top1": self.position.best_top1,
             "metrics": metrics, "max_lr": self.max_lr, "world_size": self.runtime.world_size,
-        }, self.cfg.run.checkpoint(name), keep_previous=(name == LAST))
+            "epoch_changes": self.epoch_changes,
+        }
+        path = self.cfg.run.checkpoint(name)
+        save_checkpoint(state, path, keep_previous=(name == LAST))
+        if self.mirror is not None:
+            self.mirror.push(path, state)
 
 
 def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Training:
     torch.manual_seed(cfg.train.seed + runtime.rank)
     np.random.seed(cfg.train.seed + runtime.rank)
-    require_betons(cfg)  # and that a batch fits them: before the run folder exists
-    resumed_from, state = _resume_state(cfg, resume)
+    on_every_rank(lambda: require_betons(cfg), runtime)  # and that a batch fits them: before the run folder exists
+    mirror = Mirror(cfg.train.mirror, cfg.run) if cfg.train.mirror and runtime.is_main else None
+    resumed_from, state = resume_state(cfg.run, runtime, resume, mirror)
     train_beton, val_beton = cfg.betons
     if state is not None:  # before anything in the run folder changes
-        check_same_classes(state["classes"], train_beton, "the checkpoint resumed from")
-        check_resumable(state["config"], cfg, resumed_from)
+        changes = on_every_rank(lambda: _check_resumable(state, cfg, train_beton, resumed_from), runtime)
+        if changes and runtime.is_main:
+            console.print(f"resume: changed since the checkpoint: {changes}")
     if runtime.is_main:
         cfg.run.checkpoints.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, cfg.run.config)
+    say_layout(cfg.run, runtime)
     classes = read_classes(train_beton)
     workers = cfg.data.workers
     model = _model(cfg, runtime, classes, fresh=state is None)
@@ -109,15 +115,16 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
         write_json(cfg.run.env, {**environment(runtime.device, runtime.world_size),
                                   "precision": precision_name(amp_dtype)})
     steps_per_epoch = len(train_loader)  # at least 1: require_betons checked that a batch fits
+    epoch_changes = _epoch_changes(state, cfg, steps_per_epoch)
     optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult), cfg.optim,
                                  max_lr)
-    scheduler = create_scheduler(optimizer, cfg.optim, max_lr, cfg.train.epochs, steps_per_epoch)
+    scheduler = create_scheduler(optimizer, cfg.optim, max_lr, cfg.train.epochs, steps_per_epoch, epoch_changes)
     t = Training(cfg=cfg, runtime=runtime, classes=classes, model=model,
                  step_model=_step_model(cfg, runtime, model), optimizer=optimizer, scheduler=scheduler,
                  scaler=torch.amp.GradScaler(runtime.device.type, enabled=use_scaler),
                  criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
                  train_loader=train_loader, val_loader=val_loader, amp_dtype=amp_dtype, max_lr=max_lr,
-                 steps_per_epoch=steps_per_epoch, position=Position())
+                 steps_per_epoch=steps_per_epoch, position=Position(), epoch_changes=epoch_changes, mirror=mirror)
     if state is not None:
         _restore(t, state)
     elif runtime.is_main:
@@ -125,16 +132,21 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     return t
 
 
-def _resume_state(cfg: RunConfig, resume: str | None) -> tuple[Path | None, dict | None]:
-    """(the checkpoint resumed from, its state), or (None, None) for a fresh run."""
-    if resume == "auto":
-        found = find_resume_checkpoint(cfg.run_dir)
-        if found:
-            path, state = found
-            console.print(f"resuming from {path} (epoch {state['epoch']}, step {state['step']})")
-            return path, state
-        return None, None
-    return (Path(resume), load_checkpoint(Path(resume))) if resume else (None, None)
+def _check_resumable(state: dict, cfg: RunConfig, train_beton: Path, checkpoint: str) -> str:
+    check_same_classes(state["classes"], train_beton, "the checkpoint resumed from")
+    return check_resumable(state, cfg, checkpoint)
+
+
+def _epoch_changes(state: dict | None, cfg: RunConfig, steps_per_epoch: int) -> list[tuple[int, int]]:
+    """The checkpoint's changes of the epoch count, and this resume's if it changes it (``check_resumable``
+    allowed it): the schedule goes on from the step it had reached."""
+    if state is None:
+        return []
+    changes = [tuple(change) for change in state.get("epoch_changes", [])]
+    before = state["config"]["train"]["epochs"]
+    if before != cfg.train.epochs:
+        changes.append((state["global_step"], before * steps_per_epoch))
+    return changes
 
 
 def _model(cfg: RunConfig, runtime: Runtime, classes: list[dict], fresh: bool) -> torch.nn.Module:

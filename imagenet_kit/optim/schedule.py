@@ -13,7 +13,7 @@ from imagenet_kit.optim.optimizers import create_optimizer
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_lr: float, epochs: int,
-                     steps_per_epoch: int) -> LRScheduler:
+                     steps_per_epoch: int, epoch_changes: list[tuple[int, int]] = ()) -> LRScheduler:
     """``optim.schedule`` over ``epochs * steps_per_epoch`` optimizer steps, peaking at ``max_lr``.
 
     - ``onecycle``: torch's OneCycleLR (Smith 2018), cosine annealing, momentum cycled inversely.
@@ -23,6 +23,9 @@ def create_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_l
     - ``flat_cos``: fastai's ``fit_flat_cos``: ``max_lr`` for the first ``flat_fraction`` of the steps,
       then half a cosine down to 0 at the last step. No warm-up: pair it with RAdam, whose rectified
       update is small while its variance estimate is young (fastai uses Ranger, RAdam + Lookahead).
+
+    ``epoch_changes``: (step, total steps before) for each resume that changed ``train.epochs`` (not onecycle:
+    ``resume_checks`` refuses it there); see ``changed_epochs``.
 
     A param group with an ``lr_mult`` key (the head's, see ``optimizers.param_groups``) follows the same curve
     scaled by it. The schedule's name was checked against ``config_checks.SCHEDULES`` when the config loaded.
@@ -39,7 +42,31 @@ def create_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_l
     for group, peak in zip(optimizer.param_groups, peaks, strict=False):
         group["lr"] = peak
         group["initial_lr"] = peak
-    return LambdaLR(optimizer, _LR_FACTORS[optim.schedule](optim, total, steps_per_epoch))
+    return LambdaLR(optimizer, _lr_factor(optim, total, steps_per_epoch, list(epoch_changes)))
+
+
+# The schedules a resumed run may lengthen or shorten (``train.epochs``): their curve is a function of the step
+# that can go on continuously. OneCycleLR's total is fixed once it is built.
+CHANGEABLE_EPOCHS = ("linear", "flat_cos", "step")
+
+
+def _lr_factor(optim: OptimConfig, total: int, steps_per_epoch: int, epoch_changes: list[tuple[int, int]]):
+    """LambdaLR's factor at each step, with each change of the epoch count applied in turn (``changed_epochs``)."""
+    totals = [before for _, before in epoch_changes] + [total]
+    factor = _LR_FACTORS[optim.schedule](optim, totals[0], steps_per_epoch)
+    if optim.schedule == "step":  # a function of the step alone: more epochs go on with its decay
+        return factor
+    for (start, before), after in zip(epoch_changes, totals[1:], strict=True):
+        factor = changed_epochs(factor, start, before, after)
+    return factor
+
+
+def changed_epochs(factor, start: int, before: int, after: int):
+    """A curve planned for ``before`` steps, changed at step ``start`` to end at step ``after``: the same up to
+    ``start``, then the rest of it (``start`` to ``before``) stretched over ``start`` to ``after``. The LR thus
+    goes on from where it was, with no jump, and still ends where the schedule ends (0 for linear and flat_cos)."""
+    ratio = (before - start) / (after - start)
+    return lambda step: factor(step) if step < start else factor(start + (step - start) * ratio)
 
 
 def _linear(optim: OptimConfig, total: int, steps_per_epoch: int):
