@@ -86,19 +86,24 @@ def _tiny_imagefolder(dst: Path, classes: int, train_per_class: int, val_per_cla
     return dst
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> dict:
-    """4 classes, 8 train + 4 val real images each, converted to betons at max side 64."""
+def tiny_betons(base: Path, name: str, train_per_class: int) -> dict:
+    """4 classes, ``train_per_class`` train + 4 val real images each, converted to ``<name>-{train,val}-64.beton``
+    in ``base``/betons; returns the image root and the beton folder."""
     from imagenet_kit.data.convert import convert
     from imagenet_kit.data.sources import scan_imagefolder
 
-    base = tmp_path_factory.mktemp("tiny")
-    root = _tiny_imagefolder(base / "images", classes=4, train_per_class=8, val_per_class=4)
+    root = _tiny_imagefolder(base / "images", classes=4, train_per_class=train_per_class, val_per_class=4)
     betons = base / "betons"
-    convert(scan_imagefolder(root / "train"), betons / "tiny-train-64.beton", max_res=64, workers=1)
+    convert(scan_imagefolder(root / "train"), betons / f"{name}-train-64.beton", max_res=64, workers=1)
     classes = [p.name for p in sorted((root / "train").iterdir())]
-    convert(scan_imagefolder(root / "val", classes), betons / "tiny-val-64.beton", max_res=64, workers=1)
+    convert(scan_imagefolder(root / "val", classes), betons / f"{name}-val-64.beton", max_res=64, workers=1)
     return {"root": root, "beton_dir": betons}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """4 classes, 8 train + 4 val real images each, converted to betons at max side 64."""
+    return tiny_betons(tmp_path_factory.mktemp("tiny"), "tiny", train_per_class=8)
 
 
 def tiny_overrides(tiny_data: dict, output_dir: Path) -> list[str]:

@@ -77,6 +77,8 @@ def unknown_words(words: list[str]) -> list[str]:
                 return []
             return [f"no command {name!r}"]
         command = sub
+    if command.ignore_unknown_options:  # `launch`: torchrun's own arguments
+        return problems
     options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)} | {"--help"}
     for word in words:
         if word.startswith("--") and word.split("=", 1)[0] not in options:

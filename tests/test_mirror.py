@@ -91,3 +91,18 @@ def test_a_fresh_instance_resumes_from_an_s3_mirror_at_the_same_step(s3_server, 
     assert (state["epoch"], state["global_step"]) == (2, 8)
     records = Mirror(s3_server, tiny_config.run).complete_checkpoints()
     assert [r["name"] for r in records][:1] == ["last.pt"] and records[0]["global_step"] == 8
+
+
+@pytest.mark.parametrize("url, named", [("nosuch://bucket/runs", "nosuch"), ("s3://bucket/runs", "s3fs")])
+def test_a_mirror_url_the_kit_cannot_use_is_one_error_before_training(tiny_config, monkeypatch, url, named):
+    from imagenet_kit.errors import ConfigError
+
+    if url.startswith("s3"):  # as on a machine without s3fs
+        import sys
+
+        monkeypatch.setitem(sys.modules, "s3fs", None)  # its import fails
+        monkeypatch.delitem(sys.modules["fsspec.registry"]._registry, "s3", raising=False)
+    tiny_config.train.mirror = url
+    with pytest.raises(ConfigError, match=rf"train.mirror {url}: .*{named}"):
+        train(tiny_config, CPU)
+    assert not tiny_config.run_dir.exists()

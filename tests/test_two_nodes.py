@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import _tiny_imagefolder
+from conftest import tiny_betons
 
 from imagenet_kit.engine.checkpoint import CheckpointError, load_checkpoint
 
@@ -35,16 +35,7 @@ HANG_S = 300  # a node waiting on the other would sit out the process group's 30
 @pytest.fixture(scope="module")
 def betons(tmp_path_factory) -> Path:
     """tiny21's betons (a copy goes into each node's folder), converted from images whose root is this folder's."""
-    from imagenet_kit.data.convert import convert
-    from imagenet_kit.data.sources import scan_imagefolder
-
-    base = tmp_path_factory.mktemp("nine")
-    root = _tiny_imagefolder(base / "images", classes=4, train_per_class=21, val_per_class=4)
-    out = base / "betons"
-    convert(scan_imagefolder(root / "train"), out / "tiny21-train-64.beton", max_res=64, workers=1)
-    classes = [p.name for p in sorted((root / "train").iterdir())]
-    convert(scan_imagefolder(root / "val", classes), out / "tiny21-val-64.beton", max_res=64, workers=1)
-    return out
+    return tiny_betons(tmp_path_factory.mktemp("tiny21"), "tiny21", train_per_class=21)["beton_dir"]
 
 
 def _root(betons: Path) -> str:

@@ -207,6 +207,7 @@ def wait_for_epochs(metrics: Path, epochs: int, limit_s: float = 900) -> None:
 def check_stop_and_resume(compose: list[str], work: Path) -> str:
     from imagenet_kit.engine.checkpoint import load_checkpoint
     run = work / "runs" / "resume"
+    shutil.rmtree(run, ignore_errors=True)  # a finished run of an earlier check would resume to its end at once
     set_resume_service(work)
     sh(*compose, "--profile", "train", "up", "-d", "train")
     train = container("train")

@@ -87,7 +87,8 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     torch.manual_seed(cfg.train.seed + runtime.rank)
     np.random.seed(cfg.train.seed + runtime.rank)
     on_every_rank(lambda: require_betons(cfg), runtime)  # and that a batch fits them: before the run folder exists
-    mirror = Mirror(cfg.train.mirror, cfg.run) if cfg.train.mirror and runtime.is_main else None
+    mirror = on_every_rank(lambda: Mirror(cfg.train.mirror, cfg.run) if cfg.train.mirror and runtime.is_main
+                           else None, runtime)  # a bad URL stops every rank, not rank 0 alone
     resumed_from, state = resume_state(cfg.run, runtime, resume, mirror)
     train_beton, val_beton = cfg.betons
     if state is not None:  # before anything in the run folder changes
