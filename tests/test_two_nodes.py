@@ -19,6 +19,7 @@ import pytest
 from conftest import tiny_betons
 
 from imagenet_kit.engine.checkpoint import CheckpointError, load_checkpoint
+from imagenet_kit.engine.train import WAITING
 
 pytestmark = pytest.mark.slow
 # 4 classes x 21 images, batch 2 per node: 21 steps per epoch, so the loop's first check (at step 20, where it
@@ -130,8 +131,8 @@ def _stop_with_sigterm(folders: list[Path], betons: Path) -> None:
     """Start, and send SIGTERM to both launchers once training has begun: the stop lands at the loop's first check
     (global step 20: epoch 1, step 20 of 21)."""
     procs = _launch(folders, betons, _free_port())
-    _wait_for(lambda: any((f / "runs" / "two" / "env.json").is_file() for f in folders), procs, "training start")
-    time.sleep(1.0)  # past the setup, whose last step installs the stop handler
+    # rank 0's first progress line comes after the stop handler is installed, and seconds before step 20
+    _wait_for(lambda: any(WAITING in p.log.read_text() for p in procs), procs, "training start")
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     for code, text in _finish(procs):
