@@ -86,6 +86,7 @@ def s3_server():
     server.stop()
 
 
+@pytest.mark.slow  # moto's S3 server and two trainings: 15 s on 2 cores
 def test_a_fresh_instance_resumes_from_an_s3_mirror_at_the_same_step(s3_server, tiny_config, capsys):
     state = _stopped_then_resumed_on_a_fresh_instance(tiny_config, s3_server, capsys)
     assert (state["epoch"], state["global_step"]) == (2, 8)
