@@ -90,10 +90,12 @@ space: setup
 	$(KIT) space $(if $(RUN),--run "$(RUN)") $(ARGS)
 
 # One pytest worker per core (TEST_WORKERS=1: one process). --dist loadscope sends each test module to one
-# worker, so that a module's shared fixtures (a torchrun launch, the installed kit's sample run) are built once.
+# worker, so that a module's shared fixtures (a torchrun launch, the installed kit's sample run) are built once;
+# --no-loadscope-reorder keeps the modules in conftest's longest-first order (xdist would sort them by their number
+# of tests, and a long module of few tests, the two-node one, then ran alone at the end).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: lint browser-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(ARGS)
 
 # The unit tier for the edit loop: no test marked slow (those start processes, build venvs or run torchrun).
 test-fast: setup
