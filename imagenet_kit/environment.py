@@ -16,8 +16,14 @@ import torch
 
 def write_json(path: Path, data) -> None:
     """Write atomically: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    write_bytes(path, json.dumps(data, indent=1).encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write atomically (a temporary file beside it, then a rename), making its folder if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -5,6 +5,7 @@ epoch already done), global_step, rng, config, classes, best_top1, metrics, max_
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -36,6 +37,15 @@ def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> Non
     if keep_previous and path.exists():
         os.replace(path, path.with_name(LAST_PREVIOUS))
     os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks: what tells two copies of a checkpoint apart."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -9,22 +9,15 @@ bytes differ from it, is a copy that was cut off, and a resume passes it by for 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from imagenet_kit.engine.checkpoint import file_digest
+from imagenet_kit.environment import write_bytes
 from imagenet_kit.errors import ConfigError
 from imagenet_kit.progress import console
 from imagenet_kit.runs import BEST, CHECKPOINTS, LAST, LAST_PREVIOUS, RunFolder
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Mirror:
@@ -50,7 +43,7 @@ class Mirror:
             self._push_checkpoint(checkpoint, state)
             for record in self.run.records:
                 if record.is_file():
-                    self._put(record, record.name)
+                    self._pipe(record.read_bytes(), record.name)
         except Exception as err:  # any store error: network, credentials, a full disk
             console.print(f"[yellow]warning:[/] mirror: could not copy {checkpoint.name} to {self.url} "
                           f"({type(err).__name__}: {err}); training goes on and the next checkpoint tries again")
@@ -69,9 +62,6 @@ class Mirror:
         self.fs.mv(partial, self._path(name))
         self._pipe(json.dumps(record).encode(), name + ".json")  # last: the copy is complete
 
-    def _put(self, local: Path, name: str) -> None:
-        self._pipe(local.read_bytes(), name)
-
     def _pipe(self, data: bytes, name: str) -> None:
         tmp = self._path(f".{name.replace('/', '_')}.partial")
         self.fs.pipe_file(tmp, data)
@@ -89,15 +79,16 @@ class Mirror:
     def fetch_newer(self, local_step: int) -> Path | None:
         """Download the newest complete checkpoint if it is further on than ``local_step`` (the run folder's
         newest, -1 for none), with the run's records and its best.pt; returns its local path."""
-        for record in self.complete_checkpoints():
+        records = self.complete_checkpoints()
+        for record in records:
             if record["global_step"] <= local_step:
                 return None
             path = self._fetch(record)
             if path is not None:
-                self._fetch_best()
+                self._fetch_best([r for r in records if r["name"] == BEST])
                 for local in self.run.records:
                     if self.fs.exists(self._path(local.name)):
-                        _write_atomic(local, self.fs.cat_file(self._path(local.name)))
+                        write_bytes(local, self.fs.cat_file(self._path(local.name)))
                 console.print(f"mirror: fetched {self.url.rstrip('/')}/{self.run.root.name}/{CHECKPOINTS}/"
                               f"{record['name']} (epoch {record['epoch']}, step {record['step']})")
                 return path
@@ -118,15 +109,7 @@ class Mirror:
         os.replace(tmp, local)
         return local
 
-    def _fetch_best(self) -> None:
-        records = [r for r in self.complete_checkpoints() if r["name"] == BEST]
+    def _fetch_best(self, records: list[dict]) -> None:
         local = self.run.checkpoints / BEST
         if records and not (local.is_file() and file_digest(local) == records[0]["sha256"]):
             self._fetch(records[0])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -9,9 +9,7 @@ also gets the run's records and best.pt, so that its run folder goes on from the
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import socket
 import uuid
 from dataclasses import dataclass
@@ -20,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from imagenet_kit.engine.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+from imagenet_kit.engine.checkpoint import CheckpointError, file_digest, find_resume_checkpoint, load_checkpoint
 from imagenet_kit.engine.mirror import Mirror
+from imagenet_kit.environment import write_bytes
 from imagenet_kit.progress import console
 from imagenet_kit.runs import BEST, CHECKPOINTS, LAST, RunFolder
 from imagenet_kit.runtime import Runtime, on_every_rank
@@ -69,13 +68,13 @@ def _held_here(run: RunFolder, runtime: Runtime, resume: str, mirror: Mirror | N
         found = find_resume_checkpoint(run.root)
         if mirror is not None:
             fetched = mirror.fetch_newer(found[1]["global_step"] if found else -1)
-            found = find_resume_checkpoint(run.root) if fetched else found
+            found = (fetched, load_checkpoint(fetched)) if fetched else found
     else:
         found = (Path(resume), load_checkpoint(Path(resume))) if Path(resume).is_file() else None
     if found is None:
         return None
     path, state = found
-    return Held(runtime.rank, runtime.node, str(path), _digest(path.read_bytes()), state["epoch"], state["step"],
+    return Held(runtime.rank, runtime.node, str(path), file_digest(path), state["epoch"], state["step"],
                 state["global_step"]), state
 
 
@@ -87,21 +86,10 @@ def _gather(mine: Held | None, runtime: Runtime) -> list[Held]:
     return [h for h in everyone if h is not None]
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _read_same(choice: Held) -> dict | None:
     """The chosen checkpoint from this rank's disk, if the file there has the same bytes (a shared folder)."""
     path = Path(choice.path)
-    if not path.is_file():
-        return None
-    data = path.read_bytes()
-    return _load_bytes(data) if _digest(data) == choice.digest else None
-
-
-def _load_bytes(data: bytes) -> dict:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return load_checkpoint(path) if path.is_file() and file_digest(path) == choice.digest else None
 
 
 def _send_where_missing(choice: Held, state: dict | None, run: RunFolder, runtime: Runtime) -> dict:
@@ -116,7 +104,7 @@ def _send_where_missing(choice: Held, state: dict | None, run: RunFolder, runtim
     payload = [_payload(choice, run) if runtime.rank == choice.rank else None]
     dist.broadcast_object_list(payload, src=choice.rank)
     if state is None:
-        state = _load_bytes(payload[0]["checkpoint"])
+        state = torch.load(io.BytesIO(payload[0]["checkpoint"]), map_location="cpu", weights_only=False)
         if runtime.local_rank == 0:
             console.print(f"node {runtime.node}: {choice.path} is not on this node's disk; received it from node "
                           f"{choice.node}")
@@ -134,11 +122,7 @@ def _payload(choice: Held, run: RunFolder) -> dict:
 def _write_run_files(run: RunFolder, payload: dict) -> None:
     files = {f"{CHECKPOINTS}/{LAST}": payload["checkpoint"], **payload["files"]}
     for name, data in files.items():
-        path = run.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes(run.root / name, data)
 
 
 def say_layout(run: RunFolder, runtime: Runtime) -> None:

@@ -33,9 +33,10 @@ def check_resumable(state: dict, cfg: RunConfig, checkpoint: str) -> str:
     changes it accepts, for the log ("" for none)."""
     old, new = _settings(config_from_dict(state["config"])), _settings(cfg)
     changed = {key: (old[key], new[key]) for key in new if old[key] != new[key]}
-    refused = [f"{key} {a!r} -> {b!r}" for key, (a, b) in changed.items() if key in FIXED]
-    if "train.epochs" in changed and cfg.optim.schedule in CHANGEABLE_EPOCHS:
-        refused.remove("train.epochs {!r} -> {!r}".format(*changed["train.epochs"]))
+    epochs_may_change = cfg.optim.schedule in CHANGEABLE_EPOCHS
+    fixed = FIXED - {"train.epochs"} if epochs_may_change else FIXED
+    refused = [f"{key} {a!r} -> {b!r}" for key, (a, b) in changed.items() if key in fixed]
+    if "train.epochs" in changed and epochs_may_change:
         _check_epochs_change(state, cfg, checkpoint)
     if refused:
         extend = (f"; more epochs need a schedule that can go on ({', '.join(CHANGEABLE_EPOCHS)}), not "
