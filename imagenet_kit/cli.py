@@ -34,6 +34,7 @@ BENCH_COMMANDS = {
     "run": "imagenet_kit.bench.run:bench_run_command",
     "report": "imagenet_kit.bench.report:report_command",
     "lr-sweep": "imagenet_kit.bench.lr_sweep:lr_sweep_command",
+    "profiles": "imagenet_kit.bench.profiles:profiles_command",
     "gpu-evidence": "imagenet_kit.bench.gpu_evidence:gpu_evidence_command",
     "gpu-bundle": "imagenet_kit.bench.gpu_bundle:gpu_bundle_command",
 }

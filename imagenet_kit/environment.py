@@ -34,6 +34,7 @@ def environment(device: torch.device | None = None, world_size: int = 1) -> dict
     import torchvision
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    git = git_revision()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -45,11 +46,13 @@ def environment(device: torch.device | None = None, world_size: int = 1) -> dict
         "device": device_name(device),
         "gpu_count": torch.cuda.device_count(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "world_size": world_size,
-        "git": git_revision(),
+        "git": git,
+        "git_clean": not git.endswith(("-dirty", "unknown")),  # what ran is exactly that commit
         "command": command_line(),
     }
 
@@ -76,6 +79,20 @@ def cpu_model() -> str:
                 break
     isa = torch.backends.cpu.get_cpu_capability()
     return f"{name} ({isa}{' + BF16' if cpu_has_native_bf16() else ''})"
+
+
+# The vector extensions that decide how fast a CPU trains in each precision, as /proc/cpuinfo names them.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of SPEED_FLAGS this CPU reports, read from /proc/cpuinfo (empty where there is none)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in SPEED_FLAGS if flag in present]
+    return []
 
 
 def git_revision() -> str:

@@ -17,6 +17,10 @@ from imagenet_kit.models.architecture import architecture
 from imagenet_kit.progress import console
 from imagenet_kit.runs import RunFolder
 
+# env.json's keys a row copies when the run has them: precision (since 2026-11-27); the peak LR used and how it
+# was chosen, the CPU's speed flags and whether the tree was clean (since 2026-12-06).
+RECORDED = ("precision", "peak_lr", "lr_rule", "cpu_flags", "git_clean")
+
 
 def run_record(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
@@ -44,7 +48,8 @@ def run_record(run_dir: Path) -> dict:
         "train_minutes": sum(m["epoch_seconds"] for m in epochs) / 60,
         "device": env["device"], "world_size": env["world_size"], "torch_threads": env["torch_threads"],
         "git": env["git"], "command": env["command"], "per_epoch_top1": [m["top1"] for m in epochs],
-        **({"precision": env["precision"]} if "precision" in env else {}),  # env.json has it since 2026-11-27
+        # what ran, as the run recorded it (env.json has each since the date given)
+        **{key: env[key] for key in RECORDED if key in env},
     }
 
 

@@ -114,7 +114,8 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     if runtime.is_main:  # after the loaders: FFCV sets torch's thread count when it builds one
         # the precision `auto` resolved to here: the same recipe runs bf16 on one CPU and fp32 on another
         write_json(cfg.run.env, {**environment(runtime.device, runtime.world_size),
-                                  "precision": precision_name(amp_dtype)})
+                                  "precision": precision_name(amp_dtype), "peak_lr": max_lr,
+                                  "lr_rule": lr_rule(cfg, global_batch)})
     steps_per_epoch = len(train_loader)  # at least 1: require_betons checked that a batch fits
     epoch_changes = _epoch_changes(state, cfg, steps_per_epoch)
     optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.head_lr_mult), cfg.optim,
@@ -131,6 +132,13 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     elif runtime.is_main:
         _plot_schedule(t, global_batch)
     return t
+
+
+def lr_rule(cfg: RunConfig, global_batch: int) -> str:
+    """How the peak LR was chosen, in words a results row can carry beside the number."""
+    if cfg.optim.lr == "auto":
+        return f"LR range test, rule {cfg.lr_find.suggestion}"
+    return f"{cfg.optim.lr:g} per {cfg.optim.lr_batch} images x global batch {global_batch} (linear scaling)"
 
 
 def _check_resumable(state: dict, cfg: RunConfig, train_beton: Path, checkpoint: str) -> str:
