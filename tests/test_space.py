@@ -4,26 +4,27 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from importlib.metadata import version
+from importlib.metadata import distribution, version
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from test_card import write_run_records
 from test_export import PHOTO, make_fake_run  # tests/ is on sys.path (pytest's rootdir-less import)
 
 from imagenet_kit.cli import cli
-from imagenet_kit.config import config_from_dict, dump_config, load_config
-from imagenet_kit.environment import environment, write_json
+from imagenet_kit.config import load_config
 from imagenet_kit.images import load_rgb
-from imagenet_kit.serve import model_card, space
+from imagenet_kit.serve import card, space
 from imagenet_kit.serve.export import export_model
 from imagenet_kit.serve.predict import load_exported
 
@@ -43,13 +44,9 @@ def run(tmp_path_factory) -> Path:
     """A run folder as `imagenet-kit run` leaves it: checkpoint, config.yaml, env.json, eval.json,
     metrics.jsonl, and an export in every format (the Space must take only the TorchScript one)."""
     run = make_fake_run(tmp_path_factory.mktemp("space"))
-    export_model(run / "checkpoints" / "best.pt", run / "export")
-    state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
-    dump_config(config_from_dict(state["config"]), run / "config.yaml")
-    write_json(run / "env.json", environment())
-    write_json(run / "eval.json", {"top1": 0.59, "top5": 0.91, "count": 40, "res": 64, "flip_tta": True,
-                                   "arch": "resnet18", "checkpoint": "runs/fake/checkpoints/best.pt"})
+    write_run_records(run)
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "top1": 0.625, "lr": 0.17}) + "\n")
+    export_model(run / "checkpoints" / "best.pt", run / "export")
     (run / "data.beton").write_bytes(b"not copied")  # stands for training data next to the run
     return run
 
@@ -121,13 +118,22 @@ def test_shipped_modules_import_only_each_other_and_the_requirements(name):
             assert DISTRIBUTION.get(top) in space.REQUIREMENTS, f"{name} imports {top}, not in requirements.txt"
 
 
-def test_requirements_pin_the_installed_inference_packages(folder):
+def test_requirements_pin_the_inference_packages_and_all_they_require(folder):
+    """Nothing left to float: what the shipped modules import, then everything that requires on every platform,
+    at this environment's versions (platform-specific ones, as torch's CUDA libraries, pinned by what needs them)."""
     lines = (folder / "requirements.txt").read_text().split()
-    assert lines == [f"{name}=={version(name).split('+')[0]}" for name in space.REQUIREMENTS]
-    assert not [line for line in lines if line.split("==")[0] in TRAINING_ONLY]
+    pins = dict(line.split("==") for line in lines)
+    assert lines[:len(space.REQUIREMENTS)] == [f"{name}=={version(name).split('+')[0]}" for name in space.REQUIREMENTS]
+    assert all(pins[name] == version(name).split("+")[0] for name in pins)
+    for name in pins:
+        required = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", r)[0]).lower()
+                    for r in distribution(name).requires or [] if ";" not in r}
+        assert required <= set(pins), f"{name} requires {sorted(required - set(pins))}, not pinned"
+    assert {"fastapi", "starlette", "pydantic", "huggingface-hub", "gradio-client", "pandas"} <= set(pins)
+    assert not set(pins) & set(TRAINING_ONLY) and not [name for name in pins if name.startswith("nvidia")]
 
 
-def test_readme_has_the_spaces_header_and_a_model_card(folder, run):
+def test_readme_has_the_spaces_header_and_the_demos_model_card(folder, run):
     text = (folder / "README.md").read_text()
     assert text.startswith("---\n")
     header = yaml.safe_load(text.split("---\n")[1])
@@ -135,15 +141,21 @@ def test_readme_has_the_spaces_header_and_a_model_card(folder, run):
     assert header["sdk"] == "gradio" and header["sdk_version"] == version("gradio")
     assert header["app_file"] == "app.py" and header["pinned"] is False and header["license"]
     assert header["colorFrom"] and header["colorTo"] and header["emoji"]
-    card = text.split("---\n", 2)[2]
+    assert header["suggested_hardware"] == "cpu-basic"
+    body = text.split("---\n", 2)[2]
+    # the card the Space's demo shows in its Model card tab, written from the Space's own model/ files
+    shown = card.card_markdown(*(json.loads((folder / "model" / name).read_text())
+                                 for name in ("model.json", "classes.json", "preprocess.json")))
+    assert shown in body
     env = json.loads((run / "env.json").read_text())
     epochs = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
     for words in ("resnet18", "10 classes", "imagenette-sample", "**59.0%** top-1", "91.0% top-5",
                   "40 validation images", env["device"], f"torch {env['torch']}", f"{epochs} epochs", "peak LR 0.17",
-                  "SGD (momentum 0.9, weight decay",
-                  "trained from scratch", "tench", "## Limits", "only these 10 classes",
-                  "top-1 above is known to about ±", "not a production"):
-        assert words in card, words
+                  "SGD (momentum 0.9, weight decay", "GMACs per image at 64×64 px", "precision bf16",
+                  "trained from scratch", "tench", "## Use it without the kit", "## Limits", "only these 10 classes",
+                  "top-1 above is known to about ±", "not a production", f"kit commit `{env['git'][:12]}`"):
+        assert words in body, words
+    assert card.NOT_RECORDED not in body
 
 
 def test_no_path_of_this_machine_in_the_folder(folder, run):
@@ -269,15 +281,42 @@ def _requirements_only(requirements: Path, into: Path) -> list[str]:
     return sorted(seen)
 
 
+def _ask_the_space(python: Path, deploy: Path, env: dict, tmp_path: Path) -> tuple[dict, dict, dict]:
+    """Start the folder's app.py with ``python`` and ask it, through gradio_client: the top-5 of PHOTO (defaults),
+    its top-3 at 20% or more, and a batch of PHOTO and a broken file (the table)."""
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(python), "app.py", "--port", str(port)], cwd=deploy, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_for(url, server, log)
+        client = Client(url, verbose=False)
+        result = client.predict(handle_file(str(PHOTO)), api_name="/predict")
+        top3 = client.predict(handle_file(str(PHOTO)), k=3, threshold=20, api_name="/predict")
+        broken = tmp_path / "cut.jpg"
+        broken.write_bytes(PHOTO.read_bytes()[:5000])
+        table = client.predict([handle_file(str(PHOTO)), handle_file(str(broken))], api_name="/batch")[0]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return result, top3, table
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*no_silent_downcasting")
 def test_space_runs_alone_in_a_fresh_venv(folder, tmp_path):
     """What a Space does: a plain venv, `pip install -r requirements.txt`, `python app.py`; then the top-5 of
-    a photo through the HTTP API. The venv sees the requirements and what they require, and nothing else of this
-    environment, so pip takes them as installed: an import the requirements do not cover fails here as on a
-    Space, and nothing of the kit or of training is there."""
-    from gradio_client import Client, handle_file
-
+    a photo, its top-3 above 20% and a batch with a broken file through the HTTP API. The venv sees the
+    requirements and what they require, and nothing else of this environment, so pip takes them as installed: an
+    import the requirements do not cover fails here as on a Space, and nothing of the kit or of training is there."""
     deploy = tmp_path / "deploy"  # a copy, as a Space repo would hold it; the run folder stays untouched
     shutil.copytree(folder, deploy)
     venv, installed = tmp_path / "venv", tmp_path / "installed"
@@ -302,27 +341,15 @@ def test_space_runs_alone_in_a_fresh_venv(folder, tmp_path):
         for name in TRAINING_ONLY + ("imagenet-kit",):
             assert f"\n{name}==" not in f"\n{frozen}", f"{name} got installed into the Space's venv"
 
-        port = _free_port()
-        log = tmp_path / "app.log"
-        with open(log, "w") as out:
-            server = subprocess.Popen([str(python), "app.py", "--port", str(port)], cwd=deploy, env=env,
-                                      stdout=out, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            _wait_for(url, server, log)
-            result = Client(url, verbose=False).predict(handle_file(str(PHOTO)), api_name="/predict")
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        result, top3, table = _ask_the_space(python, deploy, env, tmp_path)
         expected = load_exported(deploy / "model").predict(load_rgb(PHOTO))
         assert result["label"] == expected[0][0]
         got = [(c["label"], c["confidence"]) for c in result["confidences"]]
         assert [name for name, _ in got] == [name for name, _ in expected]
         assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-5)
+        assert [c["label"] for c in top3["confidences"]] == [name for name, p in expected[:3] if p >= 0.2]
+        assert [row[:2] for row in table["data"]] == [[PHOTO.name, expected[0][0]], ["cut.jpg", ""]]
+        assert table["data"][1][4].startswith("corrupt or truncated image")
         _assert_nothing_from_training(deploy)
     finally:
         shutil.rmtree(venv, ignore_errors=True)  # about 6 GB
@@ -334,17 +361,15 @@ def test_space_runs_alone_in_a_fresh_venv(folder, tmp_path):
     (["optim.optimizer=radam", "optim.momentum=0.95", "optim.lookahead_k=6"],
      "Lookahead (k 6, alpha 0.5) over RAdam (betas 0.95, 0.99, eps 1e-08, weight decay 5e-05"),
 ])
-def test_model_card_names_the_optimizer_the_run_used(tmp_path, overrides, words):
-    cfg = load_config("sample", overrides).to_dict()
-    assert words in model_card._recipe(tmp_path, cfg, None)
+def test_model_card_names_the_optimizer_the_run_used(overrides, words):
+    assert words in card.optimizer(load_config("sample", overrides).to_dict()["optim"])
 
 
-def test_model_card_names_every_architecture_extra(tmp_path):
+def test_model_card_names_every_architecture_extra():
     info = {"arch": "resnext50d", "num_classes": 2, "blurpool": True, "maxblurpool": True, "activation": "mish",
             "se_reduction": 16, "self_attention": True}
     classes = [{"index": 0, "wnid": "n01440764", "name": "tench"}, {"index": 1, "wnid": "n02102040", "name": "springer"}]
-    card = model_card.model_card(tmp_path, info, classes, {"crop": 128, "resize": 128})
-    assert ("resnext50d, 2-way classifier head, 128×128 px input (shorter side resized to 128, center crop), "
-            "BlurPool before strided convolutions, Mish activations, anti-aliased max pooling (MaxBlurPool), "
-            "squeeze-and-excitation (reduction 16) on every "
-            "residual branch, a simple self-attention layer (fastai's) at the end of the first stage.") in card
+    text = card.card_markdown(info, classes, {"crop": 128, "resize": 128, "interpolation": "bilinear"})
+    assert ("resnext50d, 2-way classifier head, Mish activations, squeeze-and-excitation (reduction 16) on every "
+            "residual branch, BlurPool before strided convolutions, anti-aliased max pooling (MaxBlurPool), a simple "
+            "self-attention layer (fastai's) at the end of the first stage; parameters and GMACs not recorded.") in text

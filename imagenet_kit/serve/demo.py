@@ -1,14 +1,17 @@
-"""Gradio demo: upload a photo, get the exported model's top-5 classes.
+"""Gradio demo: a photo's top-k classes above a minimum confidence you choose, with the server's time for it;
+up to 32 photos at once, as a table with JSON and CSV downloads; and the model card.
 
 Gradio is imported inside the functions that need it: it takes seconds to import, and the CLI that
 mounts ``demo_command`` should not pay that for every other command.
 
-Inference-only (imports ``errors``, ``runs``, ``images`` and ``serve.predict``, never training code):
-``imagenet-kit space`` ships a byte-identical copy of this file, so a Hugging Face Space runs exactly this demo.
+Inference-only (imports ``errors``, ``runs``, ``images`` and ``serve.predict``, ``serve.answers`` and
+``serve.card``, never training code): ``imagenet-kit space`` ships a byte-identical copy of this file, so a Hugging
+Face Space runs exactly this demo.
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +19,10 @@ import click
 import torch
 
 from imagenet_kit.errors import KitError
-from imagenet_kit.images import UnreadableImage, load_rgb
+from imagenet_kit.images import UnreadableImage
 from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, resolve_export, torch_hub_weights
+from imagenet_kit.serve import answers
+from imagenet_kit.serve.card import card_markdown, headline
 from imagenet_kit.serve.predict import Predictor, load_exported
 
 if TYPE_CHECKING:
@@ -48,31 +53,11 @@ def torchvision_predictor() -> Predictor:
     published = weights.meta["_metrics"]["ImageNet-1K"]
     info = {"arch": "resnet50", "num_classes": len(weights.meta["categories"]), "data": "ImageNet-1K",
             "top1": published["acc@1"] / 100, "top5": published["acc@5"] / 100, "epoch": None,
-            "res": spec["crop"], "source": "torchvision's ResNet50_Weights.IMAGENET1K_V2 (published accuracy)"}
+            "res": spec["crop"], "params": weights.meta["num_params"], "gmacs": weights.meta["_ops"],  # as published
+            "source": f"torchvision's ResNet50_Weights.IMAGENET1K_V2 (published figures; recipe "
+                      f"{weights.meta['recipe']})"}
     # wnids None: ImageNet-1K's 1000 classes, which every bundled photo is one of
     return Predictor(model, spec, list(weights.meta["categories"]), info, "torchvision")
-
-
-def model_card(info: dict) -> str:
-    """The Markdown panel: which model, trained on what, how good, and where it came from."""
-    if info.get("top1") is None:
-        accuracy = "not measured (the checkpoint has no validation metrics)"
-    else:
-        accuracy = f"**{100 * info['top1']:.2f}%**"
-        if info.get("top5") is not None:
-            accuracy += f" (top-5 {100 * info['top5']:.2f}%)"
-        if info.get("epoch") is not None:  # metrics.jsonl counts epochs from 0
-            accuracy += f" on the validation split after epoch {info['epoch'] + 1} of {info['epochs']}"
-    if "source" in info:
-        origin = info["source"]
-    else:
-        origin = f"exported {info['date']} from `{info['checkpoint']}`"
-    trained_on = info["data"] + (f" (run `{info['run']}`)" if info.get("run") else "")
-    return (f"## imagenet-kit demo\n"
-            f"**Model:** {info['arch']}, {info['num_classes']} classes, {info['res']} px input  \n"
-            f"**Trained on:** {trained_on}  \n"
-            f"**Measured top-1:** {accuracy}  \n"
-            f"**Origin:** {origin}")
 
 
 def example_photos(predictor: Predictor, examples: Path | None = None) -> list[Path]:
@@ -102,38 +87,113 @@ def build_app(model: Path | str | Predictor, examples: Path | str | None = None)
     import gradio as gr
 
     predictor = model if isinstance(model, Predictor) else load_exported(Path(model))
-
-    def classify(path: str) -> dict:
-        try:
-            image = load_rgb(Path(path))
-        except UnreadableImage as err:
-            log.warning("rejected upload %s: %s", Path(path).name, err)  # one line, no traceback
-            raise gr.Error(f"Cannot classify this file: {err}", print_exception=False) from None
-        return dict(predictor.predict(image, k=5))
-
-    def classify_upload(image: dict | None) -> dict | None:
-        # Runs with preprocess=False, so this receives Gradio's file payload (already checked to be a file
-        # Gradio received or cached). gr.Image's own preprocessing would PIL.Image.open the file first and
-        # fail on non-images and decompression bombs with a generic error; load_rgb gives the reason.
-        return classify(image["path"]) if image else None
-
-    with gr.Blocks(title="imagenet-kit demo", analytics_enabled=False) as demo:
-        gr.Markdown(model_card(predictor.info))
-        gr.Markdown(class_list(predictor.names), elem_id="classes")
-        with gr.Row():
-            # image_mode=None: Gradio hands over the file as uploaded; load_rgb does the conversion.
-            image = gr.Image(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"])
-            label = gr.Label(num_top_classes=5, label="Top-5")
-        button = gr.Button("Classify", variant="primary")
-        # Not image.change: Gradio fires it twice when an upload replaces an image, doubling the work.
-        gr.on([image.upload, button.click], classify_upload, inputs=image, outputs=label, api_name="predict",
-              preprocess=False)
-        image.clear(lambda: None, outputs=label, api_visibility="private")
-        photos = example_photos(predictor, Path(examples) if examples else None)
-        if photos:  # the examples are the kit's own JPEGs, so Gradio's preprocessing (their path) is safe
-            gr.Examples(examples=[[str(p)] for p in photos], inputs=image, outputs=label, fn=classify,
-                        run_on_click=True, cache_examples=False, label="Example photos of the model's classes")
+    # Every hour, what uploads and downloads left in Gradio's cache for over an hour goes: a Space runs for weeks.
+    with gr.Blocks(title="imagenet-kit demo", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(headline(predictor.info))
+        with gr.Tab("Classify"):
+            _classify_tab(predictor, Path(examples) if examples else None)
+        with gr.Tab("Several photos"):
+            _batch_tab(predictor)
+        with gr.Tab("Model card"):
+            gr.Markdown(_card(predictor), elem_id="model-card")
     return demo
+
+
+def _card(predictor: Predictor) -> str:
+    classes = [{"name": name} for name in predictor.names]
+    return card_markdown(predictor.info, classes, predictor.spec)
+
+
+def _refused(err: Exception, name: str):
+    """A request refused with its reason: one line in the server's log, the reason on the page (or to the caller)."""
+    import gradio as gr
+
+    log.warning("rejected %s: %s", name, err)  # one line, no traceback
+    prefix = "Cannot classify this file: " if isinstance(err, UnreadableImage) else ""
+    return gr.Error(f"{prefix}{err}", print_exception=False)
+
+
+def _classify_tab(predictor: Predictor, examples: Path | None) -> None:
+    import gradio as gr
+
+    def classify(image: dict | None, k: float, threshold: float) -> tuple:
+        # Runs with preprocess=False, so this receives Gradio's file payload (already checked to be a file
+        # Gradio received or cached) and the sliders' raw numbers. gr.Image's own preprocessing would
+        # PIL.Image.open the file first and fail on non-images and decompression bombs with a generic error;
+        # load_rgb gives the reason.
+        if not image:
+            return None, ""
+        path = Path(image["path"])
+        try:
+            return answers.classify_photo(predictor, path, k, threshold)
+        except (UnreadableImage, KitError) as err:
+            raise _refused(err, f"upload {path.name}") from None
+
+    with gr.Row():
+        # image_mode=None: Gradio hands over the file as uploaded; load_rgb does the conversion.
+        image = gr.Image(type="filepath", image_mode=None, label="Photo", sources=["upload", "clipboard"])
+        with gr.Column():
+            label = gr.Label(num_top_classes=answers.TOP_K_MAX, label="Most likely classes")
+            timing = gr.Markdown(elem_id="timing")
+    with gr.Row():
+        k = gr.Slider(1, answers.TOP_K_MAX, value=answers.TOP_K_DEFAULT, step=1, label="Classes shown (top-k)")
+        threshold = gr.Slider(0, 100, value=0, step=1, label="Minimum confidence (%)")
+    button = gr.Button("Classify", variant="primary")
+    # The time goes through a State, which the API leaves out: gradio_client callers of /predict keep getting
+    # the Label alone, as before k and threshold existed.
+    note = gr.State("")
+    inputs, outputs = [image, k, threshold], [label, note]
+    show_note = {"fn": lambda text: text, "inputs": note, "outputs": timing, "api_visibility": "private"}
+    # Not image.change: Gradio fires it twice when an upload replaces an image, doubling the work.
+    gr.on([image.upload, button.click], classify, inputs=inputs, outputs=outputs, api_name="predict",
+          preprocess=False).success(**show_note)
+    image.clear(lambda: (None, ""), outputs=[label, timing], api_visibility="private")
+    photos = example_photos(predictor, examples)
+    if photos:  # a click fills the photo; the classification then uses the sliders as they are
+        shown = gr.Examples(examples=[[str(p)] for p in photos], inputs=image,
+                            label="Example photos of the model's classes")
+        shown.load_input_event.then(classify, inputs=inputs, outputs=outputs, preprocess=False,
+                                    api_visibility="private").success(**show_note)
+    gr.Markdown(class_list(predictor.names), elem_id="classes")
+
+
+def _batch_tab(predictor: Predictor) -> None:
+    import gradio as gr
+
+    def classify_all(files: list[dict] | None) -> tuple:
+        if not files:
+            raise gr.Error("Choose the photos first (drag a folder's files onto the box)", print_exception=False)
+        named = [(f.get("orig_name") or Path(f["path"]).name, Path(f["path"])) for f in files]
+        try:
+            rows, timing = answers.classify_files(predictor, named)
+        except KitError as err:
+            raise _refused(err, f"batch of {len(files)} files") from None
+        for row in rows:
+            if row["error"]:
+                log.warning("rejected upload %s: %s", row["file"], row["error"])
+        folder = Path(tempfile.mkdtemp(dir=_cache_dir(json_file)))  # in Gradio's cache, so delete_cache clears it
+        json_path, csv_path = answers.write_downloads(rows, timing, predictor.info, folder)
+        return answers.table(rows), answers.timing_line(rows, timing), str(json_path), str(csv_path)
+
+    gr.Markdown(f"Up to {answers.MAX_FILES} photos at once (drag a folder's files onto the box): one batched "
+                "forward pass, a row per file, and the answers to download. A file that is not a photo gets its "
+                "row with the reason; the others are still answered.")
+    files = gr.File(file_count="multiple", label=f"Photos (up to {answers.MAX_FILES})", elem_id="batch-files")
+    button = gr.Button("Classify all", variant="primary")
+    summary = gr.Markdown(elem_id="batch-timing")
+    rows = gr.Dataframe(headers=list(answers.COLUMNS), datatype=["str", "str", "number", "number", "str"],
+                        interactive=False, wrap=True, label="Answers", elem_id="batch-table")
+    with gr.Row():
+        json_file = gr.File(label="JSON", elem_id="batch-json", interactive=False)
+        csv_file = gr.File(label="CSV", elem_id="batch-csv", interactive=False)
+    gr.on([files.upload, button.click], classify_all, inputs=files, outputs=[rows, summary, json_file, csv_file],
+          api_name="batch", preprocess=False)
+
+
+def _cache_dir(component) -> Path:
+    folder = Path(component.GRADIO_CACHE)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def launch(demo: gr.Blocks, host: str, port: int, prevent_thread_lock: bool = False):

@@ -26,6 +26,7 @@ from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import console
 from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import BEST_IN_RUN, EXPORT, MODEL_FILES, ExportFolder, checkpoint_label, resolve_checkpoint
+from imagenet_kit.serve.model_card import model_cost, run_records
 from imagenet_kit.serve.predict import ExportError, _quiet_deprecations, preprocess
 
 FORMATS = tuple(MODEL_FILES)
@@ -139,6 +140,7 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
 
     metrics = state.get("metrics") or {}
     env = environment()
+    _, run = resolve_checkpoint(checkpoint)  # its run folder's env.json and eval.json complete the model card
     info = {
         **architecture(cfg.model), "num_classes": len(classes), "res": res,
         "run": cfg.name, "data": cfg.data.name,
@@ -147,7 +149,8 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
         "epochs": cfg.train.epochs, "val_res": cfg.train.val_res, "flip_tta": cfg.train.flip_tta,
         "checkpoint": checkpoint_label(checkpoint),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": env["device"], "cpu": env["cpu"], "torch": env["torch"],
+        "device": env["device"], "cpu": env["cpu"], "torch": env["torch"], "git": env["git"],
+        **model_cost(served, res), **run_records(run, cfg.to_dict(), state.get("max_lr"), state.get("world_size")),
         "parity": {"images": len(batch), "source": batch_source}, "formats": {},
     }
 

@@ -1,5 +1,10 @@
-"""The Hugging Face Space's README.md: Spaces' YAML header and a model card written from the run folder's own
-records (config.yaml, env.json, eval.json, metrics.jsonl) and the export's model.json."""
+"""What the model card needs from a run folder, and the Hugging Face Space's README.md.
+
+Export records in ``model.json`` what the card shows (``model_cost``, ``run_records``: the recipe from the checkpoint's
+config and env.json, the evaluation from eval.json, the training commit), so the card reads the export alone;
+``card_info`` completes an older export's model.json from its run folder when ``imagenet-kit space`` builds a
+Space. The card's text itself is ``serve/card.py``, which the demo shows too.
+"""
 from __future__ import annotations
 
 import json
@@ -7,174 +12,112 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
-from imagenet_kit.runs import RunFolder
+from imagenet_kit.engine.checkpoint import load_checkpoint
+from imagenet_kit.runs import ExportFolder, RunFolder
+from imagenet_kit.serve.card import card_markdown
+from imagenet_kit.serve.predict import load_exported
 
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _pct(x) -> str:
-    return f"{100 * x:.1f}%"
+def model_cost(model: torch.nn.Module, res: int) -> dict:
+    """Parameters, and GMACs of one forward pass on a ``res``×``res`` image: FlopCounterMode counts the FLOPs of
+    convolutions and matrix products, two per multiply-accumulate (normalization and activations are not counted,
+    as in torchvision's published figures)."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, res, res))
+    return {"params": sum(p.numel() for p in model.parameters()), "gmacs": counter.get_total_flops() / 2 / 1e9}
 
 
-def readme(run_dir: Path, info: dict, classes: list[dict], spec: dict, license_id: str = "other") -> str:
-    """The Space's README.md: Spaces' YAML header, then a model card from the run folder's own records."""
+def run_records(run: RunFolder, cfg: dict, checkpoint_lr: float | None = None,
+                checkpoint_world: int | None = None) -> dict:
+    """The card's fields from a run's records: the recipe (``cfg``: the checkpoint's config, with env.json's
+    resolved precision, peak LR and its rule, processes, hardware and command), the evaluation (eval.json) and the
+    commit training ran at. ``checkpoint_*``: the checkpoint's own ``max_lr`` and ``world_size``, for a run whose
+    env.json predates them."""
+    env = _read_json(run.env) or {}
+    train, optim = cfg["train"], cfg["optim"]
+    recipe = {
+        "name": cfg["name"], "profile": train.get("profile", ""), "epochs": train["epochs"],
+        "batch_size": train["batch_size"], "world_size": env.get("world_size", checkpoint_world),
+        "precision": env.get("precision") or (None if train["precision"] == "auto" else train["precision"]),
+        "precision_setting": train["precision"],
+        "peak_lr": env.get("peak_lr", checkpoint_lr), "lr_rule": env.get("lr_rule"),
+        "min_res": train["min_res"], "max_res": train["max_res"], "init": cfg["model"].get("init", ""),
+        "optim": optim, "hardware": hardware(env), "command": env.get("command"),
+    }
+    return {"recipe": recipe, "evaluation": evaluation_record(_read_json(run.eval_json)), "train_git": env.get("git")}
+
+
+def evaluation_record(evaluation: dict | None) -> dict | None:
+    """eval.json's figures and what they were measured on (the beton or image folder, by its last two parts)."""
+    if not evaluation:
+        return None
+    measured_on = evaluation.get("data") or evaluation.get("beton")
+    return {"top1": evaluation["top1"], "top5": evaluation["top5"], "count": evaluation["count"],
+            "res": evaluation["res"], "flip_tta": evaluation.get("flip_tta", False),
+            "data": "/".join(Path(measured_on).parts[-2:]) if measured_on else None}
+
+
+def hardware(env: dict) -> str:
+    """'8× NVIDIA H100 80GB HBM3, 26 CPU cores, torch 2.14.1' or 'CPU AMD EPYC (AVX2), 2 CPU cores, torch ...',
+    from env.json ("" without one)."""
+    if not env:
+        return ""
+    device = env.get("device") or "unknown device"
+    parts = [f"{env['gpu_count']}× {device}" if env.get("gpu_count") else f"CPU {device}"]
+    if env.get("cpu_count"):
+        parts.append(f"{env['cpu_count']} CPU cores")
+    if env.get("torch"):
+        parts.append(f"torch {env['torch']}")
+    return ", ".join(parts)
+
+
+def card_info(run_dir: Path, export: ExportFolder, info: dict) -> dict:
+    """``info`` (the export's model.json) completed from its run folder: the run's eval.json, which may be newer
+    than the export, and for an export made before model.json held them, the recipe (config.yaml, env.json, else
+    the best checkpoint's peak LR) and the cost (counted on the exported model itself)."""
+    run = RunFolder(Path(run_dir))
+    filled = dict(info)
+    evaluation = evaluation_record(_read_json(run.eval_json))
+    if evaluation is not None:
+        filled["evaluation"] = evaluation
+    if "recipe" not in info and run.config.is_file():
+        env = _read_json(run.env) or {}
+        checkpoint = load_checkpoint(run.best) if "peak_lr" not in env and run.best.is_file() else {}
+        filled.update(run_records(run, yaml.safe_load(run.config.read_text()), checkpoint.get("max_lr"),
+                                  checkpoint.get("world_size")))
+    if info.get("gmacs") is None:
+        filled.update(model_cost(load_exported(export).model, info["res"]))
+    return filled
+
+
+def readme(info: dict, classes: list[dict], spec: dict, run_name: str, license_id: str = "other") -> str:
+    """The Space's README.md: Spaces' YAML header, then the card (the demo's "Model card" tab) and the folder."""
     header = {
-        "title": f"imagenet-kit {info['arch']} ({info.get('run') or run_dir.name})"[:60],
+        "title": f"imagenet-kit {info['arch']} ({info.get('run') or run_name})"[:60],
         "emoji": "🖼️", "colorFrom": "indigo", "colorTo": "blue",
         "sdk": "gradio", "sdk_version": version("gradio"),
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
         "app_file": "app.py", "pinned": False, "license": license_id,
-        "short_description": f"Top-5 of {info['num_classes']} classes for a photo (imagenet-kit)"[:60],
+        "suggested_hardware": "cpu-basic",  # TorchScript on the CPU: the demo needs no GPU
+        "short_description": f"Top-k of {info['num_classes']} classes for your photos (imagenet-kit)"[:60],
     }
-    return ("---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n\n"
-            + model_card(run_dir, info, classes, spec))
-
-
-def model_card(run_dir: Path, info: dict, classes: list[dict], spec: dict) -> str:
-    run = RunFolder(run_dir)
-    cfg = yaml.safe_load(run.config.read_text()) if run.config.is_file() else None
-    env = _read_json(run.env)
-    evaluation = _read_json(run.eval_json)
-    n = info["num_classes"]
-    names = [c["name"] for c in classes]
-    shown = ", ".join(names[:20]) + (f", … ({n - 20} more in model/classes.json)" if n > 20 else "")
-    data = info.get("data") or "unknown"
-
-    arch = (f"{info['arch']}{_start(cfg)}, {n}-way classifier head, "
-            f"{spec['crop']}×{spec['crop']} px input (shorter side resized to {spec['resize']}, center crop)")
-    if info.get("blurpool"):
-        arch += ", BlurPool before strided convolutions"
-    if info.get("activation", "relu") != "relu":
-        arch += f", {info['activation'].capitalize()} activations"
-    if info.get("maxblurpool"):
-        arch += ", anti-aliased max pooling (MaxBlurPool)"
-    if info.get("se_reduction"):
-        arch += f", squeeze-and-excitation (reduction {info['se_reduction']}) on every residual branch"
-    if info.get("self_attention"):
-        arch += ", a simple self-attention layer (fastai's) at the end of the first stage"
-    arch += ". Served as TorchScript (`model/model.ts`), checked against the PyTorch model at export."
-
-    if evaluation:
-        hardware = _hardware(env)
-        measured = (f"**{_pct(evaluation['top1'])}** top-1, {_pct(evaluation['top5'])} top-5 on "
-                    f"{evaluation['count']} validation images of {data} at {evaluation['res']} px"
-                    f"{' with flip TTA' if evaluation.get('flip_tta') else ''} (`imagenet-kit eval`, eval.json)"
-                    f"{'; run on ' + hardware if hardware else ''}.")
-    elif info.get("top1") is not None:
-        measured = (f"**{_pct(info['top1'])}** top-1 by training's own validation"
-                    f"{' after epoch ' + str(info['epoch'] + 1) if info.get('epoch') is not None else ''} "
-                    f"(no eval.json in the run folder).")
-    else:
-        measured = "not measured (the run folder has no eval.json and the checkpoint no validation metrics)."
-
-    recipe = _recipe(run_dir, cfg, env)
-    val_count = f" ({evaluation['count']} validation images)" if evaluation else ""
-    lines = [
-        f"# imagenet-kit demo: {info['arch']}, {n} classes",
-        "",
-        "Upload a photo and get the model's five most likely classes. Made with "
-        "imagenet-kit (`make space`); the app is the kit's own `imagenet-kit demo`.",
-        "",
-        "## Model card",
-        "",
-        f"- **Architecture:** {arch}",
-        f"- **Data:** {data}{val_count}. Classes ({n}): {shown}.",
-        f"- **Recipe:** {recipe}",
-        f"- **Measured accuracy:** {measured}",
-        f"- **Exported:** {info.get('date', 'unknown')} from run `{info.get('run') or run_dir.name}`.",
-        "",
-        "## Limits",
-        "",
-        f"- It knows only these {n} classes. Every photo gets one of them, also a photo of none of them; "
-        "the scores are softmax over these classes, not a calibrated confidence.",
-        f"- {_margin(evaluation)}Expect lower accuracy on photos unlike the training data's (drawings, close-ups, "
-        "several objects, unusual viewpoints).",
-        f"- It sees one center crop at {spec['crop']} px: an object near the border may be cut off.",
-        "- ImageNet photos carry their collection's biases. This is a demo of a training kit, not a production "
-        "model: do not use it for decisions about people, safety or anything that matters.",
-        "- ImageNet's terms of access allow non-commercial research and education only; weights trained on its "
-        "images inherit that question.",
-        "",
-        "## Files",
-        "",
+    return "\n".join([
+        "---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+        f"# imagenet-kit demo: {info['arch']}, {info['num_classes']} classes", "",
+        "Upload a photo and get the model's most likely classes (as many as you choose, above the confidence you "
+        "set) with the server's time for it, or drop up to 32 photos at once and download the answers as JSON or "
+        "CSV. Made with imagenet-kit (`make space`); the app is the kit's own `imagenet-kit demo`.", "",
+        card_markdown(info, classes, spec),
+        "## Files", "",
         "`app.py` (serves the demo on port 7860), `imagenet_kit/` (the kit's inference modules, unchanged), "
-        "`model/` (TorchScript, classes, preprocessing, model.json), `examples/`, `requirements.txt`. "
-        "Run locally: `pip install -r requirements.txt && python app.py --port 7860`.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _hardware(env: dict | None) -> str:
-    if not env:
-        return ""
-    device = env.get("device") or "unknown device"
-    parts = [f"{env.get('gpu_count')}× {device}" if env.get("gpu_count") else f"CPU {device}"]
-    if env.get("cpu_count"):
-        parts.append(f"{env['cpu_count']} CPU cores")
-    parts.append(f"torch {env.get('torch', '?')}")
-    return ", ".join(parts) + " (env.json)"
-
-
-def _start(cfg: dict | None) -> str:
-    """Where training started from, as config.yaml says (model.init: "" random, "torchvision", or a path)."""
-    if not cfg:
-        return ""
-    init = (cfg.get("model") or {}).get("init") or ""
-    if not init:
-        return ", trained from scratch (random init)"
-    if init == "torchvision":
-        return ", fine-tuned from torchvision's published ImageNet weights"
-    return f", fine-tuned from `{Path(init).name}`"
-
-
-def _margin(evaluation: dict | None) -> str:
-    """How far the measured top-1 can be from the truth: a 95% normal interval on the validation count."""
-    if not evaluation or not evaluation.get("count"):
-        return "Its accuracy was not measured on held-out images. "
-    p, count = evaluation["top1"], evaluation["count"]
-    margin = 1.96 * (p * (1 - p) / count) ** 0.5
-    return (f"Validated on {count} images only: the top-1 above is known to about ±{100 * margin:.1f} points "
-            "(95%). ")
-
-
-def _recipe(run_dir: Path, cfg: dict | None, env: dict | None) -> str:
-    if not cfg:
-        return "not recorded (no config.yaml in the run folder)."
-    train, optim = cfg["train"], cfg["optim"]
-    peak = _peak_lr(run_dir)
-    lr = f"peak LR {peak:.3g}" if peak else f"LR {optim['lr']}"
-    if str(optim.get("lr")) == "auto":
-        lr += " (from the LR range test)"
-    world = (env or {}).get("world_size") or 1
-    batch = f"batch {train['batch_size']}" + (f"×{world} processes" if world > 1 else "")
-    res = (f"progressive resizing {train['min_res']}→{train['max_res']} px" if train["min_res"] != train["max_res"]
-           else f"{train['max_res']} px")
-    name = optim.get("optimizer", "sgd")  # run folders from before the key existed trained with SGD
-    optimizer = (f"SGD (momentum {optim['momentum']}" if name == "sgd" else
-                 f"{ {'adamw': 'AdamW', 'radam': 'RAdam'}[name]} (betas {optim['momentum']}, {optim['beta2']}, "
-                 f"eps {optim.get('eps', 1e-8):g}")
-    if optim.get("lookahead_k"):
-        optimizer = f"Lookahead (k {optim['lookahead_k']}, alpha {optim['lookahead_alpha']}) over {optimizer}"
-    text = (f"{train['epochs']} epochs, {batch}, {optimizer}, weight decay "
-            f"{optim['weight_decay']:g}, label smoothing {optim['label_smoothing']}), {optim['schedule']} schedule, "
-            f"{lr}, {res}, precision {train['precision']}, FFCV data loading.")
-    if env and env.get("command"):
-        text += f" Command: `{env['command']}`"
-        if env.get("git"):
-            text += f" (kit revision {env['git'][:12]})"
-        text += "; full settings in the run's config.yaml."
-    return text
-
-
-def _peak_lr(run_dir: Path) -> float | None:
-    path = RunFolder(run_dir).metrics
-    if not path.is_file():
-        return None
-    lrs = [json.loads(line).get("lr") for line in path.read_text().splitlines() if line.strip()]
-    lrs = [x for x in lrs if x is not None]
-    return max(lrs) if lrs else None
+        "`model/` (TorchScript, classes, preprocessing and the record this card is written from), `examples/`, "
+        "`requirements.txt` (every package pinned to the versions the kit tested the folder with). Run locally: "
+        "`pip install -r requirements.txt && python app.py --port 7860`.", ""])

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +40,24 @@ def preprocess(image: Image.Image, spec: dict) -> torch.Tensor:
     return TF.normalize(x, spec["mean"], spec["std"]).unsqueeze(0)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The server's time for one forward pass over ``images`` photos, in seconds: ``preprocess`` (resize, crop,
+    normalize each decoded photo) and ``model`` (the forward pass, softmax and top-k). Decoding the files is not in it."""
+    preprocess: float
+    model: float
+    images: int
+
+    @property
+    def total_ms(self) -> float:
+        return 1000 * (self.preprocess + self.model)
+
+    @property
+    def per_image_ms(self) -> float:
+        """The batch's time shared out evenly: one forward pass has no per-photo time of its own."""
+        return self.total_ms / self.images
+
+
 class Predictor:
     """A classifier plus the preprocessing and class names it was exported with."""
 
@@ -53,9 +74,24 @@ class Predictor:
 
     def predict(self, image: Image.Image, k: int = 5) -> list[tuple[str, float]]:
         """Top-``k`` (class name, softmax probability), most likely first."""
-        probs = self.logits(preprocess(image, self.spec))[0].softmax(0)
-        top = probs.topk(min(k, len(self.names)))
-        return [(self.names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=False)]
+        return self.predict_batch([image], k)[0][0]
+
+    def predict_batch(self, images: Iterable[Image.Image], k: int = 5) -> tuple[list[list[tuple[str, float]]],
+                                                                                Timing | None]:
+        """Each photo's top-``k``, from one forward pass over all of them, and the time it took (None: no photos).
+        ``images`` may decode each photo as it is asked for: that time is not counted."""
+        tensors, preprocess_s = [], 0.0
+        for image in images:
+            start = time.perf_counter()
+            tensors.append(preprocess(image, self.spec))
+            preprocess_s += time.perf_counter() - start
+        if not tensors:
+            return [], None
+        start = time.perf_counter()
+        top = self.logits(torch.cat(tensors)).softmax(1).topk(min(k, len(self.names)), dim=1)
+        timing = Timing(preprocess_s, time.perf_counter() - start, len(tensors))
+        return [[(self.names[i], p) for p, i in zip(probs, indices, strict=True)]
+                for probs, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True)], timing
 
 
 @contextlib.contextmanager

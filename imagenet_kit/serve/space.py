@@ -1,18 +1,19 @@
 """``imagenet-kit space``: a run's export -> a self-contained Hugging Face Space folder (Gradio SDK).
 
 The folder runs the kit's own demo, not a copy that could drift: its ``imagenet_kit/`` holds byte-identical
-copies of the kit's inference-only modules (``serve/demo.py``, ``serve/predict.py``, ``images.py``, ``runs.py``,
-``errors.py`` and the empty ``__init__.py`` files), which import nothing from training (no FFCV, numba or ONNX).
-Its ``app.py`` only builds that demo on ``model/`` and serves it on Spaces' port. The model card is
-``serve/model_card.py``.
+copies of the kit's inference-only modules (``serve/demo.py``, ``serve/answers.py``, ``serve/card.py``,
+``serve/predict.py``, ``images.py``, ``runs.py``, ``errors.py`` and the empty ``__init__.py`` files), which import
+nothing from training (no FFCV, numba or ONNX). Its ``app.py`` only builds that demo on ``model/`` and serves it on
+Spaces' port. Its README.md is the model card the demo shows (``serve/model_card.py``), written from the run's files.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import click
@@ -23,13 +24,14 @@ from imagenet_kit.progress import results
 from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, EXPORT_IN_RUN, ExportFolder, RunFolder, find_latest_export
 from imagenet_kit.serve.demo import EXAMPLES_DIR
-from imagenet_kit.serve.model_card import readme
+from imagenet_kit.serve.model_card import card_info, readme
 
 # The inference-only module set, as paths in the package; each must import only these and the REQUIREMENTS below.
 SHIPPED_MODULES = ("__init__.py", "errors.py", "runs.py", "images.py", "serve/__init__.py", "serve/predict.py",
-                   "serve/demo.py")
+                   "serve/answers.py", "serve/card.py", "serve/demo.py")
 # What the shipped modules import: torch + torchvision (predict: TorchScript, preprocess), Pillow + numpy
-# (images.load_rgb), gradio and click (app). Pinned to this environment's versions.
+# (images.load_rgb), gradio and click (app). requirements.txt pins them and what they require to this
+# environment's versions.
 REQUIREMENTS = ("torch", "torchvision", "gradio", "pillow", "numpy", "click")
 # TorchScript needs no model code; no ONNX (onnxruntime) or safetensors (models/factory.py) in the Space.
 SERVED = ExportFolder(Path("."))
@@ -94,7 +96,8 @@ def build_space(run_dir: Path, out: Path | None = None, license_id: str = "other
                          "remove it or choose another --out")
 
     export = ExportFolder(export_dir)
-    info = json.loads(export.model_info.read_text())
+    # The record the card is written from: the Space's model.json, so its demo shows the README's card.
+    info = _public(card_info(run_dir, export, json.loads(export.model_info.read_text())), run_dir)
     classes = json.loads(export.classes.read_text())
     spec = json.loads(export.preprocess.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def build_space(run_dir: Path, out: Path | None = None, license_id: str = "other
         (tmp / "model").mkdir()
         for name in MODEL_FILES:
             if name == SERVED.model_info.name:
-                (tmp / "model" / name).write_text(json.dumps(_public(info, run_dir), indent=1))
+                (tmp / "model" / name).write_text(json.dumps(info, indent=1))
             else:
                 shutil.copyfile(export_dir / name, tmp / "model" / name)
         for name in SHIPPED_MODULES:
@@ -118,7 +121,7 @@ def build_space(run_dir: Path, out: Path | None = None, license_id: str = "other
             shutil.copyfile(path, tmp / "examples" / path.name)
         (tmp / "app.py").write_text(APP_PY)
         (tmp / "requirements.txt").write_text(requirements())
-        (tmp / "README.md").write_text(readme(run_dir, info, classes, spec, license_id))
+        (tmp / "README.md").write_text(readme(info, classes, spec, run_dir.name, license_id))
         (tmp / ".gitattributes").write_text(GITATTRIBUTES)
         (tmp / ".gitignore").write_text(GITIGNORE)
 
@@ -166,15 +169,23 @@ def pick_examples(export: ExportFolder, classes: list[dict]) -> list[Path]:
 
 
 def requirements() -> str:
-    """requirements.txt: what the shipped modules import, at this environment's versions (no local +cu tags)."""
-    lines = []
-    for name in REQUIREMENTS:
+    """requirements.txt: what the shipped modules import, then everything those require on every platform, each
+    at this environment's version (no local +cu tags), so a Space built next year installs what was tested here.
+    Platform-specific requirements (torch's CUDA libraries, triton) are left to the pins of what requires them."""
+    lines, wanted = {}, list(REQUIREMENTS)
+    while wanted:
+        name = re.sub(r"[-_.]+", "-", wanted.pop(0)).lower()  # PEP 503's normalized name
+        if name in lines:
+            continue
         try:
-            lines.append(f"{name}=={version(name).split('+')[0]}")
+            dist = distribution(name)
         except PackageNotFoundError:
             raise SpaceError(f"{name} is not installed here; the Space's requirements.txt pins this "
                              "environment's versions, so install the kit first (make setup)") from None
-    return "\n".join(lines) + "\n"
+        lines[name] = f"{name}=={dist.version.split('+')[0]}"
+        # PEP 508: the name, then extras, version and, after a ";", the marker that makes it conditional
+        wanted += [re.match(r"[A-Za-z0-9._-]+", r)[0] for r in dist.requires or [] if ";" not in r]
+    return "\n".join(lines.values()) + "\n"
 
 
 @click.command("space")
