@@ -74,10 +74,12 @@ RUN ldd /opt/venv/lib/python3.11/site-packages/ffcv/_libffcv*.so /opt/venv/lib/p
 FROM python AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=builder /opt/venv/apt-runtime.txt /tmp/apt-runtime.txt
-# make: the compose `train` service runs recipes through the Makefile.
+# make: the compose `train` service runs recipes through the Makefile. gcc, g++ and Python's headers:
+# train.compile (torch.compile) builds C code at its first kernel, Triton's launcher on a GPU and inductor's C++
+# kernels on a CPU (about 200 MB; without them `--compile` fails at the first step).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && xargs -a /tmp/apt-runtime.txt apt-get install -y --no-install-recommends make \
+ && xargs -a /tmp/apt-runtime.txt apt-get install -y --no-install-recommends make gcc g++ libc6-dev python3.11-dev \
  && rm -rf /var/lib/apt/lists/* /tmp/apt-runtime.txt
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH

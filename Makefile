@@ -27,13 +27,14 @@ IMAGENETTE ?= ../shared/data/imagenette2
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup system-deps browser-deps mini full demo space test test-fast lint bench gpu-evidence gpu-bundle image-check clean
+.PHONY: help setup system-deps browser-deps mini full preflight demo space test test-fast lint bench gpu-evidence gpu-bundle image-check screenshots clean
 
 help:
 	@echo "make setup   create .venv and install the kit (+ FFCV's system libraries)"
 	@echo "make mini    whole workflow on the embedded sample (or DATA=root with train/ val/: mini recipe)"
 	@echo "make full    ImageNet recipe: DATA=/path/to/imagenet [NPROC=8] [RECIPE=full-24] [GPU=a10g]"
 	@echo "             several nodes, on each: ... NNODES=2 MASTER_ADDR=<node 0> [MASTER_PORT=29500] [MAX_RESTARTS=3]"
+	@echo "make preflight  the long run's settings tried on this host first: DATA=... [RECIPE=...] [GPU=...] [NPROC=N]"
 	@echo "make demo    Gradio demo of the newest run's export [MODEL=runs/<name>/export]"
 	@echo "make space   Hugging Face Space folder of a run's export in RUN/space [RUN=runs/<name>, default: newest]"
 	@echo "make test    lint (ruff) and the test suite, one worker per core"
@@ -74,6 +75,7 @@ full: setup
 	  exit 2; fi
 	@if [ "$(NNODES)" != 1 ] && [ -z "$(MASTER_ADDR)" ]; then \
 	  echo "make full NNODES=$(NNODES) needs MASTER_ADDR=<the address of node 0, reachable from every node>"; exit 2; fi
+	@echo "make full: a long run; make preflight (same variables, a few minutes) checks first that it fits this host"
 	$(if $(findstring --dry-run,$(ARGS)),,$(KIT) prepare --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS))
 ifeq ($(NPROC)$(NNODES),11)
 	$(KIT) run --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS)
@@ -81,6 +83,12 @@ else
 	$(KIT) launch --nnodes=$(NNODES) --nproc_per_node=$(NPROC) $(RDZV) --max-restarts=$(MAX_RESTARTS) \
 	  -m imagenet_kit run --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) $(ARGS)
 endif
+
+# The long run's settings tried on this host first (memory, data speed, page cache, disk, resume, the estimate): the
+# same variables as make full; it converts the data first as make full does. Go, or exit 2 with what to change.
+preflight: setup
+	@if [ -z "$(DATA)" ]; then echo "make preflight needs DATA=/path/to/imagenet, as make full does"; exit 2; fi
+	$(KIT) preflight --recipe $(RECIPE) --data "$(DATA)" $(GPU_FLAG) --nproc $$(( $(NPROC) )) $(ARGS)
 
 demo: setup
 	$(KIT) demo $(if $(MODEL),--model "$(MODEL)") $(ARGS)
@@ -100,6 +108,10 @@ test: lint browser-deps
 # The unit tier for the edit loop: no test marked slow (those start processes, build venvs or run torchrun).
 test-fast: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(ARGS)
+
+# The demo's three tabs photographed by its browser test into docs/images/ (shown in docs/deploying.md).
+screenshots: browser-deps setup
+	DEMO_SCREENSHOTS=docs/images $(PY) -m pytest -q tests/test_app.py -k "browser_top_k"
 
 # pyflakes, import order, bugbear and a statement limit per function (pyproject.toml's [tool.ruff]).
 lint: setup
@@ -128,9 +140,10 @@ gpu-evidence:
 	$(EVIDENCE_PY) -m imagenet_kit bench gpu-evidence $(if $(wildcard gpu-bundle/manifest.json),--bundle gpu-bundle) $(ARGS)
 
 # FFCV, its shared libraries and 2,600 real Imagenette images in gpu-bundle/ (ignored), for gpu-evidence on a host
-# without FFCV. ARGS="--max-mib N" refuses a bundle that, with the working tree, is over what you can carry there.
+# without FFCV, refused when it and the working tree are over what a device run carries (BUNDLE_MAX_MIB, 64).
+BUNDLE_MAX_MIB ?= 64
 gpu-bundle: setup
-	$(KIT) bench gpu-bundle --src $(IMAGENETTE)/train $(ARGS)
+	$(KIT) bench gpu-bundle --src $(IMAGENETTE)/train --max-mib $(BUNDLE_MAX_MIB) $(ARGS)
 
 # Builds the Dockerfile with podman on a local Debian base and runs the image for real: the import check, the
 # compose train service on the embedded sample, the demo service answering from the host, a stop mid-epoch and

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -24,6 +25,7 @@ COMMANDS = {
     "space": "imagenet_kit.serve.space:space_command",
     "run": "imagenet_kit.pipeline:run_command",
     "plan": "imagenet_kit.plan.command:plan_command",
+    "preflight": "imagenet_kit.preflight.command:preflight_command",
     "launch": "imagenet_kit.launch:launch_command",
 }
 BENCH_COMMANDS = {
@@ -62,6 +64,8 @@ class KitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KitError as err:
+            if getattr(err, "every_rank", False) and os.environ.get("LOCAL_RANK", "0") != "0":
+                sys.exit(EXIT_CODE)  # every rank of the job raised it (runtime.on_every_rank): one line per node
             fail(str(err))
         except click.ClickException as err:
             where = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) else ""

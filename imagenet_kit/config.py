@@ -31,6 +31,9 @@ class DataConfig:
     compress_prob: float = 0.5  # share of images stored as JPEG; the rest raw pixels (faster decode)
     workers: int = 0  # loader/convert worker processes; 0 = one per CPU core
     in_memory: bool = True  # let the OS page cache hold the beton (FFCV's os_cache)
+    # Read the betons once, in order, before epoch 0 when they fit the page cache (data/storage.py): the first epoch
+    # then runs at the GPU's speed instead of reading the dataset by random page faults.
+    preread: bool = True
     # A root of class folders with no train/ and val/: this share of each class is held out as val, chosen by
     # the seed (the same files every time); both are recorded in the betons' reports.
     holdout_fraction: float = 0.1

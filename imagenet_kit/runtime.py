@@ -6,9 +6,13 @@ import contextlib
 import datetime
 import functools
 import os
+import shutil
+import sys
+import sysconfig
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -45,6 +49,7 @@ def init_runtime(timeout_minutes: float = 30.0) -> Runtime:
     ``timeout_minutes`` (``train.dist_timeout_minutes``): how long a collective waits for the slowest rank."""
     if not launched_by_torchrun():
         return local_runtime()
+    enable_autotuner()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     device = _local_device()
@@ -94,6 +99,7 @@ def local_runtime() -> Runtime:
     """One process on its own, with no process group: on the local rank's GPU under torchrun. For work that
     rank 0 does alone (evaluation and export after training), where a new process group would wait for ranks
     that have already finished."""
+    enable_autotuner()
     return Runtime(_local_device())
 
 
@@ -123,6 +129,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     if precision == "fp32":
         return None, False
     if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise ConfigError(f"train.precision bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16 "
+                              "(Turing or older, e.g. a T4); use fp16 (--precision fp16, or auto), or the GPU's "
+                              "own profile (--gpu t4)")
         if device.type == "cpu" and not cpu_has_native_bf16():
             _warn_emulated_bf16()
         return torch.bfloat16, False
@@ -158,6 +168,29 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def require_compiler(device: torch.device) -> None:
+    """``train.compile`` builds C code at its first compiled kernel: on a GPU Triton's launcher (a C compiler and
+    Python's headers), on a CPU inductor's C++ kernels (a C++ compiler and the headers). Refused here, before the
+    run starts, when they are missing, instead of a compiler error at the first step."""
+    compilers = ("gcc", "cc", "clang") if device.type == "cuda" else ("g++", "c++", "clang++")
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    missing = [what for what, present in ((f"a C{'' if device.type == 'cuda' else '++'} compiler "
+                                           f"({' or '.join(compilers)})", any(map(shutil.which, compilers))),
+                                          (f"Python's headers ({headers})", headers.is_file())) if not present]
+    if missing:
+        raise ConfigError(f"train.compile true: torch.compile builds C code for the {device.type}, and this host has "
+                          f"no {' and no '.join(missing)}. Install them (Debian/Ubuntu: apt-get install gcc g++ "
+                          f"python3-dev, or python{sys.version_info.major}.{sys.version_info.minor}-dev), or train "
+                          "without it (--no-compile)")
+
+
+def enable_autotuner() -> None:
+    """cuDNN's autotuner for every command that runs a model on a GPU (training, evaluation, the LR range test, the
+    benches): it times the convolution kernels once per input shape and keeps the fastest, as FFCV's ImageNet
+    example sets it. Without it, what a bench times is not what training runs. No effect on CPU."""
+    torch.backends.cudnn.benchmark = True
 
 
 @contextlib.contextmanager
@@ -215,10 +248,12 @@ def on_every_rank(check, runtime: Runtime):
     if runtime.distributed:
         gathered: list = [None] * runtime.world_size
         dist.all_gather_object(gathered, (runtime.node, None if failure is None else str(failure)))
-        others = [(rank, node, message) for rank, (node, message) in enumerate(gathered) if message is not None]
-        if failure is None and others:
-            rank, node, message = others[0]
+        failed = [(rank, node, message) for rank, (node, message) in enumerate(gathered) if message is not None]
+        if failure is None and failed:
+            rank, node, message = failed[0]
             raise KitError(f"rank {rank} on node {node}: {message}")
+        if len(failed) == runtime.world_size and len({message for _, _, message in failed}) == 1:
+            failure.every_rank = True  # the same error everywhere: each node's first rank says it, once
     if failure is not None:
         raise failure
     return value

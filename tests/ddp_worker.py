@@ -73,7 +73,20 @@ def auto_lr(cfg, runtime) -> dict:
     return {"lr": range_test(cfg, runtime)}
 
 
-MODES = {"reductions": count_reductions, "nan": diverge_on_rank_1, "eval": evaluate_shard, "auto_lr": auto_lr}
+def uncached_betons(cfg, runtime) -> dict:
+    """data.in_memory false under torchrun: refused on every rank before the run folder exists."""
+    from imagenet_kit.errors import KitError
+
+    try:
+        train_module.train(cfg, runtime)
+    except KitError as err:
+        return {"error": str(err), "every_rank": getattr(err, "every_rank", False),
+                "run_folder": cfg.run_dir.exists()}
+    return {"error": None}
+
+
+MODES = {"reductions": count_reductions, "nan": diverge_on_rank_1, "eval": evaluate_shard, "auto_lr": auto_lr,
+         "uncached": uncached_betons}
 
 if __name__ == "__main__":
     scenarios = json.loads(Path(sys.argv[1]).read_text())

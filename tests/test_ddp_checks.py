@@ -59,6 +59,7 @@ def two_ranks(tiny_data, tmp_path_factory) -> dict:
     return {"base": base, **_torchrun(2, base, {
         "reductions": ("reductions", overrides("reductions", "train.batch_size=2", "train.epochs=4")),
         "auto_lr": ("auto_lr", overrides("auto_lr", "optim.lr=auto", "train.batch_size=4")),
+        "uncached": ("uncached", overrides("uncached", "data.in_memory=false")),
         "nan": ("nan", overrides("nan")),  # last: it stops training with an error on purpose
     })}
 
@@ -99,3 +100,29 @@ def test_auto_lr_under_two_processes_is_the_pick_scaled_to_the_global_batch(two_
     assert (curve["test_batch"], curve["global_batch"]) == (4, 8)
     assert curve["peak_lr"] == pytest.approx(scaled_lr(curve["lr"], 4, 8))
     assert [r["lr"] for r in ranks] == [pytest.approx(curve["peak_lr"])] * 2  # every rank trains with it
+
+
+def test_uncached_betons_under_torchrun_are_refused_on_every_rank_once(two_ranks):
+    for rank in two_ranks["uncached"]:
+        assert rank["error"].startswith("data.in_memory false under torchrun (2 processes): "), rank
+        assert "allocates about the whole beton" in rank["error"] and "NPROC=1" in rank["error"]
+        assert rank["every_rank"] and not rank["run_folder"]  # said once per node; nothing written
+
+
+def test_an_error_every_rank_raised_is_printed_by_each_nodes_first_rank_only(monkeypatch):
+    from click.testing import CliRunner
+
+    from imagenet_kit import cli
+    from imagenet_kit.errors import ConfigError
+
+    def refused():
+        err = ConfigError("data.in_memory false under torchrun")
+        err.every_rank = True
+        raise err
+
+    group = cli.KitGroup(lazy={}, name="kit")
+    group.add_command(cli.click.Command("go", callback=refused))
+    for local_rank, printed in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        run = CliRunner().invoke(group, ["go"])
+        assert run.exit_code == 2 and ("error: data.in_memory" in run.output) == printed, run.output

@@ -30,6 +30,8 @@ def _cases(tmp):
         "space": (["space", "--output-dir", str(empty)], "no run with an export found"),
         "run": (["run", "--set", "train.epochs=abc"], "train.epochs: expected int"),
         "plan": (["plan", "--target", "99"], "no recipe has a published top-1 of 99%"),
+        "preflight": (["preflight", "--recipe", "sample", "--set", "train.batch_size=0"],
+                      "train.batch_size must be at least 1"),
         "launch": (["launch", "--nnodes=2"], "torchrun: the following arguments are required: training_script"),
         "bench train": (["bench", "train", "--set", "model.arch=resnet18"], "model.arch"),
         "bench data": (["bench", "data", "--src", str(empty), "--out", str(tmp / "bench-betons")], "empty"),
@@ -40,6 +42,8 @@ def _cases(tmp):
         "bench report": (["bench", "report", "--doc", str(tmp / "no-markers.md"), "--results-dir", str(empty)],
                          "results:begin"),
         "bench lr-sweep": (["bench", "lr-sweep", "--recipe", "imagenette"], "optim.lr is 0.008, not auto"),
+        "bench profiles": (["bench", "profiles", "--data", str(empty), "--arms", "reference,fp8"],
+                           "--arms: unknown arm 'fp8'"),
         "bench gpu-evidence": (["bench", "gpu-evidence", "--smoke", "--bundle", str(empty), "--results-dir",
                                 str(tmp / "results")], "not a GPU bundle (no manifest.json)"),
         "bench gpu-bundle": (["bench", "gpu-bundle", "--out", str(tmp / "bundle"), "--src", str(empty)], "empty"),
@@ -48,8 +52,8 @@ def _cases(tmp):
 
 
 COMMANDS = ["subset", "convert", "prepare", "verify", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
-            "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run", "bench report", "bench lr-sweep",
-            "bench gpu-evidence", "bench gpu-bundle", "usage"]
+            "preflight", "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run", "bench report", "bench lr-sweep",
+            "bench profiles", "bench gpu-evidence", "bench gpu-bundle", "usage"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -44,7 +44,7 @@ def _cli(args: list[str], bundle: str = "", timeout: float = 600) -> subprocess.
 def bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "gpu-bundle"
     run = subprocess.run([sys.executable, "-m", "imagenet_kit", "bench", "gpu-bundle", "--out", str(out), "--src",
-                          str(SAMPLE / "train"), "--images", "40", "--max-res", "64", "-j", "1"],
+                          str(SAMPLE / "train"), "--images", "60", "--max-res", "64", "-j", "1"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
     return out
@@ -52,7 +52,7 @@ def bundle(tmp_path_factory) -> Path:
 
 def test_bundle_holds_ffcv_its_libraries_and_a_real_beton(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["images"] == 40 and manifest["max_res"] == 64  # 4 images of each of the sample's 10 classes
+    assert manifest["images"] == 60 and manifest["max_res"] == 64  # 6 images of each of the sample's 10 classes
     names = set(manifest["libraries"])
     assert {"libturbojpeg.so.0", "libopencv_core.so.406", "libopencv_imgproc.so.406"} <= names
     assert not any(n.startswith(("libc.", "libstdc++", "ld-linux")) for n in names)  # the host's own
@@ -124,21 +124,30 @@ def test_smoke_evidence_with_the_bundle_writes_every_row_and_the_readme(bundle, 
                 "--doc", str(readme)], bundle=str(bundle))
     assert run.returncode == 0, run.stdout + run.stderr
     train = [json.loads(line) for line in (results / "train.jsonl").read_text().splitlines()]
-    seen = [(r["precision"], r["compile"], r["mode"]) for r in train]
-    assert seen == [("fp32", False, "synthetic"), ("fp32", False, "bare"), ("bf16", False, "synthetic"),
-                    ("bf16", False, "bare"), ("fp32", True, "synthetic"), ("fp32", True, "bare"),
-                    ("fp32", False, "synthetic"), ("fp32", False, "real")]
+    seen = [(r["precision"], r["compile"], r["mode"], r["cudnn_benchmark"], r["blurpool"]) for r in train]
+    assert seen == [("fp32", False, "synthetic", True, False), ("fp32", False, "bare", True, False),
+                    ("bf16", False, "synthetic", True, False), ("bf16", False, "bare", True, False),
+                    ("fp32", True, "synthetic", True, False), ("fp32", True, "bare", True, False),
+                    ("fp32", False, "synthetic", False, False),  # the autotuner off
+                    ("fp32", False, "synthetic", True, True), ("fp32", False, "real", True, True)]  # plan's rows
     real = train[-1]
-    assert real["beton_images"] == 40 and (real["warmup"], real["steps"]) == (1, 2)  # 10 batches of 4: one pass
+    assert real["beton_images"] == 60 and (real["warmup"], real["steps"], real["beton_passes"]) == (1, 2, 1)
     for r in train:
         assert (r["arch"], r["res"], r["batch"], r["channels_last"]) == ("resnet18", 32, 4, True)
         assert r["versions"]["git"] == "abc1234" and "cuda_driver" in r["versions"] and r["img_per_s"] > 0
+    memory = [json.loads(line) for line in (results / "memory.jsonl").read_text().splitlines()]
+    assert [(m["profile"], m["phase"], m["res"], m["flip_tta"], m["fits"]) for m in memory] == [
+        ("t4", "train", 32, False, True), ("t4", "eval", 48, True, True)]
     data = [json.loads(line) for line in (results / "data.jsonl").read_text().splitlines()]
-    assert [(d["loader"], d["res"], d["n_images"]) for d in data] == [("ffcv", 32, 40)]
+    assert [(d["loader"], d["res"], d["n_images"]) for d in data] == [("ffcv", 32, 60)]
     assert data[0]["versions"]["ffcv"] == "1.0.2" or data[0]["versions"]["ffcv"] is None
+    (check,) = [json.loads(line) for line in (results / "checks.jsonl").read_text().splitlines()]
+    assert check["passed"], check  # stopped at (0, 20) and (1, 10) of 30 steps per epoch, resumed to 3 epochs
+    assert check["stopped_at"] == [[0, 20], [1, 10]] and check["precisions"] == ["fp32", "bf16"]
     table = readme.read_text()
     assert table.startswith("intro\n") and table.endswith("outro\n") and "old" not in table
-    assert table.count("resnet18, 32 px, batch 4") == len(train) and "kit FFCV loader, beton max side 64" in table
+    assert table.count("resnet18, 32 px, batch 4") == 7 and "kit FFCV loader, beton max side 64" in table
+    assert "check: 3 epochs at 64→64 px" in table and "passed: stopped at" in table
     assert "smoke run on CPU" in run.stderr  # the console writes to stderr
 
 
@@ -146,14 +155,15 @@ def test_evidence_without_a_bundle_never_imports_ffcv(tmp_path):
     script = """
 import sys, torch
 from pathlib import Path
-from imagenet_kit.bench.gpu_evidence import Sizes, measure
-rows = measure(Sizes("resnet18", (32,), (32,), None, 4, 1, 1, ("fp32",)), torch.device("cpu"), Path(sys.argv[1]), None)
+from imagenet_kit.bench.gpu_evidence import SMOKE_CPU, evidence_plan
+rows = [row for planned in evidence_plan(SMOKE_CPU, torch.device("cpu"), Path(sys.argv[1]), None)
+        for row in planned.measure()]
 print(len(rows), "ffcv" in sys.modules)
 """
     run = subprocess.run([sys.executable, "-c", BLOCKING_CLI.split("from imagenet_kit.cli")[0] + script, "",
                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.split()[-2:] == ["2", "False"]  # synthetic and bare rows, FFCV never imported
+    assert run.stdout.split()[-2:] == ["9", "False"]  # 7 train rows and 2 memory rows, FFCV never imported
 
 
 def test_without_a_gpu_the_full_evidence_is_refused(tmp_path):

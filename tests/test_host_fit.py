@@ -75,8 +75,10 @@ def test_t4_recipe_on_a_g4dn_8xlarge_fits_and_is_gpu_bound(rows):
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["bottleneck"] == "GPU (every epoch)"
-    bare = estimate_plan(cfg, "t4", 1, results_dir=rows)  # GPU-bound: the same hours as without a host
-    assert plan["total_hours"] == pytest.approx(bare["total_hours"])
+    bare = estimate_plan(cfg, "t4", 1, results_dir=rows)  # GPU-bound: the same hours as without a host, and the
+    # betons' first read before epoch 0 from an EBS gp3 volume at its baseline 125 MiB/s
+    assert plan["first_read_hours"] == pytest.approx(55_000 * IMAGES / (125 * 2**20) / 3600)
+    assert plan["total_hours"] == pytest.approx(bare["total_hours"] + plan["first_read_hours"])
     assert plan["total_cost_usd"] == pytest.approx(plan["total_hours"] * 2.176)  # the whole instance's price
     assert plan["price_source"].startswith("g4dn.8xlarge $2.176/h for the whole instance")
     text = " ".join(_plan("--recipe", "g4dn-t4", "--instance", "g4dn.8xlarge", "--results-dir", str(rows))
@@ -161,3 +163,13 @@ def test_committed_rows_give_the_readme_verdicts():
     assert t4["host_fit"]["fits_ram"] and t4["host_fit"]["fits_disk"] and not t4["host_fit"]["problems"]
     assert t4["bottleneck"] in ("GPU (every epoch)", "CPU decoding (every epoch)")
     assert t4["total_hours"] > 0 and t4["total_cost_usd"] == pytest.approx(t4["total_hours"] * 2.176)
+
+
+def test_several_gpus_are_never_advised_to_read_uncached_betons(rows):
+    """data.in_memory false under torchrun is refused (each process would allocate the whole beton): a multi-GPU
+    host whose RAM cannot cache the betons gets smaller betons, one process or a bigger instance instead."""
+    fit = check_fit(load_config("full"), INSTANCES["g5.12xlarge"], 4, 1_281_167, VAL_IMAGES, rows)
+    text = " ".join(fit["lines"])
+    assert not fit["fits_ram"] and fit["problems"]
+    assert "set data.in_memory=false" not in text and "fit on disk only" not in text
+    assert "data.max_res=320 data.compress_prob=1" in text and "NPROC=1" in text and "g5.48xlarge" in text

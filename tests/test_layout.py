@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagenet_kit import cli
-from imagenet_kit.bench.results import KINDS
+from imagenet_kit.result_rows import KINDS
 from tests.conftest import REPO
 
 PACKAGE = REPO / "imagenet_kit"
@@ -134,7 +134,8 @@ def _imports(path: Path) -> set[str]:
 
 # The stack docs/development.md's Layout section describes, bottom up: a module imports only from lower layers, its own
 # package, and the top-level modules (layer 0). pipeline.py is a top-level module that sits on top.
-LAYERS = {"data": 1, "models": 1, "optim": 2, "engine": 3, "serve": 4, "pipeline": 5, "bench": 6, "plan": 7}
+LAYERS = {"data": 1, "models": 1, "optim": 2, "engine": 3, "serve": 4, "pipeline": 5, "bench": 6, "plan": 7,
+          "preflight": 8}
 
 
 def _layer(module: str) -> tuple[str, int]:
@@ -145,8 +146,9 @@ def _layer(module: str) -> tuple[str, int]:
 def test_imports_run_down_the_layers_the_readme_describes():
     readme = " ".join((REPO / "docs" / "development.md").read_text().split())
     assert ("`data/` and `models/` use only the top-level modules, `optim/` also uses `models/`, `engine/` uses all "
-            "three, `serve/` uses `engine/`, `pipeline.py` runs the stages, `bench/` measures them, and `plan/` "
-            "(which reads bench's results) sits on top") in readme
+            "three, `serve/` uses `engine/`, `pipeline.py` runs the stages, `bench/` measures them, `plan/` prices "
+            "them from the measured rows (`result_rows.py`), and `preflight/` (which trains, times and prices) sits "
+            "on top") in readme
     modules = {_name(p) for p in MODULES}
     for path in MODULES:
         importer, rank = _layer(_name(path))

@@ -31,16 +31,19 @@ def _targets(results, **kwargs):
 def test_full_24_on_two_g5_sizes_by_hand(results):
     """full-24 ramps 160 -> 192 px between epochs 17 and 20: epochs 0-18 train at 160 px (epoch 18 rounds to 160),
     19-23 at 192. 256,000 images per epoch at 400 and 300 img/s, no validation (val_images 0)."""
-    hours = (19 * 256_000 / 400 + 5 * 256_000 / 300) / 3600  # 4.5630 h
+    gpu_hours = (19 * 256_000 / 400 + 5 * 256_000 / 300) / 3600  # 4.5630 h
+    first_read = 25.6e9 / (125 * 2**20) / 3600  # the betons in order from gp3 at 125 MiB/s, where they fit RAM
     rows = {(r["recipe"], r["instance"]): r for r in _targets(results, spot_discount=0.65)["rows"]}
     small, large = rows["full-24", "g5.xlarge"], rows["full-24", "g5.2xlarge"]
-    for row, price in ((small, 1.006), (large, 1.212)):
+    for row, price, hours in ((small, 1.006, gpu_hours), (large, 1.212, gpu_hours + first_read)):
         assert row["hours"] == pytest.approx(hours)
         assert row["on_demand_usd"] == pytest.approx(hours * price)
         assert row["spot_usd"] == pytest.approx(hours * price * 0.35)
         assert row["throughput"] == "measured" and row["reference_top1"] == 75.6
     # 25.6 GB = 23.8 GiB of betons; page cache is RAM less 4 GiB and 4 GiB per training process
     assert (small["fits_page_cache"], small["fits_disk"]) == (False, True)  # 16 - 8 = 8 GiB
+    # uncached, every epoch reads from gp3: 125 MiB/s / 100 kB = 1,311 img/s, more than the GPU's 400 here
+    assert small["disk_img_per_s"] == pytest.approx(125 * 2**20 / 1e5) and small["first_read_min"] is None
     assert (large["fits_page_cache"], large["fits_disk"]) == (True, True)  # 32 - 8 = 24 GiB
     assert not small["runs_as_configured"] and large["runs_as_configured"]  # in_memory: true needs the page cache
     assert (small["batch_size"], small["data"]) == (256, "320:1:90")  # the a10g profile's batch and betons
@@ -66,7 +69,8 @@ def test_cheapest_and_fastest_are_marked_among_rows_that_run(results):
 def test_a_spot_price_per_gpu_hour_prices_gpu_hours(results):
     rows = {(r["recipe"], r["instance"]): r for r in _targets(results, spot_price=0.5)["rows"]}
     row = rows["full-24", "g5.12xlarge"]  # 4 GPUs: 3.6x one GPU's rate at 90% efficiency
-    assert row["hours"] == pytest.approx((19 * 256_000 / 1440 + 5 * 256_000 / 1080) / 3600)
+    first_read = 25.6e9 / (125 * 2**20) / 3600  # 192 GiB of RAM hold the betons: read once before epoch 0
+    assert row["hours"] == pytest.approx((19 * 256_000 / 1440 + 5 * 256_000 / 1080) / 3600 + first_read)
     assert row["spot_usd"] == pytest.approx(row["hours"] * 4 * 0.5)
     with pytest.raises(PlanError, match="not both"):
         _targets(results, spot_price=0.5, spot_discount=0.6)

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from imagenet_kit.bench.report import BEGIN, END, GPU_PENDING, ReportError, load_rows, replace_block, results_markdown
-from imagenet_kit.bench.results import ResultsError
 from imagenet_kit.cli import cli
+from imagenet_kit.result_rows import ResultsError
 
 TRAIN = {"kind": "train", "date": "2026-12-01T10:00:00+00:00", "arch": "resnet50", "res": 160, "batch": 256,
          "precision": "bf16", "channels_last": True, "compile": False, "gpus": 1, "img_per_s": 2890.4,

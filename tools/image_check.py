@@ -1,7 +1,7 @@
 """`make image-check`: build the Dockerfile with podman on a Debian base and run the image for real.
 
-Steps, each ending in one `[pass]` or `[FAIL]` line: (1) the import check and `imagenet-kit --help` in the
-image; (2) the compose `train` service runs the embedded sample end to end onto the host's runs/ and betons/;
+Steps, each ending in one `[pass]` or `[FAIL]` line: (1) the import check, `imagenet-kit --help` and a
+`torch.compile`d function in the image; (2) the compose `train` service runs the embedded sample end to end onto the host's runs/ and betons/;
 (3) the compose `demo` service turns healthy and classifies a photo sent from the host with gradio_client;
 (4) `stop` mid-epoch exits 0 with a checkpoint, and starting the service again resumes and finishes;
 (5) the image's size and build time become a row of bench/results/image.jsonl (kind `image`).
@@ -21,8 +21,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from imagenet_kit.bench.results import append_results, utc_now  # noqa: E402
 from imagenet_kit.environment import cpu_model, git_revision  # noqa: E402
+from imagenet_kit.result_rows import append_results, utc_now  # noqa: E402
 from imagenet_kit.runs import ExportFolder  # noqa: E402
 
 BASE = "localhost/debian:bookworm"
@@ -129,12 +129,20 @@ def compose_file(work: Path) -> list[str]:
     return [sys.executable, "-m", "podman_compose", "-f", str(work / "docker-compose.yml")]
 
 
+# train.compile in the image: torch.compile builds C++ (CPU) or a C launcher (Triton, GPU) at its first kernel.
+COMPILED = ("import torch; f = torch.compile(lambda x: torch.sin(x) * 2 + 1); x = torch.arange(4.0); "
+            "assert torch.allclose(f(x), torch.sin(x) * 2 + 1); print('compiled')")
+
+
 def check_image() -> str:
     sh("podman", "run", "--rm", "--entrypoint", "python", IMAGE, "-c", "import ffcv, imagenet_kit.cli")
     usage = sh("podman", "run", "--rm", IMAGE, "--help").stdout
     if "Usage: imagenet-kit" not in usage:
         raise CheckFailed(f"imagenet-kit --help printed:\n{usage}")
-    return "import ffcv, imagenet_kit.cli and imagenet-kit --help in the image"
+    compiled = sh("podman", "run", "--rm", "--entrypoint", "python", IMAGE, "-c", COMPILED).stdout
+    if "compiled" not in compiled:
+        raise CheckFailed(f"a torch.compile'd function in the image printed:\n{compiled}")
+    return "import ffcv, imagenet_kit.cli, imagenet-kit --help and a torch.compile'd function in the image"
 
 
 def owned_by_host_user(root: Path) -> list[Path]:

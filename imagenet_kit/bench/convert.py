@@ -21,11 +21,11 @@ import click
 from rich.table import Table
 
 from imagenet_kit.bench.data import scan_any
-from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.config import ConfigError
 from imagenet_kit.data.convert import convert
 from imagenet_kit.environment import command_line, cpu_model, environment
 from imagenet_kit.progress import console
+from imagenet_kit.result_rows import RESULTS_DIR, append_results, utc_now
 
 DEFAULT_SETTINGS = "500:0.5:90,256:1:90"  # the full recipe's (FFCV's ImageNet) and JPEG-only at 256 px
 

@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 from rich.table import Table
 
-from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.data.convert import DEFAULT_COMPRESS_PROB, DEFAULT_JPEG_QUALITY, convert
 from imagenet_kit.data.sources import Source, scan_imagefolder, scan_labelled_flat
 from imagenet_kit.data.workers import usable_workers
 from imagenet_kit.environment import command_line, cpu_model, environment
 from imagenet_kit.progress import console
+from imagenet_kit.result_rows import RESULTS_DIR, append_results, utc_now
 
 PSEUDO_CLASS = "images"  # a flat folder's one class: labels play no part in throughput
 

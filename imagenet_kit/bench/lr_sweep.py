@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 
-from imagenet_kit.bench.results import RESULTS_DIR, append_results, read_results, utc_now
 from imagenet_kit.bench.run import run_record
 from imagenet_kit.config import ConfigError, RunConfig
 from imagenet_kit.data.prepare import prepare
@@ -23,6 +22,7 @@ from imagenet_kit.engine.train import DivergenceError, train
 from imagenet_kit.options import build_config
 from imagenet_kit.pipeline import training_finished
 from imagenet_kit.progress import console
+from imagenet_kit.result_rows import RESULTS_DIR, append_results, read_results, utc_now
 from imagenet_kit.runtime import Runtime, init_runtime
 
 DEFAULT_FACTORS = "1/9,1/3,1,3,9"

@@ -21,7 +21,6 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from imagenet_kit.bench.results import RESULTS_DIR, append_results, read_results
 from imagenet_kit.bench.run import run_record
 from imagenet_kit.config import RunConfig, load_config
 from imagenet_kit.data.prepare import prepare
@@ -31,6 +30,7 @@ from imagenet_kit.errors import ConfigError
 from imagenet_kit.options import resolve_data_root
 from imagenet_kit.pipeline import training_finished
 from imagenet_kit.progress import console, results
+from imagenet_kit.result_rows import RESULTS_DIR, append_results, read_results
 from imagenet_kit.runtime import init_runtime
 
 BENCH = "profiles"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from imagenet_kit.bench.results import KINDS, RESULTS_DIR, read_results
 from imagenet_kit.errors import KitError
 from imagenet_kit.models.architecture import architecture_label
 from imagenet_kit.progress import console
+from imagenet_kit.result_rows import KINDS, RESULTS_DIR, read_results
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 GPU_PENDING = "GPU figures are pending: no GPU has been available to the kit's sessions yet."
@@ -107,8 +107,43 @@ def _image_row(r: dict) -> tuple[str, str, str]:
     return what, value, f"{r['cpu']}, {_count(r['cpu_count'], 'core')}"
 
 
-ROW_FORMATS = {"accuracy": _accuracy_row, "train": _train_row, "data": _data_row, "convert": _convert_row,
-               "demo": _demo_row, "image": _image_row}
+def _memory_row(r: dict) -> tuple[str, str, str]:
+    what = (f"peak memory, {r['phase']}: {architecture_label(r)}, {r['res']} px, batch {r['batch']}, {r['precision']}"
+            f"{' + flip TTA' if r['flip_tta'] else ''} (the {r['profile']} profile's)")
+    if r["memory_kind"] == "process_max_rss":
+        value = f"peak process RSS {r['reserved_mb']:,.0f} MB (CPU)"
+    else:
+        value = (f"{r['reserved_mb']:,.0f} MB reserved, {r['allocated_mb']:,.0f} MB allocated of "
+                 f"{r['device_total_mb']:,.0f} MB" if r["fits"] else f"out of memory at {r['reserved_mb']:,.0f} MB")
+    return what, value, r["device"]
+
+
+def _check_row(r: dict) -> tuple[str, str, str]:
+    low, high = r["resolutions"]
+    what = (f"check: 3 epochs at {low}→{high} px, {architecture_label(r)}, batch {r['batch']}, SIGTERM mid-epoch twice, "
+            f"resumed in {r['precisions'][0]} then {r['precisions'][1]}")
+    value = (f"{'passed' if r['passed'] else 'FAILED'}: stopped at (epoch, step) {r['stopped_at']} (expected "
+             f"{r['expected']}), {r['epochs_logged']} epochs logged")
+    return what, value, r["device"]
+
+
+def _preflight_row(r: dict) -> tuple[str, str, str]:
+    m, s, d = r["memory"], r["storage"], r["decoding"]
+    profile = f" ({r['profile']} profile)" if r["profile"] else ""
+    what = f"preflight of recipe {r['recipe']}{profile}, {r['arch']}, batch {m['batch']} at {m['train_res']} px"
+    speeds = "; ".join(f"{res} px {v['real']:,.0f} img/s real vs {v['synthetic']:,.0f} synthetic"
+                       for res, v in r["speed"]["img_per_s"].items())
+    memory = "out of memory" if m["train_mb"] is None else f"{m['train_mb']:,.0f} MB"
+    value = (f"{'GO' if r['go'] else 'NO GO'}: training {memory} of {m['limit_mb']:,.0f}; {speeds}; "
+             f"{d['img_per_s_per_worker']:,.0f} img/s per decoding worker; betons {s['betons_gb']:,.1f} GB "
+             f"{'fit' if s['fits_page_cache'] else 'do not fit'} the page cache; disk {s['sequential_mb_s']:,.0f} MB/s "
+             f"in order, {s['random_mb_s']:,.0f} MB/s random; resume {'passed' if r['resume']['passed'] else 'FAILED'}")
+    return what, value, r["device"] + (f" ({r['instance']})" if r.get("instance") else "")
+
+
+ROW_FORMATS = {"accuracy": _accuracy_row, "train": _train_row, "memory": _memory_row, "check": _check_row,
+               "preflight": _preflight_row,
+               "data": _data_row, "convert": _convert_row, "demo": _demo_row, "image": _image_row}
 
 
 def _cell(text: str) -> str:

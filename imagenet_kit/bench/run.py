@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 import yaml
 
-from imagenet_kit.bench.results import RESULTS_DIR, ResultsError, append_results, utc_now
 from imagenet_kit.config import config_from_dict
 from imagenet_kit.models.architecture import architecture
 from imagenet_kit.progress import console
+from imagenet_kit.result_rows import RESULTS_DIR, ResultsError, append_results, utc_now
 from imagenet_kit.runs import RunFolder
 
 # env.json's keys a row copies when the run has them: precision (since 2026-11-27); the peak LR used and how it

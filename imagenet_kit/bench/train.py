@@ -24,11 +24,11 @@ import click
 import torch
 from rich.table import Table
 
-from imagenet_kit.bench.results import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.bench.train_steps import (
     NUM_CLASSES,
     free_memory,
     has_bare_reference,
+    host_syncs_per_step,
     measure_bare,
     measure_real,
     measure_synthetic,
@@ -41,6 +41,7 @@ from imagenet_kit.environment import device_name, environment
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture_label
 from imagenet_kit.progress import console
 from imagenet_kit.recipe_files import PACKAGE_DIR
+from imagenet_kit.result_rows import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.runtime import precision_name, resolve_precision
 
 SAMPLE_TRAIN = PACKAGE_DIR / "sample_data" / "imagenette-sample" / "train"
@@ -71,7 +72,8 @@ def _measure_all(arch, model_options, resolutions, batch, precision, compile_, c
     env = environment()
     common = {"kind": "train", "host": env["host"], "device": device_name(device), "device_type": device.type,
               "gpus": 1, "arch": arch, **model_options, "batch": batch, "precision": resolved,
-              "channels_last": channels_last, "compile": compile_, "steps": steps, "warmup": warmup, "num_classes": NUM_CLASSES,
+              "channels_last": channels_last, "compile": compile_, "steps": steps, "warmup": warmup,
+              "num_classes": NUM_CLASSES, "cudnn_benchmark": torch.backends.cudnn.benchmark,
               "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
               "versions": env, "command": env["command"]}
     args = dict(batch=batch, device=device, precision=precision, channels_last=channels_last, compile_=compile_,
@@ -92,30 +94,38 @@ def _measure_all(arch, model_options, resolutions, batch, precision, compile_, c
                      else None,
                      "kit_overhead_pct": round(100 * (1 - rate["synthetic"] / rate["bare"]), 1) if "bare" in rate
                      else None}
+        syncs = (host_syncs_per_step(arch, model_options, res, batch, device, precision, channels_last)
+                 if "synthetic" in measured else None)
         for mode, (img_per_s, peak) in measured.items():
             rows.append({**common, "date": utc_now(), "res": res, "mode": mode, "img_per_s": img_per_s,
                          "peak_mem_mb": peak, **overheads,
-                         **({"beton": str(beton), "beton_images": beton_images,
-                             "workers": workers} if mode == "real" else {})})
+                         **({"host_syncs_per_step": syncs} if mode == "synthetic" else {}),
+                         **({"beton": str(beton), "beton_images": beton_images, "workers": workers,
+                             "beton_passes": -(-(warmup + steps) * batch // beton_images)} if mode == "real" else {})})
     return rows
 
 
 def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, precision: str = "auto",
                 compile_: bool = False, channels_last: bool = True, beton=None, steps: int = 5, warmup: int = 2,
                 workers: int = 0, results_dir=RESULTS_DIR, device: torch.device | None = None,
-                model_options: dict | None = None, modes=MODES) -> list[dict]:
+                model_options: dict | None = None, modes=MODES, autotune: bool = True,
+                passes: int = 1) -> list[dict]:
     """Measure every (resolution, mode), append one JSON line each to RESULTS_DIR/train.jsonl, return them.
     ``model_options``: ``create_model`` keywords among MODEL_OPTIONS; every line records all of them.
-    Without "real" among ``modes`` no beton is read and FFCV is never imported."""
+    Without "real" among ``modes`` no beton is read and FFCV is never imported. ``autotune``: cuDNN's autotuner,
+    on as training has it (off: what it buys). ``passes``: how many epochs of the beton the real mode may read."""
     defaults = ModelConfig()
     model_options = {key: getattr(defaults, key) for key in MODEL_OPTIONS} | (model_options or {})
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = usable_workers(workers, "bench train")  # what the loaders would use
     beton_images = None
+    if "real" in modes and beton is None and not _sample_is_enough(batch, steps, warmup):
+        modes = tuple(mode for mode in modes if mode != "real")
     if "real" in modes:
         beton = sample_beton() if beton is None else beton
-        beton_images = _check_beton(beton, batch, steps, warmup)
-    threads = torch.get_num_threads()
+        beton_images = _check_beton(beton, batch, steps, warmup, passes)
+    threads, tuned = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = autotune
     # Training computes with as many torch threads as loader workers (FFCV sets them on every epoch, and
     # importing FFCV sets 1): every mode gets that many, so on CPU the modes differ only in what they time.
     torch.set_num_threads(workers)
@@ -124,16 +134,32 @@ def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, pre
                             beton_images, steps, warmup, workers, device, modes)
     finally:
         torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = tuned
     append_results(Path(results_dir) / "train.jsonl", rows)
     return rows
 
 
-def _check_beton(beton, batch: int, steps: int, warmup: int) -> int:
-    """The real-data mode times one pass: a beton that runs out first would time FFCV's epoch restarts."""
+def _sample_is_enough(batch: int, steps: int, warmup: int) -> bool:
+    """Whether the embedded sample (the default real data) holds every batch the real-data mode reads; if not, the
+    other modes run alone and a line says how to time the real one (a GPU's batch 256 reads 15,360 images)."""
+    images = sum(1 for path in SAMPLE_TRAIN.rglob("*") if path.is_file())
+    needed = (warmup + steps) * batch
+    if images >= needed:
+        return True
+    console.print(f"bench train: real-data mode skipped: the embedded sample has {images} training images, fewer "
+                  f"than the {needed:,} that (warm-up {warmup} + {steps} steps) x batch {batch} read. To time the step "
+                  "fed by FFCV, give --beton a larger train beton, e.g. imagenet-kit convert imagenette2/train "
+                  "betons/imagenette2-train-256.beton --max-res 256 (9,469 images)")
+    return False
+
+
+def _check_beton(beton, batch: int, steps: int, warmup: int, passes: int = 1) -> int:
+    """The real-data mode times ``passes`` epochs at most: by default one, since on a beton that runs out first
+    FFCV's epoch restarts would weigh more than in training."""
     from imagenet_kit.data.loaders import beton_num_samples
 
     images, needed = beton_num_samples(str(beton)), (warmup + steps) * batch
-    if images < needed:
+    if images * passes < needed:
         raise ConfigError(f"{beton}: {images} images, fewer than the {needed} the real-data mode reads "
                           f"((warm-up {warmup} + {steps} steps) x batch {batch}), so FFCV would restart its epoch "
                           "while timed. Build a larger one, e.g. imagenet-kit convert imagenette2/train "

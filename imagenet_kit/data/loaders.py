@@ -20,6 +20,8 @@ from ffcv.fields.rgb_image import (
     ResizedCropRGBImageDecoder,
 )
 from ffcv.loader import Loader, OrderOption
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
 import imagenet_kit.data.ffcv_compat  # noqa: F401  (before any Loader: FFCV's reader corrupts numba's types)
@@ -131,6 +133,23 @@ def create_val_loader(beton: str, batch_size: int, res: int, device: torch.devic
     return Loader(beton, batch_size=batch_size, num_workers=usable_workers(workers, "val loader"),
                   order=OrderOption.SEQUENTIAL,
                   drop_last=False, pipelines=pipelines, indices=indices)
+
+
+def epoch_batches(loader: Loader, skip: int = 0):
+    """The next epoch's batches from batch ``skip`` on, the ones before it never read or decoded: a mid-epoch
+    resume starts where the checkpoint stopped instead of decoding up to an epoch of batches it throws away.
+
+    FFCV 1.0.2's ``Loader.__iter__`` with the order cut: the epoch's order is a function of (seed, epoch), so
+    batch ``skip`` and every one after it are those an uninterrupted epoch would have made."""
+    if skip == 0:
+        return iter(loader)
+    Compiler.set_num_threads(loader.num_workers)
+    order = loader.next_traversal_order()
+    selected = order[skip * loader.batch_size:len(loader) * loader.batch_size]
+    loader.next_epoch += 1
+    if loader.code is None or loader.recompile:
+        loader.generate_code()
+    return EpochIterator(loader, selected)
 
 
 def set_resolution(loader: Loader, res: int) -> None:

@@ -41,6 +41,24 @@ def require_betons(cfg: RunConfig, reason: str = "") -> None:
     from imagenet_kit.data.loaders import beton_num_samples
 
     require_batch_fits(cfg, beton_num_samples(str(cfg.betons[0])), cfg.betons[0])
+    require_page_cache_under_torchrun(cfg)
+
+
+def require_page_cache_under_torchrun(cfg: RunConfig) -> None:
+    """Refuse ``data.in_memory: false`` with several processes: FFCV's distributed loader needs its RANDOM order,
+    and without the page cache (``os_cache=False``) its page scheduler then keeps nearly every page of the beton
+    alive, so each process allocates about the whole beton (MemoryError or the OOM killer, once per process)."""
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, before the process group exists
+    if ranks < 2 or cfg.data.in_memory:
+        return
+    size = cfg.betons[0].stat().st_size / 1e9 if cfg.betons[0].is_file() else None
+    about = f" ({size:,.1f} GB for {cfg.betons[0].name})" if size is not None else ""
+    raise ConfigError(f"data.in_memory false under torchrun ({ranks} processes): FFCV's distributed loader reads in "
+                      f"random order, and without the page cache each process allocates about the whole beton"
+                      f"{about}. Keep data.in_memory true with betons that fit the page cache (smaller ones, e.g. "
+                      "--gpu t4's 320 px JPEG betons), train with one process (NPROC=1 reads an uncached beton in "
+                      "FFCV's QUASI_RANDOM order), or take an instance with more RAM (imagenet-kit plan --recipe "
+                      "RECIPE --instance NAME shows what fits)")
 
 
 def require_batch_fits(cfg: RunConfig, images: int, source: Path) -> None:

@@ -78,16 +78,26 @@ def find_resume_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     return path, state
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """The generators a resumed run continues: Python's, numpy's, torch's CPU one and, on a GPU, this process's
+    device's only. Every rank saves its own device's state under torchrun, and a host with fewer GPUs (8 resumed
+    as 4, a g5.12xlarge's run on a g5.2xlarge) has nothing to index past its own."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore ``rng_state``'s generators; a CUDA state goes to this process's device, if it has one. Checkpoints
+    written before 2026-12-06 hold every visible device's state ("cuda"): this device's is taken when there is one
+    at its index."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif device.index is not None and device.index < len(state.get("cuda", [])):
+        torch.cuda.set_rng_state(state["cuda"][device.index], device)

@@ -68,6 +68,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_reserved_mb(device: torch.device) -> float:
+    """CUDA: peak memory the caching allocator held since the epoch's reset, what the GPU must have free (allocated
+    understates it by the allocator's cached blocks and fragmentation). CPU: the peak resident set, as above."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_reserved(device) / 2**20
+    return peak_memory_mb(device)
+
+
 def say_stopped(epoch: int, step: int) -> None:
     console.print(f"stopped by signal at epoch {epoch + 1}, step {step}; checkpoint written. Resume with the "
                   "same command plus --resume auto (imagenet-kit run resumes by itself)")

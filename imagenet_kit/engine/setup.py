@@ -28,7 +28,7 @@ from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled
 from imagenet_kit.optim.schedule import create_scheduler, schedule_trace
 from imagenet_kit.progress import console
 from imagenet_kit.runs import LAST
-from imagenet_kit.runtime import Runtime, on_every_rank, precision_name, resolve_precision
+from imagenet_kit.runtime import Runtime, on_every_rank, precision_name, require_compiler, resolve_precision
 
 
 @dataclass
@@ -72,12 +72,15 @@ class Training:
             "partial_epoch": {"loss_sum": partial[0], "steps": partial[1]} if partial else None,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": epoch, "step": step, "global_step": self.position.global_step, "rng": rng_state(),
+            "epoch": epoch, "step": step, "global_step": self.position.global_step,
+            "rng": rng_state(self.runtime.device), "precision": precision_name(self.amp_dtype),
             "config": self.cfg.to_dict(), "classes": self.classes, "best_top1": self.position.best_top1,
             "metrics": metrics, "max_lr": self.max_lr, "world_size": self.runtime.world_size,
             "epoch_changes": self.epoch_changes,
         }
         path = self.cfg.run.checkpoint(name)
+        if self.mirror is not None:
+            self.mirror.before_writing(path)
         save_checkpoint(state, path, keep_previous=(name == LAST))
         if self.mirror is not None:
             self.mirror.push(path, state)
@@ -87,6 +90,8 @@ def build_training(cfg: RunConfig, runtime: Runtime, resume: str | None) -> Trai
     torch.manual_seed(cfg.train.seed + runtime.rank)
     np.random.seed(cfg.train.seed + runtime.rank)
     on_every_rank(lambda: require_betons(cfg), runtime)  # and that a batch fits them: before the run folder exists
+    if cfg.train.compile:
+        on_every_rank(lambda: require_compiler(runtime.device), runtime)
     mirror = on_every_rank(lambda: Mirror(cfg.train.mirror, cfg.run) if cfg.train.mirror and runtime.is_main
                            else None, runtime)  # a bad URL stops every rank, not rank 0 alone
     resumed_from, state = resume_state(cfg.run, runtime, resume, mirror)
@@ -193,12 +198,27 @@ def _restore(t: Training, state: dict) -> None:
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
-    if "scaler" in state:
-        t.scaler.load_state_dict(state["scaler"])
+    _restore_scaler(t, state)
     t.position = Position(state["epoch"], state["step"], state["global_step"], state.get("best_top1", -1.0),
                           state.get("partial_epoch") if state["step"] else None)
     if t.runtime.world_size == state.get("world_size", 1):
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], t.runtime.device)
+
+
+def _restore_scaler(t: Training, state: dict) -> None:
+    """fp16's loss scale goes on from the checkpoint's. A resume into another precision (a g5's bf16 run resumed
+    on a g4dn's T4 in fp16, or back) starts a fresh scaler instead, said once: a bf16 or fp32 run saved a disabled
+    scaler, whose empty state torch refuses to load ("The source state dict is empty")."""
+    saved = state.get("scaler") or {}
+    if bool(saved) == t.scaler.is_enabled():
+        if saved:
+            t.scaler.load_state_dict(saved)
+        return
+    if t.runtime.is_main:
+        before, now = state.get("precision", "fp16" if saved else "bf16 or fp32"), precision_name(t.amp_dtype)
+        what = (f"fp16 starts a fresh loss scale ({t.scaler.get_scale():g}, adjusted within the first steps)"
+                if t.scaler.is_enabled() else f"{now} needs no loss scaling, the checkpoint's scale is dropped")
+        console.print(f"resume: precision {before} -> {now}: {what}")
 
 
 def _plot_schedule(t: Training, global_batch: int) -> None:

@@ -15,7 +15,7 @@ def train_step(model, images: torch.Tensor, labels: torch.Tensor, criterion, opt
     """One optimiser step on a loader batch (uint8 images on the device); returns the loss, unsynchronised."""
     x = normalize(images, channels_last)
     with autocast(images.device, amp_dtype):
-        loss = criterion(model(x), labels.long())
+        loss = criterion(model(x), labels.long().reshape(-1))  # FFCV squeezes a batch of one to a 0-d label
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

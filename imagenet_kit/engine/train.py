@@ -16,10 +16,11 @@ import click
 import torch
 
 from imagenet_kit.config import RunConfig
-from imagenet_kit.data.loaders import finish_epoch, set_resolution
+from imagenet_kit.data.loaders import epoch_batches, finish_epoch, set_resolution
+from imagenet_kit.data.storage import preread
 from imagenet_kit.engine.evaluate import evaluate
 from imagenet_kit.engine.init_weights import freeze_backbone
-from imagenet_kit.engine.logbook import Logbook, peak_memory_mb, say_stopped
+from imagenet_kit.engine.logbook import Logbook, peak_memory_mb, peak_reserved_mb, say_stopped
 from imagenet_kit.engine.setup import Training, build_training
 from imagenet_kit.engine.step import train_step
 from imagenet_kit.errors import KitError
@@ -78,8 +79,20 @@ def train(cfg: RunConfig, runtime: Runtime, resume: str | None = None) -> dict:
 
 def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
     t = build_training(cfg, runtime, resume)
+    if runtime.local_rank == 0:  # one read per node; the other ranks wait for it at their first collective
+        preread(list(cfg.betons), processes=max(1, runtime.world_size // runtime.nodes),
+                enabled=cfg.data.preread and cfg.data.in_memory)
     logbook = Logbook(cfg.run, t.position.epoch, runtime.is_main, cfg.train.tensorboard, cfg.train.epochs)
     metrics = logbook.last
+    try:
+        return _epochs(t, logbook, metrics)
+    finally:
+        if t.mirror is not None:  # a stop or the end: the newest checkpoint's copy must be complete first
+            t.mirror.wait()
+
+
+def _epochs(t: Training, logbook: Logbook, metrics: dict) -> dict:
+    cfg, runtime = t.cfg, t.runtime
     with StopFlag() as stop:
         for epoch in range(t.position.epoch, cfg.train.epochs):
             stats = train_one_epoch(t, epoch, stop, metrics)
@@ -98,7 +111,7 @@ def _train(cfg: RunConfig, runtime: Runtime, resume: str | None) -> dict:
 def train_one_epoch(t: Training, epoch: int, stop: StopFlag, last_metrics: dict) -> EpochStats:
     """One pass over the train loader from ``t.position.step``; stops early, with a checkpoint, on request."""
     res = _start_epoch(t, epoch)
-    batches = iter(t.train_loader)
+    batches = epoch_batches(t.train_loader, skip=t.position.step)
     try:
         return _train_batches(t, epoch, res, batches, stop, last_metrics)
     finally:  # a stop mid-epoch would otherwise leave FFCV's loader thread and its pinned batches behind
@@ -115,10 +128,9 @@ def _train_batches(t: Training, epoch: int, res: int, batches, stop: StopFlag, l
     last_step, last_checkpoint, start = t.steps_per_epoch - 1, time.monotonic(), time.perf_counter()
     cap = cfg.train.max_steps or math.inf
     with _epoch_bar(t, epoch, res) as bar:
-        for step, (batch, labels) in enumerate(batches):
-            if step < skip:  # mid-epoch resume: these batches were trained on already
-                bar.skip(len(labels), steps=1)
-                continue
+        if skip:  # mid-epoch resume: the loader starts at batch `skip`; the bar counts those as done
+            bar.skip(skip * cfg.train.batch_size, steps=skip)
+        for step, (batch, labels) in enumerate(batches, start=skip):
             loss = train_step(t.step_model, batch, labels, t.criterion, t.optimizer, t.scaler, t.scheduler,
                               t.amp_dtype, cfg.model.channels_last)
             loss_sum += loss.detach().double()
@@ -179,7 +191,8 @@ def end_epoch(t: Training, epoch: int, stats: EpochStats, logbook: Logbook) -> d
         # a one-step epoch has no rate after its first step: then the whole epoch's
         "img_per_s": stats.img_per_s or stats.images * runtime.world_size / stats.seconds,
         "epoch_seconds": stats.seconds,
-        "peak_mem_mb": peak_memory_mb(runtime.device), "global_step": t.position.global_step,
+        "peak_mem_mb": peak_memory_mb(runtime.device), "peak_reserved_mb": peak_reserved_mb(runtime.device),
+        "global_step": t.position.global_step,
     }
     best_is_new = val["top1"] > t.position.best_top1
     t.position.best_top1 = max(t.position.best_top1, val["top1"])

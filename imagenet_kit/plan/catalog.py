@@ -128,6 +128,27 @@ PRICE_SOURCE = ("AWS EC2 on-demand list price, us-east-1, Linux (AWS price list:
                 "2026-09-25, g6 and g6e at their listed rates); check aws.amazon.com/ec2/pricing/on-demand")
 
 
+@dataclass(frozen=True)
+class Storage:
+    """Where the betons are read from: its rate in order (the pre-read before epoch 0) and in the large random
+    reads of an uncached epoch (FFCV reading pages of samples in shuffled order), in MB/s."""
+    name: str
+    sequential_mb_s: float
+    random_mb_s: float
+    source: str
+
+
+MIB = 2**20 / 1e6
+EBS_SOURCE = ("AWS EC2 API (CreateVolume / EbsBlockDevice): gp3 baseline 3,000 IOPS and 125 MiB/s, provisionable to "
+              "16,000 IOPS and 1,000 MiB/s; reads of 256 KiB and more are bound by the throughput")
+
+
+def ebs_gp3(mib_s: float = 125) -> Storage:
+    """An EBS gp3 volume at ``mib_s`` of throughput (125, its baseline, to 1,000): where the betons outlive a spot
+    instance (docs/deploying.md, "Where betons belong")."""
+    return Storage(f"EBS gp3 at {mib_s:g} MiB/s", mib_s * MIB, mib_s * MIB, EBS_SOURCE)
+
+
 def default_instance(gpu: str) -> Host:
     """The first instance of the table with this GPU: the smallest, whose price per GPU-hour plans use by default."""
     return next(host for host in INSTANCES.values() if host.gpu == gpu)

@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from imagenet_kit.bench.results import RESULTS_DIR
 from imagenet_kit.config import load_config
-from imagenet_kit.plan.catalog import GPUS, INSTANCE_SOURCE, INSTANCES, PRICE_SOURCE, instance_price_per_gpu
+from imagenet_kit.plan.catalog import GPUS, INSTANCE_SOURCE, INSTANCES, PRICE_SOURCE, ebs_gp3, instance_price_per_gpu
 from imagenet_kit.plan.estimate import DEFAULT_EFFICIENCY, TRAIN_IMAGES, VAL_IMAGES, estimate_plan, resolve_host
 from imagenet_kit.plan.host_fit import check_fit
 from imagenet_kit.plan.targets import plan_targets
 from imagenet_kit.progress import results
+from imagenet_kit.result_rows import RESULTS_DIR
 
 
 @click.command("plan")
@@ -39,27 +39,31 @@ from imagenet_kit.progress import results
               show_default=True, help="assumed multi-GPU scaling efficiency where no figure exists")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
               show_default=True, help="where `imagenet-kit bench ...` writes its JSON lines")
+@click.option("--ebs-mib-s", type=click.FloatRange(125, 1000), default=125, show_default=True,
+              help="throughput of the EBS gp3 volume the betons are read from (125 is its baseline, 1000 its most); "
+                   "a preflight row of the instance replaces it")
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON")
 def plan_command(recipe, target, family, gpu, gpus, instance, host, price_per_hour, spot_discount, images,
-                 val_images, efficiency, results_dir, as_json):
+                 val_images, efficiency, results_dir, ebs_mib_s, as_json):
     """Estimate hours and cost of a recipe on GPUs, from measured or published throughput; with a host, check
     that its data fits and whether CPU decoding or the GPU bounds it. With --target, compare every schedule that
     reaches an accuracy on every instance."""
     if target is not None:
         families = tuple(f.strip() for f in family.split(",") if f.strip())
         result = plan_targets(target, families, gpus, spot_discount, price_per_hour, images=images,
-                              val_images=val_images, efficiency=efficiency, results_dir=results_dir)
+                              val_images=val_images, efficiency=efficiency, results_dir=results_dir,
+                              storage=ebs_gp3(ebs_mib_s))
         results.out(json.dumps(result, indent=2)) if as_json else print_targets(result)
         return
     cfg = load_config(recipe or "full")
     gpu, gpus, chosen = resolve_host(gpu, gpus, instance, host, price_per_hour, cfg.data.beton_dir)
-    fit = check_fit(cfg, chosen, gpus, images, val_images, results_dir) if chosen else None
+    fit = check_fit(cfg, chosen, gpus, images, val_images, results_dir, ebs_gp3(ebs_mib_s)) if chosen else None
     price_source = None
     if chosen and chosen.price_per_hour is not None and price_per_hour is None:
         price_per_hour = instance_price_per_gpu(chosen, gpus)
         price_source = f"{chosen.name} ${chosen.price_per_hour}/h for the whole instance, {PRICE_SOURCE}"
     plan = estimate_plan(cfg, gpu, gpus, price_per_hour, images, val_images, efficiency, results_dir,
-                         fit["decode_img_per_s"] if fit else None, price_source)
+                         fit["decode_img_per_s"] if fit else None, price_source, cold=fit)
     plan["host_fit"] = fit
     if as_json:
         results.out(json.dumps(plan, indent=2))
@@ -76,14 +80,15 @@ def print_targets(result: dict) -> None:
     table = Table(title=f"Estimate: schedules reaching {result['target_top1']:g}% top-1 (published, not the kit's)")
     for column in ("recipe", "top-1 (pub.)", "instance", "GPUs", "batch", "data", "hours", "on-demand $",
                    *(("spot $",) * spot),
-                   "page cache", "disk", "throughput", ""):
+                   "page cache", "first read", "disk", "throughput", ""):
         table.add_column(column, justify="left" if column in ("recipe", "instance", "data", "throughput", "") else "right",
                          no_wrap=True)
     for r in result["rows"]:
         table.add_row(r["recipe"], f"{r['reference_top1']:g}%", r["instance"], str(r["gpus"]), str(r["batch_size"]),
                       r["data"], f"{r['hours']:.1f}",
                       f"{r['on_demand_usd']:,.2f}", *([f"{r['spot_usd']:,.2f}"] if spot else []),
-                      _yes_no(r["fits_page_cache"]), _yes_no(r["fits_disk"]), r["throughput"], r["mark"],
+                      _yes_no(r["fits_page_cache"]), _first_read(r), _yes_no(r["fits_disk"]), r["throughput"],
+                      r["mark"],
                       style="bold" if r["mark"] else None)
     results.print(table)
     for line in (f"top-1: each recipe's reference.source (FFCV's published runs on 8x A100); prices: {PRICE_SOURCE}",
@@ -92,8 +97,17 @@ def print_targets(result: dict) -> None:
                  "throughput: measured = a bench train row; reference = a published figure; derived = another GPU's "
                  "published figure scaled by the datasheets (imagenet-kit plan --recipe R --instance I names it)",
                  "page cache / disk: whether the recipe's betons fit (? = no bench convert row for its data "
-                 "settings); cheapest and fastest are marked among rows that run as configured"):
+                 "settings); cheapest and fastest are marked among rows that run as configured",
+                 f"first read: the betons read in order into the page cache before epoch 0, from {result['storage']} "
+                 "(counted in the hours); uncached: they do not fit it, and every epoch is priced at the disk's "
+                 "random-read rate where that is slower than the GPU"):
         results.print(line, markup=False, soft_wrap=True)
+
+
+def _first_read(row: dict) -> str:
+    if row["first_read_min"] is not None:
+        return f"{row['first_read_min']:,.0f} min"
+    return "uncached" if row["disk_img_per_s"] is not None else "?"
 
 
 def print_plan(plan: dict, images: int) -> None:
@@ -103,6 +117,9 @@ def print_plan(plan: dict, images: int) -> None:
     bound = plan["bottleneck"] is not None
     for column in ("epoch", "res (px)", "img/s", *(("bound",) if bound else ()), "minutes", "cost (USD)"):
         table.add_column(column, justify="right")
+    if plan["first_read_hours"]:
+        table.add_row("read", "", "", *(("disk",) if bound else ()), f"{60 * plan['first_read_hours']:.1f}",
+                      f"{plan['first_read_cost_usd']:,.2f}")
     for e in plan["epochs"]:
         table.add_row(str(e["epoch"]), str(e["res"]), f"{e['img_per_s']:,.0f}", *((e["bound"],) if bound else ()),
                       f"{60 * e['hours']:.1f}", f"{e['cost_usd']:,.2f}")

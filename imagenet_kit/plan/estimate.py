@@ -11,13 +11,13 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from imagenet_kit.bench.results import RESULTS_DIR
 from imagenet_kit.config import RunConfig
 from imagenet_kit.models.architecture import architecture, architecture_extras
 from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.plan.catalog import GPUS, INSTANCES, PRICE_SOURCE, Host, default_instance, price_per_gpu_hour
 from imagenet_kit.plan.host_fit import local_host
 from imagenet_kit.plan.throughput import PlanError, bench_command, measured_throughput, scale_to_gpus, seconds_per_image
+from imagenet_kit.result_rows import RESULTS_DIR
 
 TRAIN_IMAGES = 1_281_167  # ILSVRC2012 (ImageNet-1K) train split
 VAL_IMAGES = 50_000  # ILSVRC2012 validation split
@@ -58,9 +58,11 @@ def _bottleneck(epochs: list[dict]) -> str:
 def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float | None = None,
                   images: int = TRAIN_IMAGES, val_images: int = VAL_IMAGES,
                   efficiency: float = DEFAULT_EFFICIENCY, results_dir: Path = RESULTS_DIR,
-                  decode_img_per_s: float | None = None, price_source: str | None = None) -> dict:
+                  decode_img_per_s: float | None = None, price_source: str | None = None,
+                  cold: dict | None = None) -> dict:
     """Hours and cost of training ``cfg`` on ``gpus`` GPUs of model ``gpu``, epoch by epoch. With
-    ``decode_img_per_s`` (the host's CPU decoding rate), each epoch runs at the slower of the two."""
+    ``decode_img_per_s`` (the host's CPU decoding rate), each epoch runs at the slower of the two. ``cold``
+    (``host_fit``'s verdict): the first read of the betons before epoch 0, or the disk's bound on every epoch."""
     if gpu not in GPUS:
         raise PlanError(f"unknown GPU '{gpu}'; choose one of {', '.join(GPUS)}")
     if gpus < 1 or images < 1 or not 0 < efficiency <= 1:
@@ -68,6 +70,8 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
     throughput = gpu_throughput(cfg, gpu, gpus, efficiency, results_dir)
     points = throughput["points"]
     decode = decode_img_per_s or float("inf")
+    disk = (cold or {}).get("disk_img_per_s") or float("inf")
+    first_read_hours = ((cold or {}).get("first_read_s") or 0.0) / 3600
 
     global_batch = cfg.train.batch_size * gpus
     per_epoch = images // global_batch * global_batch  # the train loader drops the last partial batch
@@ -83,18 +87,21 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
         res = resolution_for_epoch(epoch, cfg.train.min_res, cfg.train.max_res, cfg.train.start_ramp,
                                    cfg.train.end_ramp)
         gpu_rate = 1.0 / seconds_per_image(points, res)
-        rate = min(gpu_rate, decode)
+        rate = min(gpu_rate, decode, disk)
         hours = (per_epoch / rate + val_seconds) / 3600
+        known = decode_img_per_s is not None or disk < float("inf")
         epochs.append({"epoch": epoch + 1, "res": res, "img_per_s": rate, "gpu_img_per_s": gpu_rate,
-                       "bound": None if decode_img_per_s is None else "CPU decoding" if decode < gpu_rate else "GPU",
+                       "bound": None if not known else "disk" if disk == rate < gpu_rate
+                       else "CPU decoding" if decode == rate < gpu_rate else "GPU",
                        "hours": hours,
                        "cost_usd": hours * gpus * price})
-    total_hours = sum(e["hours"] for e in epochs)
+    total_hours = first_read_hours + sum(e["hours"] for e in epochs)
     return {
         "estimate": True,
         "recipe": cfg.name, "arch": cfg.model.arch, "gpu": gpu, "gpu_name": GPUS[gpu].name, "gpus": gpus,
         "batch_size": cfg.train.batch_size, "images_per_epoch": per_epoch, "epochs": epochs,
-        "bottleneck": _bottleneck(epochs) if decode_img_per_s else None,
+        "bottleneck": _bottleneck(epochs) if epochs[0]["bound"] else None,
+        "first_read_hours": first_read_hours, "first_read_cost_usd": first_read_hours * gpus * price,
         "total_hours": total_hours, "gpu_hours": total_hours * gpus, "total_cost_usd": total_hours * gpus * price,
         "price_per_gpu_hour": price,
         "price_source": price_source or ("--price-per-hour" if price_per_hour is not None
@@ -136,12 +143,20 @@ def resolve_host(gpu: str | None, gpus: int | None, instance: str | None, host: 
     return gpu, gpus or 1, None
 
 
-def _local_gpu() -> str:
+def local_gpu_model() -> str | None:
+    """The catalog's key for this machine's first GPU (by its device name), None without a GPU the catalog knows."""
     import torch
 
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    for key, model in GPUS.items():
-        if name and re.search(model.device_pattern, name):
-            return key
-    raise PlanError(f"this machine has {'a ' + name if name else 'no CUDA GPU'}, which the plan has no figures "
-                    f"for; pass --gpu ({', '.join(GPUS)}) to plan this host's data with that GPU")
+    return next((key for key, model in GPUS.items() if name and re.search(model.device_pattern, name)), None)
+
+
+def _local_gpu() -> str:
+    import torch
+
+    key = local_gpu_model()
+    if key is None:
+        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        raise PlanError(f"this machine has {'a ' + name if name else 'no CUDA GPU'}, which the plan has no figures "
+                        f"for; pass --gpu ({', '.join(GPUS)}) to plan this host's data with that GPU")
+    return key

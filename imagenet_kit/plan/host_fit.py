@@ -11,10 +11,11 @@ import os
 import shutil
 from pathlib import Path
 
-from imagenet_kit.bench.results import RESULTS_DIR, newest_rows
 from imagenet_kit.config import RunConfig
 from imagenet_kit.data.workers import core_share, host_cores
-from imagenet_kit.plan.catalog import INSTANCES, Host
+from imagenet_kit.plan.catalog import INSTANCES, Host, Storage, ebs_gp3
+from imagenet_kit.plan.cold_data import storage_verdict
+from imagenet_kit.result_rows import RESULTS_DIR, newest_rows
 
 GIB = 2 ** 30
 # What the page cache cannot have: the OS, and per training process its model, optimizer and FFCV's pinned batch
@@ -87,8 +88,9 @@ def _decode_hint(cfg: RunConfig) -> str:
 
 
 def check_fit(cfg: RunConfig, host: Host, gpus: int, images: int, val_images: int,
-              results_dir: Path = RESULTS_DIR) -> dict:
-    """The verdicts for ``cfg``'s betons (train + val) and decoding on ``host`` training on ``gpus`` GPUs."""
+              results_dir: Path = RESULTS_DIR, storage: Storage | None = None) -> dict:
+    """The verdicts for ``cfg``'s betons (train + val) and decoding on ``host`` training on ``gpus`` GPUs; the betons
+    are read from ``storage`` (default: an EBS gp3 volume at its baseline; a preflight row of the host wins)."""
     fit = {"host": host.name, "vcpus": host.vcpus, "ram_gib": host.ram_gib, "disk_gb": host.disk_gb,
            "disk_what": host.disk_what, "settings": _settings(cfg), "lines": [], "problems": []}
     size = measured_bytes_per_image(cfg, results_dir)
@@ -96,6 +98,7 @@ def check_fit(cfg: RunConfig, host: Host, gpus: int, images: int, val_images: in
         fit["lines"].append(f"beton size: no measured row at {_settings(cfg)}; measure it with {_convert_hint(cfg)}")
     else:
         _size_verdicts(fit, cfg, host, gpus, images + val_images, *size, results_dir)
+    storage_verdict(fit, host, storage or ebs_gp3(), results_dir)
     _decode_verdict(fit, cfg, host, gpus, results_dir)
     return fit
 
@@ -115,10 +118,14 @@ def _size_verdicts(fit: dict, cfg: RunConfig, host: Host, gpus: int, images: int
     if fit["fits_ram"]:
         fit["lines"].append(f"page cache: fits ({ram}): in_memory: true, random order"
                             + ("" if cfg.data.in_memory else " (the recipe sets in_memory: false; true is faster)"))
+    elif gpus > 1:  # data/prepare.py refuses in_memory: false under torchrun
+        fit["lines"].append(f"page cache: does NOT fit ({ram}); with {gpus} training processes data.in_memory=false "
+                            "is no way out: FFCV's distributed loader would make each process allocate about the "
+                            "whole beton")
+        fit["problems"].append("the betons do not fit the page cache, and several processes cannot read them uncached")
     else:
         fit["lines"].append(f"page cache: does NOT fit ({ram}): set data.in_memory=false, which reads the beton "
-                            "from disk in FFCV's QUASI_RANDOM order (single process; under torchrun FFCV "
-                            "needs RANDOM, every read a disk seek)")
+                            "from disk in FFCV's QUASI_RANDOM order (one training process)")
         if cfg.data.in_memory:
             fit["problems"].append("the recipe's in_memory: true would thrash the page cache")
     disk = f"{host.disk_gb:,.0f} GB {host.disk_what}"
@@ -153,9 +160,12 @@ def _what_fits(cfg: RunConfig, host: Host, gpus: int, images: int, results_dir: 
         return text + (f"; in RAM on a {cheapest.name})" if cheapest else ")")
 
     in_ram = [k for k, b in sorted(sizes.items()) if b <= cache]
-    on_disk = [k for k, b in sorted(sizes.items()) if cache < b <= host.disk_gb * 1e9]
+    # uncached betons are read by one training process only (data/prepare.py refuses them under torchrun)
+    on_disk = [k for k, b in sorted(sizes.items()) if cache < b <= host.disk_gb * 1e9] if gpus == 1 else []
     advice = [f"measured settings that {how}: " + ", ".join(map(described, keys))
               for keys, how in ((in_ram, "fit in RAM"), (on_disk, "fit on disk only (in_memory: false)")) if keys]
+    if gpus > 1:
+        advice.append(f"or one training process (NPROC=1) with data.in_memory=false, on 1 of the {gpus} GPUs")
     if not advice:
         advice.append(f"smaller data settings ({_convert_hint(cfg)} with other settings measures them)")
     needed = sizes.get(_setting_key(cfg.data.max_res, cfg.data.compress_prob, cfg.data.jpeg_quality), 0.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagenet_kit.config import load_config
-from imagenet_kit.plan.catalog import INSTANCES, Host, instance_price_per_gpu
+from imagenet_kit.plan.catalog import INSTANCES, Host, Storage, ebs_gp3, instance_price_per_gpu
 from imagenet_kit.plan.estimate import estimate_plan
 from imagenet_kit.plan.host_fit import check_fit
 from imagenet_kit.plan.throughput import PlanError
@@ -38,12 +38,12 @@ def instances_in(families: tuple[str, ...], gpus: int | None) -> list[Host]:
 
 
 def target_row(recipe: str, host: Host, gpus: int, spot: tuple[float | None, float | None], images: int,
-               val_images: int, efficiency: float, results_dir: Path) -> dict:
+               val_images: int, efficiency: float, results_dir: Path, storage: Storage | None = None) -> dict:
     """One recipe with its GPU's profile on one instance. ``spot``: (discount off on-demand, USD per GPU-hour)."""
     cfg = load_config(recipe, [f"train.profile={host.gpu}"])
-    fit = check_fit(cfg, host, gpus, images, val_images, results_dir)
+    fit = check_fit(cfg, host, gpus, images, val_images, results_dir, storage)
     plan = estimate_plan(cfg, host.gpu, gpus, instance_price_per_gpu(host, gpus), images, val_images, efficiency,
-                         results_dir, fit["decode_img_per_s"])
+                         results_dir, fit["decode_img_per_s"], cold=fit)
     discount, spot_price = spot
     spot_usd = (plan["total_cost_usd"] * (1 - discount) if discount is not None
                 else plan["gpu_hours"] * spot_price if spot_price is not None else None)
@@ -52,18 +52,20 @@ def target_row(recipe: str, host: Host, gpus: int, spot: tuple[float | None, flo
             "data": fit["settings"], "hours": plan["total_hours"],
             "on_demand_usd": plan["total_cost_usd"], "spot_usd": spot_usd,
             "fits_page_cache": fit.get("fits_ram"), "fits_disk": fit.get("fits_disk"),
+            "first_read_min": None if fit.get("first_read_s") is None else fit["first_read_s"] / 60,
+            "disk_img_per_s": fit.get("disk_img_per_s"),
             "runs_as_configured": not fit["problems"], "throughput": plan["throughput"]["kind"],
             "bound": plan["bottleneck"]}
 
 
 def plan_targets(target: float, families: tuple[str, ...] = (), gpus: int | None = None,
                  spot_discount: float | None = None, spot_price: float | None = None, *, images: int,
-                 val_images: int, efficiency: float, results_dir: Path) -> dict:
+                 val_images: int, efficiency: float, results_dir: Path, storage: Storage | None = None) -> dict:
     """Every (schedule, instance) row, cheapest first, with the cheapest and fastest runnable ones marked."""
     if spot_discount is not None and spot_price is not None:
         raise PlanError("give --spot-discount or --price-per-hour (a spot price), not both")
     rows = [target_row(recipe, host, gpus or host.gpus, (spot_discount, spot_price), images, val_images, efficiency,
-                       results_dir)
+                       results_dir, storage)
             for recipe in schedules_reaching(target) for host in instances_in(families, gpus)]
     cost = "spot_usd" if spot_discount is not None or spot_price is not None else "on_demand_usd"
     rows.sort(key=lambda r: (r[cost], r["hours"]))
@@ -72,5 +74,6 @@ def plan_targets(target: float, families: tuple[str, ...] = (), gpus: int | None
     for r in rows:
         r["mark"] = " ".join(word for word, row in (("cheapest", cheapest), ("fastest", fastest)) if r is row)
     return {"estimate": True, "target_top1": target, "cost": cost, "rows": rows,
+            "storage": (storage or ebs_gp3()).name,
             "cheapest": {k: cheapest[k] for k in ("recipe", "instance", "gpus")},
             "fastest": {k: fastest[k] for k in ("recipe", "instance", "gpus")}}

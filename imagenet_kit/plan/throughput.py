@@ -10,11 +10,11 @@ import bisect
 import re
 from pathlib import Path
 
-from imagenet_kit.bench.results import newest_rows
 from imagenet_kit.config import ModelConfig
 from imagenet_kit.errors import KitError
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture
 from imagenet_kit.plan.catalog import GPUS, Throughput
+from imagenet_kit.result_rows import newest_rows
 
 
 class PlanError(KitError, ValueError):

@@ -1,9 +1,9 @@
-"""What every bench shares: where its results go and how a measurement becomes a line there.
+"""The measured rows: where they go and how a measurement becomes a line there, and how they are read back.
 
-Results are append-only JSON lines under ``bench/results/`` (one file per bench), so earlier
-measurements on other hardware stay next to new ones; ``imagenet-kit bench report`` turns them into
-docs/results.md's table and ``imagenet-kit plan`` reads the training rows. Every row names its ``kind``
-(accuracy, train, data, convert, demo, image): the one key readers branch on.
+Results are append-only JSON lines under ``bench/results/`` (one file per bench), so earlier measurements on other
+hardware stay next to new ones; ``imagenet-kit bench report`` turns them into docs/results.md's table, and ``plan``
+and ``preflight`` read them (a top-level module, so that neither has to import ``bench``). Every row names its
+``kind`` (accuracy, train, memory, check, preflight, data, convert, demo, image): the one key readers branch on.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from imagenet_kit.errors import KitError
 
 RESULTS_DIR = Path("bench/results")
-KINDS = ("accuracy", "train", "data", "convert", "demo", "image")
+KINDS = ("accuracy", "train", "memory", "check", "preflight", "data", "convert", "demo", "image")
 
 
 class ResultsError(KitError):
