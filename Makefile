@@ -21,9 +21,10 @@ MAX_RESTARTS ?= 3
 RDZV := $(if $(filter-out 1,$(NNODES)),--rdzv_backend=c10d --rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT) --rdzv_id=$(RECIPE),--standalone)
 # GPU=t4|a10g|l4|l40s|a100|h100: the GPU profile (recipes/profiles/), e.g. make full RECIPE=full-24 GPU=a10g
 GPU_FLAG := $(if $(GPU),--gpu $(GPU))
-# Real images the benchmarks read (the kit's development data; point them at your own copies).
-BENCH_IMAGES ?= ../shared/data/imagenet-samples
-IMAGENETTE ?= ../shared/data/imagenette2
+# Real images the benchmarks read: BENCH_IMAGES=a folder of original ImageNet JPEGs (make bench), IMAGENETTE=the
+# Imagenette 2 root (make gpu-bundle). No default: they are wherever your copies are.
+BENCH_IMAGES ?=
+IMAGENETTE ?=
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 STAMP := $(VENV)/.installed
 
@@ -113,7 +114,8 @@ test-fast: setup
 screenshots: browser-deps setup
 	DEMO_SCREENSHOTS=docs/images $(PY) -m pytest -q tests/test_app.py -k "browser_top_k"
 
-# pyflakes, import order, bugbear and a statement limit per function (pyproject.toml's [tool.ruff]).
+# pyflakes, import order, bugbear, lines of at most 120 characters and a statement limit per function
+# (pyproject.toml's [tool.ruff]).
 lint: setup
 	$(PY) -m ruff check imagenet_kit tests tools
 
@@ -128,6 +130,7 @@ browser-deps:
 
 # On a GPU, bench train times the full recipe's network (resnet50 + BlurPool), the rows `plan` looks for.
 bench: setup
+	@if [ -z "$(BENCH_IMAGES)" ]; then echo "make bench needs BENCH_IMAGES=<a folder of original ImageNet JPEGs>"; exit 2; fi
 	$(KIT) bench data --src $(BENCH_IMAGES)
 	$(KIT) bench train $(if $(filter 0,$(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)),--arch resnet50 --res 128 --batch 16,--arch resnet50 --set model.blurpool=true)
 	$(KIT) bench demo
@@ -137,13 +140,15 @@ bench: setup
 # (a bare GPU host: python3 -m imagenet_kit from this folder), with gpu-bundle/ when it is there (FFCV's rows).
 EVIDENCE_PY := $(if $(wildcard $(PY)),$(PY),python3)
 gpu-evidence:
-	$(EVIDENCE_PY) -m imagenet_kit bench gpu-evidence $(if $(wildcard gpu-bundle/manifest.json),--bundle gpu-bundle) $(ARGS)
+	$(if $(wildcard gpu-bundle/manifest.json),$(EVIDENCE_PY) tools/gpu_bundle.py run gpu-bundle \
+	  bench gpu-evidence --bundle gpu-bundle,$(EVIDENCE_PY) -m imagenet_kit bench gpu-evidence) $(ARGS)
 
 # FFCV, its shared libraries and 2,600 real Imagenette images in gpu-bundle/ (ignored), for gpu-evidence on a host
 # without FFCV, refused when it and the working tree are over what a device run carries (BUNDLE_MAX_MIB, 64).
 BUNDLE_MAX_MIB ?= 64
 gpu-bundle: setup
-	$(KIT) bench gpu-bundle --src $(IMAGENETTE)/train --max-mib $(BUNDLE_MAX_MIB) $(ARGS)
+	@if [ -z "$(IMAGENETTE)" ]; then echo "make gpu-bundle needs IMAGENETTE=<the Imagenette 2 root (train/ val/)>"; exit 2; fi
+	$(PY) tools/gpu_bundle.py build --src $(IMAGENETTE)/train --max-mib $(BUNDLE_MAX_MIB) $(ARGS)
 
 # Builds the Dockerfile with podman on a local Debian base and runs the image for real: the import check, the
 # compose train service on the embedded sample, the demo service answering from the host, a stop mid-epoch and

@@ -11,6 +11,7 @@ from rich.markup import escape
 from imagenet_kit.errors import EXIT_CODE, KitError
 from imagenet_kit.launch import report_exit
 from imagenet_kit.progress import console
+from imagenet_kit.revision import print_version
 
 COMMANDS = {
     "subset": "imagenet_kit.data.subset:subset_command",
@@ -38,7 +39,6 @@ BENCH_COMMANDS = {
     "lr-sweep": "imagenet_kit.bench.lr_sweep:lr_sweep_command",
     "profiles": "imagenet_kit.bench.profiles:profiles_command",
     "gpu-evidence": "imagenet_kit.bench.gpu_evidence:gpu_evidence_command",
-    "gpu-bundle": "imagenet_kit.bench.gpu_bundle:gpu_bundle_command",
 }
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -78,6 +78,8 @@ def fail(message: str):
 
 
 @click.group(cls=KitGroup, context_settings=CONTEXT, lazy=COMMANDS)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
+              help="the kit's version and, from a checkout, its commit")
 def cli():
     """From a folder of ImageNet JPEGs to a trained ResNet and a Gradio demo."""
 

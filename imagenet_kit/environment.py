@@ -7,11 +7,12 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from imagenet_kit.revision import git_revision
 
 
 def write_json(path: Path, data) -> None:
@@ -93,21 +94,6 @@ def cpu_flags() -> list[str]:
                 present = set(line.split(":", 1)[1].split())
                 return [flag for flag in SPEED_FLAGS if flag in present]
     return []
-
-
-def git_revision() -> str:
-    """HEAD (+ "-dirty"); a copy of the tree without .git (a GPU host's) names it in IMAGENET_KIT_GIT."""
-    if os.environ.get("IMAGENET_KIT_GIT"):
-        return os.environ["IMAGENET_KIT_GIT"]
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import click
 
 from imagenet_kit.config import RunConfig
+from imagenet_kit.config.flags import build_config, recipe_options
 from imagenet_kit.data.prepare import prepare, require_betons
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.engine.evaluate import run_eval
 from imagenet_kit.engine.train import train
-from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console, results
 from imagenet_kit.runtime import init_runtime, launched_by_torchrun, on_every_rank, shutdown_runtime
 from imagenet_kit.serve.export import export_model
@@ -54,7 +54,7 @@ def train_stage(cfg: RunConfig, runtime) -> bool:
     if not runtime.distributed and training_finished(cfg):
         console.print(f"train: skipped, {cfg.run.last} has finished all {cfg.train.epochs} epochs")
         return True
-    return not train(cfg, runtime, resume="auto").get("interrupted")
+    return not train(cfg, runtime, resume="auto").stopped
 
 
 def training_finished(cfg: RunConfig) -> bool:

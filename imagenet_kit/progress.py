@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
 from rich.text import Text
 
-# The kit's two output streams, the only ones it writes to (docs/development.md, "Output"): `console` (stderr) for progress,
-# status and warnings; `results` (stdout) for what a command answers (its last line, a table, JSON), so that it can
-# be piped or saved. soft_wrap: a line stays one line (grep-able) instead of being cut at 80 columns in a log.
+# The kit's two output streams, the only ones it writes to (docs/development.md, "Output"): `console` (stderr) for
+# progress, status and warnings; `results` (stdout) for what a command answers (its last line, a table, JSON), so
+# that it can be piped or saved. soft_wrap: a line stays one line (grep-able) instead of being cut at 80 columns in
+# a log.
 console = Console(stderr=True, soft_wrap=True)
 results = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 PLAIN_EVERY_S = 60.0

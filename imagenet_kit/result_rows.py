@@ -71,7 +71,8 @@ def newest_rows(results_dir: Path, kind: str, key: Callable[[dict], Hashable],
         try:
             k = key(row)
         except (KeyError, TypeError, ValueError) as err:
-            what = f"has no {err.args[0]!r} field" if isinstance(err, KeyError) else f"has a field that is not a number ({err})"
+            what = (f"has no {err.args[0]!r} field" if isinstance(err, KeyError)
+                    else f"has a field that is not a number ({err})")
             raise ResultsError(f"{path}:{number}: this {kind} row {what}") from None
         if k not in newest or str(row.get("date", "")) >= str(newest[k][0].get("date", "")):
             newest[k] = (row, f"{path.name}:{number}")

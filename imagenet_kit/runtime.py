@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from imagenet_kit.config import ConfigError
 from imagenet_kit.environment import cpu_has_native_bf16, cpu_model
-from imagenet_kit.errors import KitError
+from imagenet_kit.errors import ConfigError, KitError
 from imagenet_kit.progress import console
 
 FRESH_STORE_KEY = "imagenet-kit/worker-store-port"

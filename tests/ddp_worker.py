@@ -34,7 +34,7 @@ def count_reductions(cfg, runtime) -> dict:
         result = train_module.train(cfg, runtime)
     finally:
         dist.all_reduce = all_reduce
-    return {"all_reduce": len(calls), "global_step": result["global_step"], "epochs": cfg.train.epochs}
+    return {"all_reduce": len(calls), "global_step": result.metrics["global_step"], "epochs": cfg.train.epochs}
 
 
 def diverge_on_rank_1(cfg, runtime) -> dict:

@@ -314,7 +314,8 @@ def test_browser_top_k_a_batch_with_its_download_and_the_card(served, tmp_path):
             _screenshot(page, "demo-batch.png")
             page.get_by_role("tab", name="Model card").click()
             card = page.locator("#model-card")
-            for words in ("Architecture:", "GMACs per image at 64×64 px", "Recipe:", "peak LR 0.17", "Measured accuracy:",
+            for words in ("Architecture:", "GMACs per image at 64×64 px", "Recipe:", "peak LR 0.17",
+                          "Measured accuracy:",
                           "59.0% top-1", "Origin:", "Use it without the kit", "torch.jit.load", "Limits"):
                 expect(card).to_contain_text(words, timeout=30_000)
             expect(card).not_to_contain_text(NOT_RECORDED)

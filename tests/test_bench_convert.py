@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from imagenet_kit.bench.convert import bench_convert_command, link_imagefolder, parse_settings
-from imagenet_kit.config import ConfigError
+from imagenet_kit.errors import ConfigError
 from tests.conftest import SAMPLE
 
 

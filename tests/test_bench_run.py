@@ -14,7 +14,7 @@ from imagenet_kit.runtime import Runtime
 
 def test_a_finished_run_becomes_an_accuracy_row(tiny_config, tmp_path):
     tiny_config.train.crop, tiny_config.train.val_crop_ratio = "random_square", 1.0  # trains with them too
-    result = train(tiny_config, Runtime(torch.device("cpu")))
+    result = train(tiny_config, Runtime(torch.device("cpu"))).metrics
     results = tmp_path / "results"
     out = CliRunner().invoke(bench_run_command, [str(tiny_config.run_dir), "--results-dir", str(results)])
     assert out.exit_code == 0, out.output

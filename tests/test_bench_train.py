@@ -66,8 +66,8 @@ def test_the_kits_own_models_are_timed_without_a_bare_twin(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("option, message", [
     ("train.epochs=3", "'train.epochs' cannot be benchmarked; choose from model.blurpool"),
-    ("model.arch=resnet18", "'model.arch' cannot be benchmarked; choose from model.blurpool, model.maxblurpool, "
-                            "model.activation, model.se_reduction, model.self_attention (the arch has --arch)"),
+    ("model.arch=resnet18", "'model.arch' cannot be benchmarked; choose from model.blurpool, model.activation, "
+                            "model.se_reduction, model.self_attention, model.maxblurpool (the arch has --arch)"),
     ("model.activation=gelu", "model.activation: 'gelu' is not one of relu, mish, silu"),
 ])
 def test_only_model_add_ons_can_be_set(tmp_path, option, message):

@@ -121,7 +121,8 @@ def test_the_cards_code_loads_the_export_without_the_kit(run, monkeypatch, capsy
 
 def test_an_older_export_is_completed_from_its_run_folder(run, tmp_path):
     """model.json as exports wrote it before the card's fields: make space fills them from the run's files."""
-    old = {k: v for k, v in _info(run).items() if k not in ("params", "gmacs", "recipe", "evaluation", "train_git", "git")}
+    dropped = ("params", "gmacs", "recipe", "evaluation", "train_git", "git")
+    old = {k: v for k, v in _info(run).items() if k not in dropped}
     filled = card_info(run, ExportFolder(run / "export"), old)
     assert {k: filled[k] for k in ("params", "gmacs", "recipe", "evaluation")} == \
         {k: _info(run)[k] for k in ("params", "gmacs", "recipe", "evaluation")}

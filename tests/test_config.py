@@ -1,7 +1,8 @@
 import pytest
 
-from imagenet_kit.config import ConfigError, RunConfig, config_from_dict, load_config
-from imagenet_kit.recipe_files import RECIPES_DIR
+from imagenet_kit.config import RunConfig, config_from_dict, load_config
+from imagenet_kit.config.recipes import RECIPES_DIR
+from imagenet_kit.errors import ConfigError
 
 
 def test_precedence_defaults_recipe_overrides(tmp_path):

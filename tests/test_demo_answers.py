@@ -91,7 +91,8 @@ def test_a_batch_is_one_forward_pass_with_a_row_per_file_in_order(predictor, tmp
     assert rows[3]["error"] == "not an image file: accepted JPEG, PNG, WebP, GIF, BMP, TIFF"
     assert rows[2]["top1"] is rows[2]["confidence"] is rows[2]["time_ms"] is None
     assert timing.images == 3 and timing.total_ms > 0
-    assert "over 3 photos" in answers.timing_line(rows, timing) and "batch time / 3" in answers.timing_line(rows, timing)
+    line = answers.timing_line(rows, timing)
+    assert "over 3 photos" in line and "batch time / 3" in line
     assert answers.table(rows)[2] == ["cut.jpg", "", None, None, rows[2]["error"]]
     assert answers.table(rows)[0][2] == round(100 * rows[0]["confidence"], 1)
 

@@ -49,7 +49,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_co
     from imagenet_kit.config import load_config
     single_cfg = load_config("sample", _settings(tiny_config) + [f"output_dir={tmp_path / 'runs'}", "name=single",
                                                                  "train.batch_size=8"])
-    single = train(single_cfg, CPU)
+    single = train(single_cfg, CPU).metrics
     assert ddp["global_step"] == single["global_step"] == 8  # 32 images / global batch 8, 2 epochs
     for key in ("train_loss", "val_loss"):
         assert ddp[key] == pytest.approx(single[key], abs=TOLERANCE), key

@@ -17,7 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from imagenet_kit import config, recipe_files
+from imagenet_kit import config
+from imagenet_kit.config import recipes as recipe_files
 from tests.conftest import make_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,7 +246,7 @@ def test_pip_installs_use_the_constraints_and_apt_stays_lean():
 
 def test_recipes_are_package_data_so_the_image_needs_no_link():
     """Recipes and the sample resolve inside the installed package; the image copies or links neither."""
-    assert recipe_files.RECIPES_DIR == Path(config.__file__).resolve().parent / "recipes"
+    assert recipe_files.RECIPES_DIR == Path(config.__file__).resolve().parent.parent / "recipes"
     assert sorted(p.name for p in recipe_files.RECIPES_DIR.glob("*.yaml"))
     instructions = " ".join(args for instruction, args in DOCKERFILE if instruction in ("RUN", "COPY"))
     assert "site-packages/recipes" not in instructions and "ln -s" not in instructions

@@ -46,14 +46,14 @@ def _cases(tmp):
                            "--arms: unknown arm 'fp8'"),
         "bench gpu-evidence": (["bench", "gpu-evidence", "--smoke", "--bundle", str(empty), "--results-dir",
                                 str(tmp / "results")], "not a GPU bundle (no manifest.json)"),
-        "bench gpu-bundle": (["bench", "gpu-bundle", "--out", str(tmp / "bundle"), "--src", str(empty)], "empty"),
         "usage": (["train", "--epochs", "many"], "'many' is not a valid integer"),
     }
 
 
-COMMANDS = ["subset", "convert", "prepare", "verify", "lr-find", "train", "eval", "export", "demo", "space", "run", "plan",
-            "preflight", "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run", "bench report", "bench lr-sweep",
-            "bench profiles", "bench gpu-evidence", "bench gpu-bundle", "usage"]
+COMMANDS = ["subset", "convert", "prepare", "verify", "lr-find", "train", "eval", "export", "demo", "space", "run",
+            "plan", "preflight", "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run",
+            "bench report", "bench lr-sweep",
+            "bench profiles", "bench gpu-evidence", "usage"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -15,7 +15,7 @@ from imagenet_kit.cli import cli
 from imagenet_kit.config import RunConfig
 from imagenet_kit.data.imagenet_meta import wnid_to_name
 from imagenet_kit.images import load_rgb
-from imagenet_kit.models.factory import create_model, model_from_config
+from imagenet_kit.models.factory import create_model, model_kwargs
 from imagenet_kit.runs import MODEL_FILES as FILES
 from imagenet_kit.runs import RunNotFound, resolve_export
 from imagenet_kit.serve import export
@@ -39,7 +39,7 @@ def make_fake_run(root: Path, arch: str = "resnet18", **model_options) -> Path:
     cfg.model.arch, cfg.train.val_res, cfg.data.name = arch, 64, "imagenette-sample"
     for key, value in model_options.items():
         setattr(cfg.model, key, value)
-    model = model_from_config(cfg.model, len(IMAGENETTE))
+    model = create_model(**{**model_kwargs(cfg.model), "channels_last": False}, num_classes=len(IMAGENETTE))
     with torch.no_grad():
         # Default init gives near-uniform probabilities (top-1 a near tie); a larger head makes the random
         # model decisive and image-dependent, and puts logits on the scale of a trained model's.
@@ -115,7 +115,8 @@ def test_files_and_metadata(exported):
     assert [c["wnid"] for c in classes] == IMAGENETTE and classes[0]["name"] == "tench"
     model_json = json.loads((out / "model.json").read_text())
     assert model_json == info
-    assert (info["arch"], info["num_classes"], info["run"], info["data"]) == ("resnet18", 10, "fake", "imagenette-sample")
+    assert (info["arch"], info["num_classes"], info["run"], info["data"]) == ("resnet18", 10, "fake",
+                                                                              "imagenette-sample")
     assert (info["top1"], info["top5"], info["epoch"]) == (0.625, 0.9375, 3)
     # as runs/<name>/checkpoints/best.pt: no path of the exporting machine reaches the demo's card
     assert info["checkpoint"] == f"{run.parent.name}/{run.name}/checkpoints/best.pt"

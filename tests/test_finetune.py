@@ -8,12 +8,13 @@ from conftest import tiny_overrides  # tests/ is on sys.path (pytest's rootdir-l
 from test_export import IMAGENETTE, make_fake_run
 
 import imagenet_kit.engine.train as train_module
-from imagenet_kit.config import ConfigError, ModelConfig, OptimConfig, load_config
-from imagenet_kit.config_checks import SCHEDULES
+from imagenet_kit.config import ModelConfig, OptimConfig, load_config
+from imagenet_kit.config.schema import choices
 from imagenet_kit.data.imagenet_meta import wnid_to_index, wnid_to_name
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.engine.init_weights import InitError, init_model
 from imagenet_kit.engine.train import train
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.models.factory import create_model
 from imagenet_kit.optim.optimizers import param_groups
 from imagenet_kit.optim.schedule import create_scheduler
@@ -197,7 +198,7 @@ def test_head_lr_mult_gives_the_head_groups_mult_times_the_lr(tiny_config, first
     assert head_lrs == pytest.approx([10 * backbone_lrs[0]] * 2, rel=1e-12)
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("schedule", choices("optim.schedule"))
 def test_every_schedule_keeps_the_head_multiplier(schedule):
     model = create_model("resnet18", 4)
     optimizer = torch.optim.SGD(param_groups(model, 5e-5, head_lr_mult=3.0), lr=0.1, momentum=0.9)
@@ -216,7 +217,7 @@ def test_resume_ignores_model_init(tiny_config):
     tiny_config.model.init = str(tiny_config.run_dir / "gone.pt")  # reading it would fail
     tiny_config.train.max_steps = 2
     result = train(tiny_config, CPU, resume="auto")
-    assert (result["epoch"], result["step"]) == (0, 2)
+    assert (result.epoch, result.step) == (0, 2)
 
 
 def test_config_keys_and_recipe():

@@ -1,4 +1,4 @@
-"""`bench gpu-evidence` and `bench gpu-bundle` in smoke mode: the GPU commands run here at tiny sizes, with FFCV
+"""`bench gpu-evidence` and tools/gpu_bundle.py in smoke mode: the GPU commands run here at tiny sizes, with FFCV
 imported only from the bundle, so they are known to work before a GPU lease is spent on them."""
 from __future__ import annotations
 
@@ -19,12 +19,17 @@ README = "intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n"
 BLOCKING_CLI = """
 import importlib.abc, sys
 BUNDLE = sys.argv.pop(1)
+REPO = sys.argv.pop(1)
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         top = name.split(".")[0]
         if top in ("ffcv", "cv2", "gradio") and not (BUNDLE and sys.path[0].startswith(BUNDLE)):
             raise ImportError(f"{name} imported outside the bundle")
 sys.meta_path.insert(0, Refuse())
+if BUNDLE:  # as `make gpu-evidence` runs it: tools/gpu_bundle.py run BUNDLE ...
+    sys.path.insert(1, REPO)
+    from tools.gpu_bundle import activate
+    activate(BUNDLE)
 from imagenet_kit.cli import main
 sys.argv[0] = "imagenet-kit"
 main()
@@ -35,7 +40,8 @@ def _cli(args: list[str], bundle: str = "", timeout: float = 600) -> subprocess.
     # TORCH_COMPILE_DISABLE: the compiled rows' code runs, with torch.compile returning the model as it is.
     # Inductor's CPU code generation was 70-150 s of this module's time, and it tests torch, not the kit; a GPU run
     # of gpu-evidence compiles for real.
-    return subprocess.run([sys.executable, "-c", BLOCKING_CLI, bundle, *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", BLOCKING_CLI, bundle, str(REPO), *args], capture_output=True,
+                          text=True,
                           timeout=timeout, cwd=REPO,
                           env={**os.environ, "IMAGENET_KIT_GIT": "abc1234", "TORCH_COMPILE_DISABLE": "1"})
 
@@ -43,7 +49,7 @@ def _cli(args: list[str], bundle: str = "", timeout: float = 600) -> subprocess.
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "gpu-bundle"
-    run = subprocess.run([sys.executable, "-m", "imagenet_kit", "bench", "gpu-bundle", "--out", str(out), "--src",
+    run = subprocess.run([sys.executable, "tools/gpu_bundle.py", "build", "--out", str(out), "--src",
                           str(SAMPLE / "train"), "--images", "60", "--max-res", "64", "-j", "1"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -64,7 +70,8 @@ def test_bundle_holds_ffcv_its_libraries_and_a_real_beton(bundle):
 def test_bundle_loads_in_a_clean_process_from_its_own_files(bundle):
     script = f"""
 import sys
-from imagenet_kit.bench.gpu_bundle import activate
+sys.path.insert(1, {str(REPO)!r})
+from tools.gpu_bundle import activate
 info = activate({str(bundle)!r})
 import cv2, ffcv, tqdm, torch
 from imagenet_kit.data.loaders import create_train_loader
@@ -78,8 +85,8 @@ for lib in ("libturbojpeg.so", "libopencv_core.so", "libopencv_imgproc.so"):
     paths = {{line.split()[-1] for line in maps.splitlines() if lib in line}}
     print(lib, sorted(paths))
 """
-    run = subprocess.run([sys.executable, "-c", BLOCKING_CLI.split("from imagenet_kit.cli")[0] + script,
-                          str(bundle)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    run = subprocess.run([sys.executable, "-c", BLOCKING_CLI.split("if BUNDLE:")[0] + script,
+                          str(bundle), str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
     first, *libs = run.stdout.strip().splitlines()[-4:]
     count, labels, *files = first.split()
@@ -106,7 +113,7 @@ def test_bundles_ffcv_library_loads_under_python_3_12(bundle):
     # The GPU hosts' Python: _libffcv was built for this one; opened by path its only Python symbol resolves.
     script = f"""
 import ctypes, pathlib, sys
-sys.path.insert(0, {str(REPO / 'imagenet_kit' / 'bench')!r})  # the one stdlib-only module, not the kit
+sys.path.insert(0, {str(REPO / 'tools')!r})  # the one stdlib-only module, not the kit
 from shared_libraries import load_libraries
 load_libraries(pathlib.Path({str(bundle / 'lib')!r}))
 lib = ctypes.CDLL(str(next(pathlib.Path({str(bundle / 'python' / 'ffcv')!r}).glob("_libffcv*.so"))))
@@ -160,7 +167,7 @@ rows = [row for planned in evidence_plan(SMOKE_CPU, torch.device("cpu"), Path(sy
         for row in planned.measure()]
 print(len(rows), "ffcv" in sys.modules)
 """
-    run = subprocess.run([sys.executable, "-c", BLOCKING_CLI.split("from imagenet_kit.cli")[0] + script, "",
+    run = subprocess.run([sys.executable, "-c", BLOCKING_CLI.split("if BUNDLE:")[0] + script, "", str(REPO),
                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.split()[-2:] == ["9", "False"]  # 7 train rows and 2 memory rows, FFCV never imported
@@ -176,7 +183,7 @@ def test_without_a_gpu_the_full_evidence_is_refused(tmp_path):
 
 
 def test_a_size_limit_is_the_users_own():
-    from imagenet_kit.bench.gpu_bundle import BundleError, check_size
+    from tools.gpu_bundle import BundleError, check_size
     check_size(Path("gpu-bundle"), 500.0, 0, 2600, 160)  # no --max-mib: no limit
     check_size(Path("gpu-bundle"), 63.9, 64, 2600, 160)
     with pytest.raises(BundleError, match=r"gpu-bundle and the working tree are 64.1 MiB, over --max-mib 64; lower "

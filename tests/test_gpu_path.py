@@ -184,10 +184,10 @@ def test_a_mirror_that_takes_5_s_per_copy_does_not_hold_up_the_steps(tiny_config
     pushes, steps = [], []
     push = Mirror._push_checkpoint
 
-    def slow_push(self, checkpoint, position):
+    def slow_push(self, snapshot, name, position):
         start = time.monotonic()
         time.sleep(5)
-        push(self, checkpoint, position)
+        push(self, snapshot, name, position)
         pushes.append((start, time.monotonic(), threading.current_thread() is threading.main_thread()))
 
     step = train_module.train_step
@@ -197,9 +197,12 @@ def test_a_mirror_that_takes_5_s_per_copy_does_not_hold_up_the_steps(tiny_config
     assert 4 <= len(pushes) <= 5 and not any(on_main for *_, on_main in pushes)  # last x3, best once or twice
     during = [t for t in steps if any(start < t < end for start, end, _ in pushes)]
     assert len(during) >= 4, "steps ran while a copy was under way"
-    # No step waits for a copy, except the first after a checkpoint whose own previous copy is still going.
-    gaps = sorted(b - a for a, b in itertools.pairwise(steps))
-    assert gaps[-2] < 2.0, gaps[-5:]
+    # No step waits for a copy: each is made from a hard link to the checkpoint, so a newer one may replace it. The
+    # gaps within each epoch of 16 steps (the one between epochs holds the evaluation, plots and two writes); the
+    # check at global step 20, with its checkpoint, is between steps 20 and 21.
+    gaps = sorted(b - a for i, (a, b) in enumerate(itertools.pairwise(steps)) if i != 15)
+    assert gaps[-1] < 2.0, gaps[-5:]
+    assert not list(cfg.run.checkpoints.glob(".*.mirror-*"))  # the links went with their copies
     record = json.loads((tmp_path / "m" / cfg.name / "checkpoints" / "last.pt.json").read_text())
     assert record["global_step"] == 32  # the run waited for its last copy before it ended
 

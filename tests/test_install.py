@@ -139,7 +139,7 @@ def sample_served(sample_run):
 
 def test_the_installed_kit_has_every_recipe_and_gpu_profile(installed_kit, tmp_path):
     """Package data: a schedule with a GPU profile resolves in the wheel's kit, from a folder with no checkout."""
-    script = ("from imagenet_kit.config import load_config; from imagenet_kit.recipe_files import RECIPES_DIR, "
+    script = ("from imagenet_kit.config import load_config; from imagenet_kit.config.recipes import RECIPES_DIR, "
               "profile_names; import imagenet_kit; "
               "print(RECIPES_DIR.is_relative_to(imagenet_kit.__file__.rsplit('/', 1)[0]), profile_names(), "
               "sorted(p.stem for p in RECIPES_DIR.glob('*.yaml')) == sorted(p.stem for p in REPO_RECIPES), "

@@ -121,9 +121,9 @@ def test_finishing_an_epoch_early_ends_its_loader_thread(tiny_data, batch):
 
 def test_every_train_crop_the_config_allows_has_a_decoder():
     """The config refuses any other crop when it loads (test_config), so the loader can trust its value."""
-    from imagenet_kit.config_checks import TRAIN_CROPS
+    from imagenet_kit.config.schema import choices
     from imagenet_kit.data.loaders import TRAIN_DECODERS
-    assert set(TRAIN_DECODERS) == set(TRAIN_CROPS)
+    assert set(TRAIN_DECODERS) == set(choices("train.crop"))
 
 
 def _scaled(factor):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imagenet_kit.config import ConfigError, OptimConfig, load_config
+from imagenet_kit.config import OptimConfig, load_config
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.optim.lookahead import Lookahead
 from imagenet_kit.optim.optimizers import create_optimizer
 

@@ -63,7 +63,7 @@ def test_a_mirror_that_cannot_be_written_is_a_warning_and_training_goes_on(tiny_
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the mirror's folder would be")
     tiny_config.train.mirror, tiny_config.train.epochs = f"file://{blocked}", 1
-    assert train(tiny_config, CPU)["epoch"] == 0
+    assert train(tiny_config, CPU).metrics["epoch"] == 0
     assert "warning: mirror: could not copy last.pt" in " ".join(capsys.readouterr().err.split())
 
 

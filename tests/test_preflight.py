@@ -165,7 +165,8 @@ def test_plan_prices_the_first_read_and_every_uncached_epoch_at_the_disk(tmp_pat
     fit = cached["host_fit"]
     assert fit["fits_ram"] and fit["first_read_s"] == pytest.approx(fit["beton_gb"] * 1e9 / (125 * 2**20))
     assert cached["first_read_hours"] == pytest.approx(fit["first_read_s"] / 3600)
-    assert cached["total_hours"] == pytest.approx(cached["first_read_hours"] + sum(e["hours"] for e in cached["epochs"]))
+    epochs_hours = sum(e["hours"] for e in cached["epochs"])
+    assert cached["total_hours"] == pytest.approx(cached["first_read_hours"] + epochs_hours)
     uncached = _plan("--recipe", "full-24", "--instance", "g5.xlarge", "--ebs-mib-s", "125")  # 16 GiB RAM
     fit = uncached["host_fit"]
     assert not fit["fits_ram"] and fit["first_read_s"] is None

@@ -15,8 +15,8 @@ import pytest
 from imagenet_kit import progress
 from imagenet_kit.progress import ProgressLine
 
-LINE = re.compile(r"^epoch (\d+)/2 @ 32px: step (\d+)/4, loss (\d+\.\d{4}), ([\d,.]+|-) img/s, ETA (\d:\d\d:\d\d|-:--:--) "
-                  r"\((\d+)%\)$")
+LINE = re.compile(r"^epoch (\d+)/2 @ 32px: step (\d+)/4, loss (\d+\.\d{4}), ([\d,.]+|-) img/s, "
+                  r"ETA (\d:\d\d:\d\d|-:--:--) \((\d+)%\)$")
 
 
 def _train_command(cfg) -> list[str]:

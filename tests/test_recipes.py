@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from imagenet_kit.config import ConfigError, RunConfig, load_config
+from imagenet_kit.config import RunConfig, load_config
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.optim.optimizers import scaled_lr
 
 FFCV = json.loads((Path(__file__).with_name("fixtures") / "ffcv_rn50_configs.json").read_text())

@@ -5,7 +5,7 @@ from test_export import make_fake_run  # tests/ is on sys.path (pytest's rootdir
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from imagenet_kit.config_checks import ARCHS
+from imagenet_kit.config.schema import ARCHS
 from imagenet_kit.models.factory import create_model
 from imagenet_kit.models.layers import BlurPoolConv2d
 from imagenet_kit.models.resnet_v2 import PreActBottleneck

@@ -32,7 +32,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_config, ca
     tiny_config.train.flip_tta = False
     tiny_config.train.batch_size = 2  # 16 steps per epoch: the loop checkpoints at its 20-step checks
     tiny_config.name = "uninterrupted"
-    reference = train(tiny_config, CPU)
+    reference = train(tiny_config, CPU).metrics
 
     tiny_config.name = "killed"
     cmd = [sys.executable, "-m", "imagenet_kit", "train", "--recipe", "sample"]
@@ -57,7 +57,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_config, ca
 
     # A different seed would change the initial weights: only a real resume can still match the reference.
     tiny_config.train.seed = 123
-    resumed = train(tiny_config, CPU, resume="auto")
+    resumed = train(tiny_config, CPU, resume="auto").metrics
     assert "resuming from" in capsys.readouterr().err
     for key in COMPARED:
         assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key

@@ -10,12 +10,13 @@ import pytest
 from conftest import REPO, make_env
 from test_ingestion import LAYOUTS, TRAIN_PER_CLASS, VAL_PER_CLASS, WNIDS, _beton_images, _images
 
-from imagenet_kit.config import ConfigError, SubsetConfig, load_config
+from imagenet_kit.config import SubsetConfig, load_config
 from imagenet_kit.data.archives import TarMember
 from imagenet_kit.data.gzip_shards import GzipMember
 from imagenet_kit.data.prepare import prepare
 from imagenet_kit.data.selection import choose_classes, image_key, take_subset
 from imagenet_kit.data.sources import Source
+from imagenet_kit.errors import ConfigError
 
 SUBSET = ["subset.classes=2", "subset.per_class=7", "subset.seed=3"]
 

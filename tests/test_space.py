@@ -87,7 +87,7 @@ def test_shipped_modules_are_the_kits_own_bytes(folder):
 
 
 # Imported inside load_exported's safetensors branch only; a Space folder serves model.ts and never gets there.
-LAZY_OPTIONAL = {"safetensors.torch", "imagenet_kit.models.factory"}
+LAZY_OPTIONAL = {"safetensors.torch", "imagenet_kit.models.factory", "imagenet_kit.models.architecture"}
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, bool]]:
@@ -368,7 +368,8 @@ def test_model_card_names_the_optimizer_the_run_used(overrides, words):
 def test_model_card_names_every_architecture_extra():
     info = {"arch": "resnext50d", "num_classes": 2, "blurpool": True, "maxblurpool": True, "activation": "mish",
             "se_reduction": 16, "self_attention": True}
-    classes = [{"index": 0, "wnid": "n01440764", "name": "tench"}, {"index": 1, "wnid": "n02102040", "name": "springer"}]
+    classes = [{"index": 0, "wnid": "n01440764", "name": "tench"},
+               {"index": 1, "wnid": "n02102040", "name": "springer"}]
     text = card.card_markdown(info, classes, {"crop": 128, "resize": 128, "interpolation": "bilinear"})
     assert ("resnext50d, 2-way classifier head, Mish activations, squeeze-and-excitation (reduction 16) on every "
             "residual branch, BlurPool before strided convolutions, anti-aliased max pooling (MaxBlurPool), a simple "

@@ -28,7 +28,7 @@ def test_short_run_writes_the_run_folder(tiny_config):
     for key in ("train_loss", "val_loss", "top1", "top5", "lr", "img_per_s", "epoch_seconds", "peak_mem_mb"):
         assert key in rows[-1]
     assert 0.0 <= rows[-1]["top1"] <= rows[-1]["top5"] <= 1.0
-    assert result["top1"] == rows[-1]["top1"]
+    assert result.metrics["top1"] == rows[-1]["top1"]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
     env = json.loads((run / "env.json").read_text())
     assert {"torch", "ffcv", "device", "git", "command"} <= set(env)
@@ -57,7 +57,7 @@ def test_resume_auto_continues_from_last_checkpoint(tiny_config):
     assert state["epoch"] == 1
     tiny_config.train.epochs = 1
     result = train(tiny_config, CPU, resume="auto")  # nothing left to do: returns the saved metrics
-    assert result["epoch"] == 0
+    assert result.metrics["epoch"] == 0 and not result.stopped
 
 
 def test_corrupt_checkpoint_is_skipped_with_warning(tiny_config, capsys):
@@ -87,7 +87,7 @@ def test_divergence_stops_with_step_and_lr(tiny_config):
 def test_max_steps_stops_mid_epoch_and_resume_finishes_at_same_step_count(tiny_config):
     tiny_config.train.max_steps = 3
     result = train(tiny_config, CPU)
-    assert (result["epoch"], result["step"]) == (0, 3)
+    assert (result.epoch, result.step, result.stopped) == (0, 3, False)  # max_steps, not a signal
     state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"], state["global_step"]) == (0, 3, 3)
     tiny_config.train.max_steps = 0
@@ -201,7 +201,7 @@ def test_adamw_run_checkpoints_adam_state_and_resumes(tiny_config):
     assert {"exp_avg", "exp_avg_sq"} <= set(adam_state) and int(adam_state["step"]) == 3
     tiny_config.train.max_steps = 0
     result = train(tiny_config, CPU, resume="auto")
-    assert result["epoch"] == 1  # 0-based: the second and last epoch, finished from step 3
+    assert result.metrics["epoch"] == 1  # 0-based: the second and last epoch, finished from step 3
     final = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
     assert int(next(iter(final["optimizer"]["state"].values()))["step"]) == 8  # 2 epochs x 4 steps
 
@@ -252,7 +252,7 @@ def test_a_stop_mid_epoch_leaves_no_loader_thread(tiny_config):
     from ffcv.loader.epoch_iterator import EpochIterator
     earlier = set(threading.enumerate())
     tiny_config.train.batch_size, tiny_config.train.max_steps = 2, 3  # 16 batches per epoch, stopped at 3
-    assert train(tiny_config, CPU)["step"] == 3
+    assert train(tiny_config, CPU).step == 3
     left = [t for t in threading.enumerate() if isinstance(t, EpochIterator) and t not in earlier]
     for thread in left:
         thread.join(timeout=10)
@@ -317,7 +317,7 @@ def test_resume_into_other_settings_is_one_error_and_changes_nothing(tiny_config
     tiny_config.train.epochs, tiny_config.train.batch_size = 1, 8
     tiny_config.train.val_batch_size = 8  # an evaluation setting: accepted, and said
     capsys.readouterr()
-    assert train(tiny_config, CPU, resume="auto")["epoch"] == 0
+    assert train(tiny_config, CPU, resume="auto").metrics["epoch"] == 0
     assert "resume: changed since the checkpoint: train.val_batch_size 16 -> 8" in capsys.readouterr().err
 
 

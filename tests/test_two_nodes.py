@@ -94,7 +94,8 @@ def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
 
 def _newest(folders: list[Path]) -> tuple[Path, dict]:
     """The run folder that went furthest (rank 0's node of the last start) and its last checkpoint."""
-    found = [(load_checkpoint(p), p) for f in folders if (p := f / "runs" / "two" / "checkpoints" / "last.pt").is_file()]
+    found = [(load_checkpoint(p), p) for f in folders
+             if (p := f / "runs" / "two" / "checkpoints" / "last.pt").is_file()]
     state, path = max(found, key=lambda item: item[0]["global_step"])
     return path.parent.parent, state
 

@@ -69,7 +69,7 @@ def test_training_with_lr_auto_lowers_every_loader_once(tiny_config, capsys):
     tiny_config.optim.lr = "auto"
     tiny_config.train.epochs = 1
     result = train(tiny_config, CPU)
-    assert result["global_step"] == 4
+    assert result.metrics["global_step"] == 4
     err = capsys.readouterr().err
     for kind in ("LR range test loader", "train loader", "val loader"):
         assert _lines(err, kind) == [f"{kind}: data.workers {TOO_MANY} > {host_cores()} cores here: using "

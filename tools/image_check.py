@@ -1,7 +1,8 @@
 """`make image-check`: build the Dockerfile with podman on a Debian base and run the image for real.
 
 Steps, each ending in one `[pass]` or `[FAIL]` line: (1) the import check, `imagenet-kit --help` and a
-`torch.compile`d function in the image; (2) the compose `train` service runs the embedded sample end to end onto the host's runs/ and betons/;
+`torch.compile`d function in the image; (2) the compose `train` service runs the embedded sample end to end onto the
+host's runs/ and betons/;
 (3) the compose `demo` service turns healthy and classifies a photo sent from the host with gradio_client;
 (4) `stop` mid-epoch exits 0 with a checkpoint, and starting the service again resumes and finishes;
 (5) the image's size and build time become a row of bench/results/image.jsonl (kind `image`).
@@ -246,7 +247,8 @@ def check_stop_and_resume(compose: list[str], work: Path) -> str:
 def record(build_s: float, cached: int) -> str:
     size = int(sh("podman", "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip())
     row = {"kind": "image", "date": utc_now(), "base": BASE, "builder": sh("podman", "--version").stdout.strip(),
-           "size_bytes": size, "build_s": round(build_s, 1), "cached_steps": cached, "checks": "1-4 passed", "cpu": cpu_model(),
+           "size_bytes": size, "build_s": round(build_s, 1), "cached_steps": cached, "checks": "1-4 passed",
+           "cpu": cpu_model(),
            "cpu_count": os.cpu_count(), "git": git_revision(), "command": "make image-check"}
     append_results(REPO / "bench" / "results" / "image.jsonl", [row])
     how = "from scratch" if not cached else f"{cached} steps from podman's cache"

@@ -21,9 +21,9 @@ import click
 from rich.table import Table
 
 from imagenet_kit.bench.data import scan_any
-from imagenet_kit.config import ConfigError
 from imagenet_kit.data.convert import convert
 from imagenet_kit.environment import command_line, cpu_model, environment
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.progress import console
 from imagenet_kit.result_rows import RESULTS_DIR, append_results, utc_now
 
@@ -38,7 +38,8 @@ def parse_settings(text: str) -> list[tuple[int, float, int]]:
             max_res, compress_prob, quality = item.split(":")
             settings.append((int(max_res), float(compress_prob), int(quality)))
         except ValueError:
-            raise ConfigError(f"--settings {item!r}: expected MAX_RES:COMPRESS_PROB:JPEG_QUALITY, e.g. 256:1:90") from None
+            raise ConfigError(f"--settings {item!r}: expected MAX_RES:COMPRESS_PROB:JPEG_QUALITY, "
+                              "e.g. 256:1:90") from None
         if not (16 <= settings[-1][0] and 0 <= settings[-1][1] <= 1 and 1 <= settings[-1][2] <= 100):
             raise ConfigError(f"--settings {item!r}: max_res >= 16, compress_prob in [0, 1], quality in [1, 100]")
     if not settings:
@@ -104,7 +105,8 @@ def bench_convert(src: Path, settings: list[tuple[int, float, int]], workers: in
                 seconds["kit"].append(_seconds(convert, source, kit_out, max_res, quality, compress_prob, workers,
                                                force=True))
             common = {"kind": "convert", "date": utc_now(), "cpu": cpu_model(), "versions": environment(),
-                      "command": command_line(), "src": str(Path(src).resolve()), "n_images": n_images, "copies": copies,
+                      "command": command_line(), "src": str(Path(src).resolve()), "n_images": n_images,
+                      "copies": copies,
                       "max_res": max_res, "compress_prob": compress_prob, "jpeg_quality": quality,
                       "workers": workers, "repeats": repeats}
             best = {name: min(times) for name, times in seconds.items()}

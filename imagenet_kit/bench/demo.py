@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from imagenet_kit.config.flags import output_dir_option
 from imagenet_kit.environment import environment
 from imagenet_kit.images import load_rgb
-from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import console
 from imagenet_kit.result_rows import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.runs import ExportFolder, resolve_export

@@ -18,11 +18,11 @@ import torch
 
 from imagenet_kit.bench.train_steps import NUM_CLASSES, free_memory, kit_step
 from imagenet_kit.config import load_config
+from imagenet_kit.config.recipes import profile_names
 from imagenet_kit.data.pixels import normalize
 from imagenet_kit.environment import device_name, environment
 from imagenet_kit.errors import KitError
 from imagenet_kit.models.factory import create_model
-from imagenet_kit.recipe_files import profile_names
 from imagenet_kit.result_rows import utc_now
 from imagenet_kit.runtime import autocast, resolve_precision
 
@@ -85,7 +85,7 @@ def train_steps(arch: str, model_options: dict, res: int, batch: int, precision:
 def evaluation(arch: str, model_options: dict, res: int, batch: int, precision: str, device: torch.device) -> None:
     """Evaluation's memory: a batch and its mirror through the network under autocast, as ``engine.evaluate``
     runs them with flip TTA (that module imports FFCV, which this bench must not need without a bundle)."""
-    model = create_model(arch, NUM_CLASSES, **model_options).to(device=device, memory_format=torch.channels_last)
+    model = create_model(arch, NUM_CLASSES, **model_options, device=device, channels_last=True)
     model.eval()
     images = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=device)
     x = normalize(images, channels_last=True)
@@ -160,8 +160,8 @@ def stop_resume_check(bundle: dict, arch: str, resolutions: tuple[int, int], pre
                 cfg = load_config("full", base + [f"train.precision={precision}"])
                 train_module.train_step = _sigterm_at(stop_after) if stop_after else original
                 result = train_module.train(cfg, local_runtime(), resume="auto")
-                stages.append({"precision": precision, "stopped": bool(result.get("interrupted")),
-                               "epoch": result.get("epoch"), "step": result.get("step")})
+                stages.append({"precision": precision, "stopped": result.stopped, "epoch": result.epoch,
+                               "step": result.step})
         finally:
             train_module.train_step = original
         epochs = (Path(tmp) / "runs" / "evidence" / "metrics.jsonl").read_text().splitlines()

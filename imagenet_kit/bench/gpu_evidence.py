@@ -11,6 +11,8 @@ same code at tiny sizes on whatever device is there: the test suite's guard agai
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable
@@ -90,6 +92,15 @@ def loader_rows(beton: Path, resolutions, batch: int, workers: int, manifest: di
                      "cpu": cpu_model(), "host": environment()["host"], "versions": environment(),
                      "command": command_line()})
     return rows
+
+
+def read_manifest(bundle: Path) -> dict:
+    """A GPU bundle's manifest.json (tools/gpu_bundle.py writes it), with its ``path``."""
+    bundle = Path(bundle).resolve()
+    manifest = bundle / "manifest.json"
+    if not manifest.is_file():
+        raise EvidenceError(f"{bundle}: not a GPU bundle (no manifest.json); build one with make gpu-bundle")
+    return {**json.loads(manifest.read_text()), "path": str(bundle)}
 
 
 def _px(resolutions) -> str:
@@ -211,7 +222,7 @@ def print_verdicts(rows: list[dict], device: torch.device) -> None:
 
 @click.command("gpu-evidence")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
-              help="a folder from `bench gpu-bundle`: adds FFCV's loader, the full recipe's network on real data and "
+              help="a folder from `make gpu-bundle`: adds FFCV's loader, the full recipe's network on real data and "
                    "the stop/resume check")
 @click.option("--smoke", is_flag=True, help="tiny sizes on whatever device is here (resnet18, 32 px, batch 4)")
 @click.option("--dry-run", is_flag=True, help="list every row it would write, measuring nothing (runs anywhere)")
@@ -226,9 +237,10 @@ def gpu_evidence_command(bundle, smoke, dry_run, results_dir, doc):
         raise EvidenceError("no CUDA GPU here: gpu-evidence measures a GPU (add --smoke for a tiny run on this CPU, "
                             "or --dry-run for what it would write)")
     if bundle is not None:
-        from imagenet_kit.bench.gpu_bundle import activate, read_manifest
-
-        bundle = read_manifest(bundle) if dry_run else activate(bundle)
+        bundle = read_manifest(bundle)
+        if not dry_run and importlib.util.find_spec("ffcv") is None:
+            raise EvidenceError(f"--bundle {bundle['path']}: FFCV is not importable here; on a host without it run "
+                                "make gpu-evidence, which puts the bundle's FFCV first (tools/gpu_bundle.py run)")
         console.print(f"bundle {bundle['path']}: {bundle['images']} images at max side {bundle['max_res']}")
     sizes = GPU if not smoke else SMOKE_GPU if device.type == "cuda" else SMOKE_CPU
     plan = evidence_plan(sizes, device, results_dir, bundle)

@@ -15,11 +15,12 @@ from pathlib import Path
 import click
 
 from imagenet_kit.bench.run import run_record
-from imagenet_kit.config import ConfigError, RunConfig
+from imagenet_kit.config import RunConfig
+from imagenet_kit.config.flags import build_config
 from imagenet_kit.data.prepare import prepare
 from imagenet_kit.engine.lr_find import SUGGESTERS, range_test, suggestions
 from imagenet_kit.engine.train import DivergenceError, train
-from imagenet_kit.options import build_config
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.pipeline import training_finished
 from imagenet_kit.progress import console
 from imagenet_kit.result_rows import RESULTS_DIR, append_results, read_results, utc_now
@@ -89,11 +90,12 @@ def sweep(flags: dict, factors: list[Fraction], seeds: list[int], compare: list[
             global_batch = base.train.batch_size * runtime.world_size
             cfg = build_config(**{**flags, "name": name, "overrides": [
                 *flags["overrides"], f"train.seed={seed}", f"optim.lr={lr:.6g}", f"optim.lr_batch={global_batch}"]})
-            console.print(f"lr-sweep: {name}: peak LR {lr:.4g} ({factor_label(factor)} of {run_rule} {picks[run_rule]:.4g})")
+            console.print(f"lr-sweep: {name}: peak LR {lr:.4g} ({factor_label(factor)} of {run_rule} "
+                          f"{picks[run_rule]:.4g})")
             if (name, sweep_id) in _recorded(results):
                 continue
             try:
-                if not training_finished(cfg) and train(cfg, runtime, resume="auto").get("interrupted"):
+                if not training_finished(cfg) and train(cfg, runtime, resume="auto").stopped:
                     return rows
                 record = run_record(cfg.run_dir)
             except DivergenceError as err:  # too high an LR is a result of the sweep, not its end

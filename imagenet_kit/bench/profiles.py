@@ -23,11 +23,11 @@ from rich.table import Table
 
 from imagenet_kit.bench.run import run_record
 from imagenet_kit.config import RunConfig, load_config
+from imagenet_kit.config.flags import resolve_data_root
 from imagenet_kit.data.prepare import prepare
 from imagenet_kit.engine.train import train
 from imagenet_kit.environment import cpu_has_native_bf16
 from imagenet_kit.errors import ConfigError
-from imagenet_kit.options import resolve_data_root
 from imagenet_kit.pipeline import training_finished
 from imagenet_kit.progress import console, results
 from imagenet_kit.result_rows import RESULTS_DIR, append_results, read_results
@@ -82,7 +82,7 @@ def _recorded(results_dir: Path) -> set[tuple[str, int]]:
 def run_arm(cfg: RunConfig, arm: str, seed: int, results_dir: Path) -> dict | None:
     """Train one (arm, seed) run (resuming it) and record it; None if a stop signal ended it first."""
     prepare(cfg)
-    if not training_finished(cfg) and train(cfg, init_runtime(), resume="auto").get("interrupted"):
+    if not training_finished(cfg) and train(cfg, init_runtime(), resume="auto").stopped:
         return None
     row = {**run_record(cfg.run_dir), BENCH: {"arm": arm, "seed": seed, "changes": ARMS[arm][0]}}
     append_results(Path(results_dir) / "accuracy.jsonl", [row])

@@ -120,7 +120,8 @@ def _memory_row(r: dict) -> tuple[str, str, str]:
 
 def _check_row(r: dict) -> tuple[str, str, str]:
     low, high = r["resolutions"]
-    what = (f"check: 3 epochs at {low}→{high} px, {architecture_label(r)}, batch {r['batch']}, SIGTERM mid-epoch twice, "
+    what = (f"check: 3 epochs at {low}→{high} px, {architecture_label(r)}, batch {r['batch']}, "
+            "SIGTERM mid-epoch twice, "
             f"resumed in {r['precisions'][0]} then {r['precisions'][1]}")
     value = (f"{'passed' if r['passed'] else 'FAILED'}: stopped at (epoch, step) {r['stopped_at']} (expected "
              f"{r['expected']}), {r['epochs_logged']} epochs logged")

@@ -33,14 +33,15 @@ from imagenet_kit.bench.train_steps import (
     measure_real,
     measure_synthetic,
 )
-from imagenet_kit.config import ConfigError, ModelConfig, load_config
-from imagenet_kit.config_checks import ARCHS
+from imagenet_kit.config import ModelConfig, load_config
+from imagenet_kit.config.recipes import PACKAGE_DIR
+from imagenet_kit.config.schema import choices
 from imagenet_kit.data.workers import usable_workers
 from imagenet_kit.engine.logbook import peak_memory_mb
 from imagenet_kit.environment import device_name, environment
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture_label
 from imagenet_kit.progress import console
-from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.result_rows import RESULTS_DIR, append_results, utc_now
 from imagenet_kit.runtime import precision_name, resolve_precision
 
@@ -206,7 +207,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 @click.command("train")
-@click.option("--arch", type=click.Choice(ARCHS), default="resnet50")
+@click.option("--arch", type=click.Choice(choices("model.arch")), default="resnet50")
 @click.option("--res", default=None, help="comma list of resolutions  [default: 160,192,224 on a GPU, 128 on CPU]")
 @click.option("-b", "--batch", type=click.IntRange(min=1), default=None,
               help="images per step  [default: 256 on a GPU, 16 on CPU]")

@@ -47,8 +47,7 @@ def kit_step(arch: str, model_options: dict, batch: int, total_steps: int, devic
               channels_last: bool, compile_: bool):
     """What ``train`` builds around its step, with the kit's default model and optimiser settings."""
     amp_dtype, use_scaler = resolve_precision(precision, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(arch, NUM_CLASSES, **model_options).to(device=device, memory_format=memory_format)
+    model = create_model(arch, NUM_CLASSES, **model_options, device=device, channels_last=channels_last)
     optim = OptimConfig()
     max_lr = scaled_lr(optim.lr, optim.lr_batch, batch)
     optimizer = create_optimizer(param_groups(model, optim.weight_decay), optim, max_lr)

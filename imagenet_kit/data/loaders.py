@@ -53,7 +53,7 @@ class RandomSquareCropRGBImageDecoder(ResizedCropRGBImageDecoder):
         return random_square_crop
 
 
-# train.crop's choices (config_checks.TRAIN_CROPS), each a decoder for (resolution, min_scale).
+# train.crop's declared choices, each a decoder for (resolution, min_scale).
 TRAIN_DECODERS = {
     "random_resized": lambda res, min_scale: RandomResizedCropRGBImageDecoder((res, res), scale=(min_scale, 1.0),
                                                                               ratio=(3 / 4, 4 / 3)),

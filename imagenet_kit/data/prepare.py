@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from imagenet_kit.config import ConfigError, RunConfig
+from imagenet_kit.config import RunConfig
+from imagenet_kit.config.flags import build_config, recipe_options
 from imagenet_kit.data.archives import find_splits
 from imagenet_kit.data.convert import convert, print_summary, read_classes
 from imagenet_kit.data.selection import choose_classes, take_subset
@@ -20,8 +21,7 @@ from imagenet_kit.data.sources import (
     scan_imagefolder,
 )
 from imagenet_kit.data.verify import verify_beton
-from imagenet_kit.errors import KitError
-from imagenet_kit.options import build_config, recipe_options
+from imagenet_kit.errors import ConfigError, KitError
 from imagenet_kit.progress import console
 
 
@@ -38,10 +38,10 @@ def require_betons(cfg: RunConfig, reason: str = "") -> None:
                                 f"--data {root} (converts {root}/train and {root}/val), or imagenet-kit convert "
                                 f"SRC {beton}")
         _check_beton_source(cfg, beton)  # train/lr-find/eval --data OTHER_ROOT must not read these silently
+    require_page_cache_under_torchrun(cfg)
     from imagenet_kit.data.loaders import beton_num_samples
 
     require_batch_fits(cfg, beton_num_samples(str(cfg.betons[0])), cfg.betons[0])
-    require_page_cache_under_torchrun(cfg)
 
 
 def require_page_cache_under_torchrun(cfg: RunConfig) -> None:

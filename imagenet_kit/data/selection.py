@@ -11,9 +11,10 @@ from __future__ import annotations
 import random
 from pathlib import Path, PurePosixPath
 
-from imagenet_kit.config import ConfigError, SubsetConfig
+from imagenet_kit.config import SubsetConfig
 from imagenet_kit.data.gzip_shards import WNID
 from imagenet_kit.data.sources import Source
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.progress import console
 
 

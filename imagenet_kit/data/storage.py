@@ -101,6 +101,7 @@ def preread(paths: list[Path], processes: int = 1, enabled: bool = True) -> floa
                 while chunk := handle.read(CHUNK):
                     bar.advance(-(-len(chunk) // 2**20))
     seconds = time.perf_counter() - start
-    console.print(f"pre-read {size / 1e9:,.2f} GB of betons in {seconds:,.1f} s ({size / 1e6 / max(seconds, 1e-9):,.0f} "
-                  "MB/s): the first epoch reads them from RAM")
+    rate = size / 1e6 / max(seconds, 1e-9)
+    console.print(f"pre-read {size / 1e9:,.2f} GB of betons in {seconds:,.1f} s ({rate:,.0f} MB/s): the first epoch "
+                  "reads them from RAM")
     return seconds

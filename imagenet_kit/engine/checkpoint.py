@@ -16,6 +16,7 @@ import torch
 from imagenet_kit.errors import KitError
 from imagenet_kit.progress import console
 from imagenet_kit.runs import BEST, CHECKPOINTS, LAST, LAST_PREVIOUS, RunFolder
+from imagenet_kit.runtime import precision_name
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step", "config", "classes")
 
@@ -37,6 +38,29 @@ def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> Non
     if keep_previous and path.exists():
         os.replace(path, path.with_name(LAST_PREVIOUS))
     os.replace(tmp, path)
+
+
+def save_run_checkpoint(training, epoch: int, step: int, metrics: dict | None, name: str = LAST,
+                        partial: tuple[float, int] | None = None) -> None:
+    """Rank 0 writes the run's checkpoint ``name`` (``training``: engine/setup.py's Training): model, optimizer,
+    scheduler, scaler, position, RNG, config and classes, atomically; then hands it to the mirror, if any."""
+    if not training.runtime.is_main:
+        return
+    state = {
+        # the running train loss of an unfinished epoch, so a resumed epoch reports the same mean
+        "partial_epoch": {"loss_sum": partial[0], "steps": partial[1]} if partial else None,
+        "model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(), "scaler": training.scaler.state_dict(),
+        "epoch": epoch, "step": step, "global_step": training.position.global_step,
+        "rng": rng_state(training.runtime.device), "precision": precision_name(training.amp_dtype),
+        "config": training.cfg.to_dict(), "classes": training.classes, "best_top1": training.position.best_top1,
+        "metrics": metrics, "max_lr": training.max_lr, "world_size": training.runtime.world_size,
+        "epoch_changes": training.epoch_changes,
+    }
+    path = training.cfg.run.checkpoint(name)
+    save_checkpoint(state, path, keep_previous=(name == LAST))
+    if training.mirror is not None:
+        training.mirror.push(path, state)
 
 
 def file_digest(path: Path) -> str:

@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from imagenet_kit.config import config_from_dict
+from imagenet_kit.config.flags import output_dir_option
 from imagenet_kit.data.convert import check_same_classes, convert
 from imagenet_kit.data.loaders import create_val_loader
 from imagenet_kit.data.pixels import normalize
 from imagenet_kit.data.sources import scan_imagefolder
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.environment import write_json
-from imagenet_kit.models.factory import model_on_device
-from imagenet_kit.options import output_dir_option
+from imagenet_kit.models.factory import create_model, model_kwargs
 from imagenet_kit.progress import console, results
 from imagenet_kit.runs import BEST_IN_RUN, RunFolder, resolve_checkpoint
 from imagenet_kit.runtime import autocast, local_runtime, resolve_precision
@@ -68,7 +68,7 @@ def evaluate_checkpoint(checkpoint: dict, beton: str, device: torch.device, res:
     """Evaluate a kit checkpoint on a beton with the checkpoint's own model settings."""
     cfg = config_from_dict(checkpoint["config"])
     classes = checkpoint["classes"]
-    model = model_on_device(cfg.model, len(classes), torch.device("cpu"))
+    model = create_model(**model_kwargs(cfg.model), num_classes=len(classes))
     model.load_state_dict(checkpoint["model"])
     model = model.to(device)
     res = res or cfg.train.val_res

@@ -2,7 +2,7 @@
 
 A source is torchvision's published ImageNet-1K weights for the arch, a kit checkpoint (.pt) or an export
 folder (model.safetensors with its model.json and classes.json). Everything but the head is copied bit for
-bit and must fit the model exactly (every one of ``config.ARCHITECTURE_KEYS`` the same). The head starts
+bit and must fit the model exactly (every one of ``models.architecture.ARCHITECTURE_KEYS`` the same). The head starts
 from its fresh initialisation, and each class the source also knows, matched by WNID and not by index, gets
 the source's row (weight and bias): a checkpoint of the same classes gives back its whole head, one trained on
 other classes of ImageNet gives the shared ones a head start whatever their order.
@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imagenet_kit.config import ConfigError, ModelConfig, config_from_dict
+from imagenet_kit.config import ModelConfig, config_from_dict
 from imagenet_kit.data.imagenet_meta import imagenet_classes
 from imagenet_kit.engine.checkpoint import load_checkpoint
-from imagenet_kit.models.architecture import architecture, describe_architecture
-from imagenet_kit.models.factory import HEAD, model_config_from_export_info
+from imagenet_kit.errors import ConfigError
+from imagenet_kit.models.architecture import architecture, architecture_of, describe_architecture
+from imagenet_kit.models.factory import HEAD
 from imagenet_kit.runs import ExportFolder, torch_hub_weights
 
 
@@ -68,16 +69,16 @@ def _load_source(cfg: ModelConfig) -> tuple[dict, list[dict]]:
         from safetensors.torch import load_file
         info = json.loads(export.model_info.read_text())
         state, classes = load_file(export.model_file("safetensors")), json.loads(export.classes.read_text())
-        source = model_config_from_export_info(info)
+        source = architecture_of(info)
     elif path.is_file():
         checkpoint = load_checkpoint(path)
         state, classes = checkpoint["model"], checkpoint["classes"]
-        source = config_from_dict(checkpoint["config"]).model  # fills keys older checkpoints lack
+        source = architecture(config_from_dict(checkpoint["config"]).model)  # fills keys older checkpoints lack
     else:
         raise InitError(f"model.init={cfg.init}: no such file or folder; give '' (random), 'torchvision', "
                         "a kit checkpoint (.pt) or an export folder")
-    if architecture(source) != architecture(cfg):
-        raise InitError(f"model.init={cfg.init}: holds {describe_architecture(architecture(source))} weights, "
+    if source != architecture(cfg):
+        raise InitError(f"model.init={cfg.init}: holds {describe_architecture(source)} weights, "
                         f"this run trains {describe_architecture(architecture(cfg))}")
     return state, classes
 

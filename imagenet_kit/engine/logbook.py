@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from imagenet_kit.config import ConfigError
 from imagenet_kit.engine import plots
+from imagenet_kit.errors import ConfigError
 from imagenet_kit.progress import console
 from imagenet_kit.runs import RunFolder
 

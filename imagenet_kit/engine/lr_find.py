@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from imagenet_kit.config import LRFindConfig, OptimConfig, RunConfig
+from imagenet_kit.config.flags import build_config, recipe_options
 from imagenet_kit.data.convert import read_classes
 from imagenet_kit.data.loaders import create_train_loader, finish_epoch
 from imagenet_kit.data.prepare import require_betons
@@ -25,9 +26,8 @@ from imagenet_kit.engine import plots
 from imagenet_kit.engine.step import train_step
 from imagenet_kit.environment import write_json
 from imagenet_kit.errors import KitError
-from imagenet_kit.models.factory import model_on_device
+from imagenet_kit.models.factory import create_model, model_kwargs
 from imagenet_kit.optim.optimizers import create_optimizer, param_groups, scaled_lr
-from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.progress import console, results
 from imagenet_kit.runtime import Runtime, init_runtime, resolve_precision, shutdown_runtime
 
@@ -115,7 +115,8 @@ def lr_range_test(model: torch.nn.Module, batches, settings: LRFindConfig, optim
     Returns lrs, smoothed losses, the suggestions, the chosen one's name and its LR.
     """
     saved = copy.deepcopy(model.state_dict())  # includes BatchNorm running stats
-    optimizer = create_optimizer(param_groups(model, optim.weight_decay), optim, settings.start_lr)
+    groups = param_groups(model, optim.weight_decay)
+    optimizer = create_optimizer(groups, optim, settings.start_lr)
     # fp16 (T4/V100) needs loss scaling here as in training: small gradients underflow to 0 without it, and an
     # overflowing step is skipped (its loss still counts) instead of ending the curve on NaN.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -214,7 +215,7 @@ def range_test(cfg: RunConfig, runtime: Runtime) -> float:
     """The test ``lr: auto`` runs before training, on its own: the same seeds, model, batches and precision."""
     torch.manual_seed(cfg.train.seed + runtime.rank)  # as training seeds its model
     train_beton = cfg.betons[0]
-    model = model_on_device(cfg.model, len(read_classes(train_beton)), runtime.device)
+    model = create_model(**model_kwargs(cfg.model), num_classes=len(read_classes(train_beton)), device=runtime.device)
     amp_dtype, _ = resolve_precision(cfg.train.precision, runtime.device)
     return auto_lr(cfg, runtime, model, train_beton, amp_dtype, cfg.data.workers)
 

@@ -24,7 +24,7 @@ from imagenet_kit.runs import BEST, CHECKPOINTS, LAST, LAST_PREVIOUS, RunFolder
 class Mirror:
     """The mirror of one run folder at ``url`` (``train.mirror``). Copies run on a thread of their own, one at a
     time and in order, so training goes on while a checkpoint travels (seconds to minutes to S3, where FFCV's
-    8xA100 epochs take 45-62 s); only a checkpoint about to be written over waits for its own previous copy."""
+    8xA100 epochs take 45-62 s); nothing waits for them but the run's end."""
 
     def __init__(self, url: str, run: RunFolder):
         import fsspec
@@ -36,45 +36,51 @@ class Mirror:
         self.url, self.run = url, run
         self.root = f"{base.rstrip('/')}/{run.root.name}"
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror")
-        self._pending: dict[str, Future] = {}
+        self._pending: list[Future] = []
+        for stale in run.checkpoints.glob(".*.mirror-*"):  # snapshots a killed run left behind
+            stale.unlink(missing_ok=True)
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
 
     def push(self, checkpoint: Path, state: dict) -> None:
-        """Copy ``checkpoint`` (just written, holding ``state``) and the run's records in the background; a failure
-        is a warning, since training can go on and the next checkpoint tries again."""
+        """Copy ``checkpoint`` (just written, holding ``state``) and the run's records in the background, from a hard
+        link to it: the run may write a newer checkpoint over the name meanwhile, and the copy still reads these
+        bytes. A failure is a warning, since training can go on and the next checkpoint tries again."""
         position = {key: state[key] for key in ("epoch", "step", "global_step")}
-        self._pending[checkpoint.name] = self._copier.submit(self._push, checkpoint, position)
-
-    def before_writing(self, checkpoint: Path) -> None:
-        """Wait until the previous copy of ``checkpoint`` has been read, before the file is written over."""
-        pending = self._pending.pop(checkpoint.name, None)
-        if pending is not None:
-            pending.result()
+        snapshot = checkpoint.with_name(f".{checkpoint.name}.mirror-{state['global_step']}-{os.getpid()}")
+        try:
+            os.link(checkpoint, snapshot)
+        except OSError:  # a filesystem without hard links: copy this one before training goes on
+            self.wait()
+            snapshot = checkpoint
+        self._pending.append(self._copier.submit(self._push, snapshot, checkpoint.name, position))
 
     def wait(self) -> None:
         """Wait for every copy under way (the end of a run, or a stop: the newest checkpoint must be there)."""
-        for name in list(self._pending):
-            self._pending.pop(name).result()
+        while self._pending:
+            self._pending.pop(0).result()
 
-    def _push(self, checkpoint: Path, position: dict) -> None:
+    def _push(self, snapshot: Path, name: str, position: dict) -> None:
         try:
-            self._push_checkpoint(checkpoint, position)
+            self._push_checkpoint(snapshot, name, position)
             for record in self.run.records:
                 if record.is_file():
                     self._pipe(record.read_bytes(), record.name)
         except Exception as err:  # any store error: network, credentials, a full disk
-            console.print(f"[yellow]warning:[/] mirror: could not copy {checkpoint.name} to {self.url} "
+            console.print(f"[yellow]warning:[/] mirror: could not copy {name} to {self.url} "
                           f"({type(err).__name__}: {err}); training goes on and the next checkpoint tries again")
+        finally:
+            if snapshot.name != name:
+                snapshot.unlink(missing_ok=True)
 
-    def _push_checkpoint(self, checkpoint: Path, position: dict) -> None:
-        name = f"{CHECKPOINTS}/{checkpoint.name}"
-        record = {"bytes": checkpoint.stat().st_size, "sha256": file_digest(checkpoint), **position}
-        partial = self._path(f"{CHECKPOINTS}/.{checkpoint.name}.partial")
+    def _push_checkpoint(self, snapshot: Path, checkpoint_name: str, position: dict) -> None:
+        name = f"{CHECKPOINTS}/{checkpoint_name}"
+        record = {"bytes": snapshot.stat().st_size, "sha256": file_digest(snapshot), **position}
+        partial = self._path(f"{CHECKPOINTS}/.{checkpoint_name}.partial")
         self.fs.makedirs(self._path(CHECKPOINTS), exist_ok=True)
-        self.fs.put_file(str(checkpoint), partial)  # the slow part: a cut here leaves only the partial copy
-        if checkpoint.name == LAST and self.fs.exists(self._path(name)):  # the previous one, as in the run folder
+        self.fs.put_file(str(snapshot), partial)  # the slow part: a cut here leaves only the partial copy
+        if checkpoint_name == LAST and self.fs.exists(self._path(name)):  # the previous one, as in the run folder
             self.fs.mv(self._path(name), self._path(f"{CHECKPOINTS}/{LAST_PREVIOUS}"))
             if self.fs.exists(self._path(name + ".json")):
                 self.fs.mv(self._path(name + ".json"), self._path(f"{CHECKPOINTS}/{LAST_PREVIOUS}.json"))

@@ -3,14 +3,21 @@ model cards and messages."""
 from __future__ import annotations
 
 from imagenet_kit.config import ModelConfig
+from imagenet_kit.config.schema import network_keys
 
-# The ModelConfig keys that decide what a model's weights mean: a checkpoint or an export fits a model only
-# when all of them match.
-ARCHITECTURE_KEYS = ("arch", "blurpool", "maxblurpool", "activation", "se_reduction", "self_attention")
+# The ModelConfig keys declared `network=True` (config/schema.py): a checkpoint or an export fits a model only when
+# all of them match.
+ARCHITECTURE_KEYS = network_keys()
 
 
 def architecture(model: ModelConfig) -> dict:
     return {key: getattr(model, key) for key in ARCHITECTURE_KEYS}
+
+
+def architecture_of(record: dict) -> dict:
+    """The network a record names (an export's model.json, a results row); keys it lacks (written before they
+    existed) take their defaults, which is what those models were."""
+    return {**architecture(ModelConfig()), **{key: record[key] for key in ARCHITECTURE_KEYS if key in record}}
 
 
 def architecture_extras(spec: dict) -> list[str]:

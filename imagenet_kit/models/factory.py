@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from imagenet_kit.config import ModelConfig
-from imagenet_kit.models.architecture import ARCHITECTURE_KEYS, architecture
+from imagenet_kit.models.architecture import architecture
 from imagenet_kit.models.layers import (
     ACTIVATION_MODULES,
     apply_blurpool,
@@ -22,13 +22,16 @@ from imagenet_kit.models.resnet_v2 import resnet50v2
 HEAD = "fc"  # every arch's classifier; fine-tuning replaces it, freezes all else around it, scales its LR
 
 
-def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_residual: bool = True,
+def create_model(arch: str = "resnet50", num_classes: int = 1000, *, zero_init_residual: bool = True,
                  blurpool: bool = False, activation: str = "relu", se_reduction: int = 0,
-                 self_attention: bool = False, maxblurpool: bool = False) -> nn.Module:
-    """A randomly initialised ResNet. Weights are never downloaded here.
+                 self_attention: bool = False, maxblurpool: bool = False, device: torch.device | str = "cpu",
+                 channels_last: bool = False) -> nn.Module:
+    """The one way the kit makes a network: a randomly initialised ResNet (weights are never downloaded here) with
+    its add-ons, on ``device`` in channels_last when asked. A run's model is ``create_model(**model_kwargs(cfg.model),
+    num_classes=...)``; an export's, ``create_model(**architecture_of(info), num_classes=...)``.
 
-    The arguments are trusted: ``config_checks.validate`` checked the arch, the activation and which add-ons an
-    arch takes when the config was loaded."""
+    The arguments are trusted: the config's checks (config/checks.py) checked the arch, the activation and which
+    add-ons an arch takes when the config was loaded."""
     if arch == "resnet50v2":
         model = resnet50v2(num_classes, zero_init_residual)
     elif arch in ("resnet50d", "resnext50d"):
@@ -47,12 +50,12 @@ def create_model(arch: str = "resnet50", num_classes: int = 1000, zero_init_resi
         apply_blurpool(model)
     if activation != "relu":
         swap_relu(model, ACTIVATION_MODULES[activation])
-    return model
+    return model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def model_from_config(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """The run's model: ``create_model`` with the ``model:`` section of its config."""
-    return create_model(num_classes=num_classes, zero_init_residual=cfg.zero_init_residual, **architecture(cfg))
+def model_kwargs(cfg: ModelConfig) -> dict:
+    """``create_model``'s keywords for a run's ``model:`` section: its network, its init and its memory format."""
+    return {**architecture(cfg), "zero_init_residual": cfg.zero_init_residual, "channels_last": cfg.channels_last}
 
 
 def fold_parametrizations(model: nn.Module) -> nn.Module:
@@ -65,20 +68,3 @@ def fold_parametrizations(model: nn.Module) -> nn.Module:
             for name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, name)
     return model
-
-
-def model_config_from_export_info(info: dict) -> ModelConfig:
-    """The architecture an export's model.json records; keys it lacks (exports from before they existed) take
-    their defaults, which is what those models were."""
-    return ModelConfig(**{key: info[key] for key in ARCHITECTURE_KEYS if key in info})
-
-
-def model_from_export_info(info: dict) -> nn.Module:
-    """The model an export's model.json describes."""
-    return model_from_config(model_config_from_export_info(info), info["num_classes"])
-
-
-def model_on_device(cfg: ModelConfig, num_classes: int, device: torch.device) -> nn.Module:
-    """``model_from_config`` moved to ``device`` in the config's memory format (channels_last by default)."""
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return model_from_config(cfg, num_classes).to(device=device, memory_format=memory_format)

@@ -14,13 +14,14 @@ def scaled_lr(lr: float, lr_batch: int, global_batch: int) -> float:
     return lr * global_batch / lr_batch
 
 
-def create_optimizer(groups: list[dict], optim: OptimConfig, lr: float, fused: bool | None = None) -> torch.optim.Optimizer:
+def create_optimizer(groups: list[dict], optim: OptimConfig, lr: float,
+                     fused: bool | None = None) -> torch.optim.Optimizer:
     """torch's SGD (heavy-ball momentum), AdamW or RAdam (``optim.optimizer``) over ``groups`` (from
     ``param_groups``) at ``lr``, inside a ``Lookahead`` when ``optim.lookahead_k`` > 0.
 
     For the Adams ``optim.momentum`` is beta1, so OneCycleLR's momentum cycling moves it the same way it moves
     SGD's momentum, and the weight decay in the groups is decoupled (scaled by the LR, as torch does).
-    The optimizer's name was checked against ``config_checks.OPTIMIZERS`` when the config loaded.
+    The optimizer's name was checked against the declaration of ``optim.optimizer`` when the config loaded.
 
     ``fused`` (default: when the parameters are on a GPU): torch's fused SGD and AdamW kernels, one launch for
     every parameter, and under fp16 the GradScaler hands them its scale instead of checking the gradients for

@@ -25,10 +25,10 @@ def create_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_l
       update is small while its variance estimate is young (fastai uses Ranger, RAdam + Lookahead).
 
     ``epoch_changes``: (step, total steps before) for each resume that changed ``train.epochs`` (not onecycle:
-    ``resume_checks`` refuses it there); see ``changed_epochs``.
+    ``engine.resume`` refuses it there); see ``changed_epochs``.
 
     A param group with an ``lr_mult`` key (the head's, see ``optimizers.param_groups``) follows the same curve
-    scaled by it. The schedule's name was checked against ``config_checks.SCHEDULES`` when the config loaded.
+    scaled by it. The schedule's name was checked against the declaration of ``optim.schedule`` when the config loaded.
     """
     total = epochs * steps_per_epoch
     peaks = [max_lr * group.get("lr_mult", 1.0) for group in optimizer.param_groups]

@@ -81,8 +81,8 @@ def print_targets(result: dict) -> None:
     for column in ("recipe", "top-1 (pub.)", "instance", "GPUs", "batch", "data", "hours", "on-demand $",
                    *(("spot $",) * spot),
                    "page cache", "first read", "disk", "throughput", ""):
-        table.add_column(column, justify="left" if column in ("recipe", "instance", "data", "throughput", "") else "right",
-                         no_wrap=True)
+        left = column in ("recipe", "instance", "data", "throughput", "")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     for r in result["rows"]:
         table.add_row(r["recipe"], f"{r['reference_top1']:g}%", r["instance"], str(r["gpus"]), str(r["batch_size"]),
                       r["data"], f"{r['hours']:.1f}",

@@ -144,7 +144,8 @@ def _cache_bytes(host: Host, gpus: int) -> float:
 
 def _cheapest_holding(nbytes: float, host: Host, gpus: int) -> Host | None:
     """The cheapest instance with this host's GPU model (and enough of them) whose page cache holds ``nbytes``."""
-    fitting = [h for h in INSTANCES.values() if h.gpu == host.gpu and h.gpus >= gpus and _cache_bytes(h, gpus) >= nbytes]
+    fitting = [h for h in INSTANCES.values()
+               if h.gpu == host.gpu and h.gpus >= gpus and _cache_bytes(h, gpus) >= nbytes]
     return min(fitting, key=lambda h: h.price_per_hour, default=None)
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from imagenet_kit.config import load_config
+from imagenet_kit.config.recipes import RECIPES_DIR
 from imagenet_kit.plan.catalog import INSTANCES, Host, Storage, ebs_gp3, instance_price_per_gpu
 from imagenet_kit.plan.estimate import estimate_plan
 from imagenet_kit.plan.host_fit import check_fit
 from imagenet_kit.plan.throughput import PlanError
-from imagenet_kit.recipe_files import RECIPES_DIR
 
 
 def schedules_reaching(target: float) -> list[str]:

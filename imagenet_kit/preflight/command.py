@@ -16,12 +16,12 @@ import torch
 from rich.table import Table
 
 from imagenet_kit.config import RunConfig
+from imagenet_kit.config.flags import build_config, recipe_options
 from imagenet_kit.data.loaders import beton_num_samples
 from imagenet_kit.data.prepare import prepare
 from imagenet_kit.data.storage import meminfo
 from imagenet_kit.environment import device_name, environment
 from imagenet_kit.errors import KitError
-from imagenet_kit.options import build_config, recipe_options
 from imagenet_kit.plan.catalog import INSTANCES, instance_price_per_gpu
 from imagenet_kit.plan.estimate import estimate_plan, local_gpu_model
 from imagenet_kit.preflight import measure
@@ -86,8 +86,8 @@ def failures(found: dict, cfg: RunConfig) -> list[str]:
     if cfg.data.in_memory and not s["fits_page_cache"]:
         out.append(f"the betons ({s['betons_gb']:,.1f} GB) do not fit the page cache (~{s['page_cache_gb']:,.1f} GB): "
                    "every epoch would read them from disk at random; an instance with more RAM (imagenet-kit plan "
-                   "--recipe RECIPE --instance NAME), smaller betons (another --gpu profile's), or data.in_memory=false "
-                   "with one training process")
+                   "--recipe RECIPE --instance NAME), smaller betons (another --gpu profile's), or "
+                   "data.in_memory=false with one training process")
     if not found["resume"]["passed"]:
         out.append(f"the resume check failed (stopped at {found['resume']['stopped_at']}, resumed to global step "
                    f"{found['resume']['resumed_to_global_step']} instead of 4): report it with its row")
@@ -113,7 +113,8 @@ def print_found(found: dict, device: torch.device) -> None:
     table.add_row("disk under the betons", f"{s['sequential_mb_s']:,.0f} MB/s in order, {s['random_mb_s']:,.0f} MB/s "
                                            f"in {s['random_read_kib']} KiB random reads")
     r = found["resume"]
-    table.add_row("checkpoint and resume", f"{'resumed' if r['passed'] else 'FAILED'} at (epoch, step) {r['stopped_at']}")
+    table.add_row("checkpoint and resume",
+                  f"{'resumed' if r['passed'] else 'FAILED'} at (epoch, step) {r['stopped_at']}")
     results.print(table)
 
 
@@ -177,4 +178,5 @@ def _say_estimate(estimate: dict | None, found: dict) -> None:
 def _estimate_words(estimate: dict | None) -> str:
     if estimate is None:
         return ""
-    return f"; the whole run: ~{estimate['hours']:,.1f} h, ~${estimate['usd']:,.0f} ({estimate['throughput']} throughput)"
+    return (f"; the whole run: ~{estimate['hours']:,.1f} h, ~${estimate['usd']:,.0f} "
+            f"({estimate['throughput']} throughput)")

@@ -47,8 +47,9 @@ def classify_photo(predictor: Predictor, path: Path, k=TOP_K_DEFAULT, threshold=
     k, threshold = controls(k, threshold)
     (top,), timing = predictor.predict_batch([load_rgb(path)], k)
     shown = {name: p for name, p in top if 100 * p >= threshold}
-    note = (f"**{timing.total_ms:.1f} ms** on the server for this photo: preprocessing {1000 * timing.preprocess:.1f} ms"
-            f" + model {1000 * timing.model:.1f} ms (decoding the upload not included).")
+    note = (f"**{timing.total_ms:.1f} ms** on the server for this photo: preprocessing "
+            f"{1000 * timing.preprocess:.1f} ms + model {1000 * timing.model:.1f} ms (decoding the upload not "
+            "included).")
     if not shown:
         note += f" No class reaches {threshold:g}%; the most likely is {top[0][0]} at {100 * top[0][1]:.1f}%."
     elif len(shown) < len(top):
@@ -114,7 +115,8 @@ def write_downloads(rows: list[dict], timing: Timing | None, info: dict, folder:
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "top1", "confidence", "time_ms", "error"])
-        writer.writerows([row["file"], row["top1"] or "", "" if row["confidence"] is None else f"{row['confidence']:.4f}",
+        writer.writerows([row["file"], row["top1"] or "",
+                          "" if row["confidence"] is None else f"{row['confidence']:.4f}",
                           "" if row["time_ms"] is None else f"{row['time_ms']:.1f}", row["error"] or ""]
                          for row in rows)
     return json_path, csv_path

@@ -16,15 +16,15 @@ import torch
 from rich.table import Table
 
 from imagenet_kit.config import config_from_dict
+from imagenet_kit.config.flags import output_dir_option
+from imagenet_kit.config.recipes import PACKAGE_DIR
 from imagenet_kit.data.pixels import CENTER_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
 from imagenet_kit.engine.checkpoint import load_checkpoint
 from imagenet_kit.environment import environment, write_json
 from imagenet_kit.images import UnreadableImage, load_rgb
-from imagenet_kit.models.architecture import architecture
-from imagenet_kit.models.factory import fold_parametrizations, model_from_config, model_from_export_info
-from imagenet_kit.options import output_dir_option
+from imagenet_kit.models.architecture import architecture, architecture_of
+from imagenet_kit.models.factory import create_model, fold_parametrizations, model_kwargs
 from imagenet_kit.progress import console
-from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import BEST_IN_RUN, EXPORT, MODEL_FILES, ExportFolder, checkpoint_label, resolve_checkpoint
 from imagenet_kit.serve.model_card import model_cost, run_records
 from imagenet_kit.serve.predict import ExportError, _quiet_deprecations, preprocess
@@ -100,14 +100,14 @@ def _export_safetensors(model, path: Path, batch: torch.Tensor, info: dict) -> t
     # The live module's state dict, not the checkpoint's: the checkpoint may hold channels_last tensors,
     # which safetensors refuses; load_state_dict copied them into this model's contiguous parameters.
     save_file(model.state_dict(), str(path), metadata={"arch": info["arch"], "num_classes": str(info["num_classes"])})
-    reloaded = model_from_export_info(info).eval()
+    reloaded = create_model(**architecture_of(info), num_classes=info["num_classes"]).eval()
     reloaded.load_state_dict(load_file(path))
     with torch.inference_mode():
         return reloaded(batch)
 
 
 def _eval_model(cfg, state: dict) -> torch.nn.Module:
-    model = model_from_config(cfg.model, len(state["classes"]))
+    model = create_model(**{**model_kwargs(cfg.model), "channels_last": False}, num_classes=len(state["classes"]))
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -130,7 +130,7 @@ def export_model(checkpoint: Path, out_dir: Path, formats=FORMATS, res: int | No
     res = res or cfg.train.val_res
     classes = state["classes"]
     model = _eval_model(cfg, state)
-    # TorchScript and ONNX get plain weights; safetensors keeps the state dict that model_from_export_info's
+    # TorchScript and ONNX get plain weights; safetensors keeps the state dict that create_model's
     # model loads (their logits are the same).
     served = fold_parametrizations(_eval_model(cfg, state))
     spec = preprocess_spec(res, cfg.train.val_crop_ratio)

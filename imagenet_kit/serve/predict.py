@@ -43,7 +43,8 @@ def preprocess(image: Image.Image, spec: dict) -> torch.Tensor:
 @dataclass(frozen=True)
 class Timing:
     """The server's time for one forward pass over ``images`` photos, in seconds: ``preprocess`` (resize, crop,
-    normalize each decoded photo) and ``model`` (the forward pass, softmax and top-k). Decoding the files is not in it."""
+    normalize each decoded photo) and ``model`` (the forward pass, softmax and top-k). Decoding the files is not in
+    it."""
     preprocess: float
     model: float
     images: int
@@ -122,9 +123,13 @@ def load_exported(model_dir: Path | ExportFolder) -> Predictor:
     if export.model_file("safetensors").is_file():
         from safetensors.torch import load_file
 
-        from imagenet_kit.models.factory import model_from_export_info  # not shipped in a Space folder (model.ts)
-        model = model_from_export_info(info)
+        # not shipped in a Space folder (it serves model.ts)
+        from imagenet_kit.models.architecture import architecture_of
+        from imagenet_kit.models.factory import create_model
+
+        model = create_model(**architecture_of(info), num_classes=info["num_classes"])
         model.load_state_dict(load_file(export.model_file("safetensors")))
         return Predictor(model, spec, names, info, "safetensors", wnids, export)
     raise ExportError(f"{export.root}: neither {export.model_file('torchscript').name} nor "
-                      f"{export.model_file('safetensors').name} to load; export with --format torchscript or safetensors")
+                      f"{export.model_file('safetensors').name} to load; export with --format torchscript or "
+                      "safetensors")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import click
 
+from imagenet_kit.config.flags import output_dir_option
+from imagenet_kit.config.recipes import PACKAGE_DIR
 from imagenet_kit.errors import KitError
-from imagenet_kit.options import output_dir_option
 from imagenet_kit.progress import results
-from imagenet_kit.recipe_files import PACKAGE_DIR
 from imagenet_kit.runs import DEFAULT_OUTPUT_DIR, EXPORT_IN_RUN, ExportFolder, RunFolder, find_latest_export
 from imagenet_kit.serve.demo import EXAMPLES_DIR
 from imagenet_kit.serve.model_card import card_info, readme

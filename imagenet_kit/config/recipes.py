@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from imagenet_kit.config_checks import check_choice
+from imagenet_kit.config.choice import check_choice
 from imagenet_kit.errors import ConfigError
 
 # Package data, so an installed kit (pip install .) finds them from any folder. `files` gives a real folder for

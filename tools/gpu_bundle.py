@@ -1,5 +1,10 @@
-"""``imagenet-kit bench gpu-bundle``: FFCV and a small real beton in one folder, for a GPU host that has torch but
-no FFCV, no compiler and no network (what ``bench gpu-evidence --bundle`` runs on).
+"""`make gpu-bundle` and `make gpu-evidence` on a bare GPU host: FFCV and a small real beton in one folder, for a
+GPU host that has torch but no FFCV, no compiler and no network, and the kit's CLI run with that FFCV first.
+
+    python tools/gpu_bundle.py build --src imagenette2/train [--out gpu-bundle] [--max-mib 64]
+    python tools/gpu_bundle.py run gpu-bundle bench gpu-evidence --bundle gpu-bundle [ARGS]
+
+A development host's tool, not the kit's: users with a GPU have FFCV installed.
 
 The folder holds FFCV's Python package (its ctypes loader patched to open ``_libffcv`` by path, so the extension
 built here for this Python also loads under another CPython 3), the shared libraries ``_libffcv`` links (OpenCV
@@ -19,9 +24,11 @@ from pathlib import Path
 
 import click
 
-from imagenet_kit.bench.shared_libraries import load_libraries
-from imagenet_kit.errors import KitError
-from imagenet_kit.progress import console
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from imagenet_kit.errors import KitError  # noqa: E402
+from imagenet_kit.progress import console  # noqa: E402
+from tools.shared_libraries import load_libraries  # noqa: E402
 
 DEFAULT_DIR = Path("gpu-bundle")
 # Every Linux host has these, and a second copy of the C/C++ runtime beside torch's would clash with it.
@@ -149,7 +156,12 @@ def activate(bundle: Path) -> dict:
     return manifest
 
 
-@click.command("gpu-bundle")
+@click.group()
+def tools_cli():
+    """The GPU bundle: build it here, run the kit with it there."""
+
+
+@tools_cli.command("build")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DIR, help="the bundle folder (replaced)")
 @click.option("--src", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="an ImageFolder split to take the beton's images from (e.g. imagenette2/train)")
@@ -160,7 +172,7 @@ def activate(bundle: Path) -> dict:
 @click.option("--max-mib", type=click.FloatRange(min=0), default=0,
               help="refuse a bundle that, with the working tree, is larger than what you can copy to the GPU host "
                    "in one go (0 = no limit)")
-def gpu_bundle_command(out, src, images, max_res, jpeg_quality, workers, max_mib):
+def build_command(out, src, images, max_res, jpeg_quality, workers, max_mib):
     """FFCV, its libraries and a real beton in one folder, for bench gpu-evidence --bundle on a bare GPU host."""
     manifest = build_bundle(out, src, images, max_res, jpeg_quality, workers)
     tree = working_tree_mib(Path.cwd()) if (Path.cwd() / ".git").exists() else 0.0
@@ -168,3 +180,24 @@ def gpu_bundle_command(out, src, images, max_res, jpeg_quality, workers, max_mib
     console.print(f"{out}: {manifest['images']} images at max side {max_res}, {len(manifest['libraries'])} "
                   f"libraries, {manifest['mib']:.1f} MiB; with the working tree ({tree:.1f} MiB) {total:.1f} MiB")
     check_size(out, total, max_mib, images, max_res)
+
+
+@tools_cli.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("kit_args", nargs=-1, type=click.UNPROCESSED)
+def run_command(bundle, kit_args):
+    """The kit's CLI (imagenet-kit KIT_ARGS...) with BUNDLE's FFCV and libraries first on the paths."""
+    info = activate(bundle)
+    console.print(f"bundle {info['path']}: FFCV and {len(info['libraries'])} libraries put first")
+    from imagenet_kit.cli import main
+
+    sys.argv = ["imagenet-kit", *kit_args]
+    main()
+
+
+if __name__ == "__main__":
+    try:
+        tools_cli(standalone_mode=True)
+    except KitError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
