@@ -27,6 +27,7 @@ COMMANDS = {
     "run": "imagenet_kit.pipeline:run_command",
     "plan": "imagenet_kit.plan.command:plan_command",
     "preflight": "imagenet_kit.preflight.command:preflight_command",
+    "keys": "imagenet_kit.config.flags:keys_command",
     "launch": "imagenet_kit.launch:launch_command",
 }
 BENCH_COMMANDS = {

@@ -102,3 +102,13 @@ def test_mini_finetune_reads_the_same_subset_and_betons_as_mini():
     mini, finetune = load_config("mini"), load_config("mini-finetune")
     assert dataclasses.asdict(finetune.subset) == dataclasses.asdict(mini.subset) and mini.subset.classes
     assert finetune.betons == mini.betons
+
+
+def test_the_docs_key_table_is_the_declarations():
+    from imagenet_kit.config.load import key_table
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    block = text.split("<!-- keys:begin -->\n")[1].split("\n<!-- keys:end -->")[0]
+    assert block == key_table(), "docs/configuration.md is out of date: imagenet-kit keys --markdown"
+    assert block.count("\n| `") == len(declared_keys())

@@ -30,6 +30,7 @@ def _cases(tmp):
         "space": (["space", "--output-dir", str(empty)], "no run with an export found"),
         "run": (["run", "--set", "train.epochs=abc"], "train.epochs: expected int"),
         "plan": (["plan", "--target", "99"], "no recipe has a published top-1 of 99%"),
+        "keys": (["keys", "model.arch"], "unexpected extra argument (model.arch)"),
         "preflight": (["preflight", "--recipe", "sample", "--set", "train.batch_size=0"],
                       "train.batch_size must be at least 1"),
         "launch": (["launch", "--nnodes=2"], "torchrun: the following arguments are required: training_script"),
@@ -51,7 +52,7 @@ def _cases(tmp):
 
 
 COMMANDS = ["subset", "convert", "prepare", "verify", "lr-find", "train", "eval", "export", "demo", "space", "run",
-            "plan", "preflight", "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run",
+            "plan", "keys", "preflight", "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run",
             "bench report", "bench lr-sweep",
             "bench profiles", "bench gpu-evidence", "usage"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from imagenet_kit.config.choice import check_choice
-from imagenet_kit.config.load import describe, load_config
+from imagenet_kit.config.load import describe, key_table, load_config
 from imagenet_kit.config.recipes import PACKAGE_DIR
 from imagenet_kit.config.schema import RunConfig, choices, declaration
 from imagenet_kit.progress import results
@@ -114,3 +114,10 @@ def resolve_data_root(root: str) -> Path:
     if not path.is_absolute() and not path.exists() and (PACKAGE_DIR / path).exists():
         return PACKAGE_DIR / path
     return path
+
+
+@click.command("keys")
+@click.option("--markdown", is_flag=True, help="as the Markdown table of docs/configuration.md")
+def keys_command(markdown):
+    """Every config key: its default, what it is, its choices or range, and whether a resume keeps it."""
+    results.out(key_table() if markdown else describe(RunConfig()), end="" if not markdown else "\n")

@@ -141,3 +141,21 @@ def _line(name: str, value: Any, indent: str) -> str:
     if meta["fixed"]:
         notes.append("a resume keeps it")
     return f"{indent}{text}  # {'; '.join(notes)}"
+
+
+def key_table() -> str:
+    """Every key as a Markdown table (key, default, what it is, choices or range, whether a resume keeps it): the
+    docs' key table, from the same declarations as everything else."""
+    lines = ["| key | default | what it is | resume |", "|---|---|---|---|"]
+    for name in declared_keys():
+        f = declaration(name)
+        allowed = choices(name)
+        what = f.metadata["help"]
+        if allowed:
+            what += "; one of " + ", ".join(f"`{c}`" if c else "`''`" for c in allowed)
+        if f.metadata["valid"]:
+            what += f"; {f.metadata['valid'][1]}"
+        default = yaml.safe_dump(f.default, default_flow_style=True).strip().removesuffix("...").strip()
+        keeps = "kept" if f.metadata["fixed"] else "may change"
+        lines.append(f"| `{name}` | `{default}` | {what.replace('|', '/')} | {keeps} |")
+    return "\n".join(lines)
