@@ -183,3 +183,12 @@ def test_every_committed_result_row_has_a_kind_and_no_other_key_for_it():
             row = json.loads(line)
             assert row.get("kind") in KINDS, f"{path.name}:{number}"
             assert "bench" not in row, f"{path.name}:{number}"
+
+
+def test_plan_reads_the_bench_rows_without_importing_bench():
+    """plan prices from measured rows (result_rows.py) and cites bench profiles' statistics from there too: the
+    layer numbers would allow plan/ to import bench/, the design does not (docs/development.md, Layout)."""
+    plan_modules = [p for p in MODULES if _name(p).startswith("imagenet_kit.plan")]
+    assert plan_modules
+    for path in plan_modules:
+        assert not {m for m in _imports(path) if m.startswith("imagenet_kit.bench")}, _name(path)
