@@ -8,6 +8,7 @@ and ``preflight`` read them (a top-level module, so that neither has to import `
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Hashable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,3 +78,43 @@ def newest_rows(results_dir: Path, kind: str, key: Callable[[dict], Hashable],
         if k not in newest or str(row.get("date", "")) >= str(newest[k][0].get("date", "")):
             newest[k] = (row, f"{path.name}:{number}")
     return newest
+
+
+# `imagenet-kit bench profiles` marks its accuracy rows with this key ({"arm", "seed", "changes"}); `plan` cites
+# them, so the reading and the statistics live here rather than in bench/ (which plan may not import).
+PROFILES = "profiles"
+
+
+def profile_rows(results_dir: Path) -> list[dict]:
+    """The newest accuracy row of each (arm, seed) that ``bench profiles`` wrote; none without a results folder."""
+    if not Path(results_dir).is_dir():
+        return []
+    newest: dict[tuple[str, int], dict] = {}
+    for _, _, row in read_results(results_dir):
+        if PROFILES in row and row.get("top1") is not None:
+            newest[(row[PROFILES]["arm"], row[PROFILES]["seed"])] = row
+    return list(newest.values())
+
+
+def arm_summary(rows: list[dict], order: tuple[str, ...] = ()) -> list[dict]:
+    """Per arm (those in ``order`` first, then the rest by name): top-1 mean, standard deviation (n - 1), n, what it
+    changes (its newest row's words), and the difference from the "reference" arm's mean with its spread (the larger
+    of the two arms' standard deviations) and whether the difference is within it."""
+    by_arm: dict[str, list[float]] = {}
+    changes: dict[str, str] = {}
+    for row in rows:
+        by_arm.setdefault(row[PROFILES]["arm"], []).append(row["top1"])
+        changes[row[PROFILES]["arm"]] = row[PROFILES].get("changes", "")
+    stats = {arm: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None, len(v))
+             for arm, v in by_arm.items()}
+    reference = stats.get("reference")
+    summary = []
+    for arm in [a for a in order if a in stats] + sorted(a for a in stats if a not in order):
+        mean, std, n = stats[arm]
+        delta = mean - reference[0] if reference and arm != "reference" else None
+        stds = [s for s in (std, reference[1] if reference else None) if s is not None]
+        spread = max(stds) if delta is not None and stds else None
+        summary.append({"arm": arm, "changes": changes[arm], "mean": mean, "std": std, "n": n, "delta": delta,
+                        "spread": spread,
+                        "within_spread": None if delta is None or spread is None else abs(delta) <= spread})
+    return summary

@@ -128,4 +128,12 @@ def test_the_generated_results_table_is_up_to_date():
     """`imagenet-kit bench report` writes docs/results.md's block from bench/results/: run it after a bench."""
     text = (REPO / "docs" / "results.md").read_text()
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-    assert block == results_markdown(load_rows(REPO / "bench" / "results"))
+    rows = load_rows(REPO / "bench" / "results")
+    assert block == results_markdown(rows)
+    from imagenet_kit.bench.report import GENERATED
+
+    for name, blocks in GENERATED.items():  # the README's headlines, the seeds and the profiles tables
+        page = (REPO / name).read_text()
+        for marker, make in blocks.items():
+            found = page.split(f"<!-- {marker}:begin -->\n", 1)[1].split(f"\n<!-- {marker}:end -->", 1)[0]
+            assert found == make(rows), f"{name}'s {marker} block is stale: run imagenet-kit bench report"

@@ -52,8 +52,8 @@ def _cases(tmp):
 
 
 COMMANDS = ["subset", "convert", "prepare", "verify", "lr-find", "train", "eval", "export", "demo", "space", "run",
-            "plan", "keys", "preflight", "launch", "bench train", "bench data", "bench convert", "bench demo", "bench run",
-            "bench report", "bench lr-sweep",
+            "plan", "keys", "preflight", "launch", "bench train", "bench data", "bench convert", "bench demo",
+            "bench run", "bench report", "bench lr-sweep",
             "bench profiles", "bench gpu-evidence", "usage"]
 
 

@@ -193,3 +193,12 @@ def test_no_module_of_the_package_serves_only_the_development_host():
     names = {path.name for path in MODULES}
     assert not {"gpu_bundle.py", "shared_libraries.py", "image_check.py"} & names
     assert (REPO / "tools" / "gpu_bundle.py").is_file() and (REPO / "tools" / "shared_libraries.py").is_file()
+
+
+def test_plan_reads_the_bench_rows_without_importing_bench():
+    """plan prices from measured rows (result_rows.py) and cites bench profiles' statistics from there too: the
+    layer numbers would allow plan/ to import bench/, the design does not (docs/development.md, Layout)."""
+    plan_modules = [p for p in MODULES if _name(p).startswith("imagenet_kit.plan")]
+    assert plan_modules
+    for path in plan_modules:
+        assert not {m for m in _imports(path) if m.startswith("imagenet_kit.bench")}, _name(path)

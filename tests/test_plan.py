@@ -66,6 +66,50 @@ def test_t4_without_a_measurement_is_a_derived_estimate_naming_its_sources(tmp_p
     assert not any("published figure" in line for line in mini["assumptions"])
 
 
+def test_ffcvs_a100_figure_is_a_blurpool_resnet50s(tmp_path):
+    """FFCV's rn50 configs set use_blurpool: 1 (tests/fixtures/ffcv_rn50_configs.json), so the full recipe's
+    BlurPool is in the A100 figure; a plain ResNet-50 recipe is the one that differs from it there."""
+    full = estimate_plan(load_config("full"), "a100", 8, results_dir=tmp_path)
+    assert full["throughput"]["kind"] == "reference"
+    assert not any("published figure" in line for line in full["assumptions"])
+    mini = estimate_plan(load_config("mini"), "a100", 8, results_dir=tmp_path)
+    assert mini["assumptions"][-1] == ("the published figure is a ResNet-50 with blurpool; the recipe has no "
+                                       "blurpool (measure with `imagenet-kit bench train --arch resnet50`)")
+
+
+def test_a_plan_credits_the_published_top1_only_to_the_published_setup(tmp_path):
+    """FFCV's 73.8%: 500 px half-raw betons, 8 x 512 = 4,096 per step at LR 1.7, fp16. The full recipe as written
+    (256 per GPU, auto = bf16 on an A100) is another run; with FFCV's batch and fp16 it is FFCV's, and on T4s
+    (auto = fp16 there) too."""
+    plain = estimate_plan(load_config("full"), "a100", 8, results_dir=tmp_path)
+    assert (plain["reference_match"], plain["accuracy"]) == (False, "not measured")
+    assert plain["differences"] == ["2,048 images per step (LR 0.85 by the kit's linear rule), not 4,096 (LR 1.7)",
+                                    "bf16, not fp16"]
+    ffcv = ["train.batch_size=512"]
+    same = estimate_plan(load_config("full", [*ffcv, "train.precision=fp16"]), "a100", 8, results_dir=tmp_path)
+    assert (same["reference_match"], same["differences"], same["accuracy"]) == (True, [], "73.8% (FFCV's)")
+    assert estimate_plan(load_config("full", ffcv), "t4", 8, results_dir=tmp_path)["reference_match"]
+    lr = estimate_plan(load_config("full", [*ffcv, "train.precision=fp16", "optim.lr=0.5"]), "a100", 8,
+                       results_dir=tmp_path)
+    assert lr["differences"] == ["peak LR 2 (optim.lr by the kit's linear rule), not 1.7"]
+    result = _plan("--recipe", "full", "--gpu", "a100", "--gpus", "8", "--results-dir", str(tmp_path))
+    text = " ".join(result.output.split())
+    assert ("accuracy: not measured. FFCV's published 73.8% is for its own run (500:0.5:90 betons, 4,096 images per "
+            "step at LR 1.7, fp16;") in text
+    assert "- bf16, not fp16 (effect not measured by the kit)" in text
+    sample = json.loads(_plan("--recipe", "mini", "--gpu", "t4", "--json", "--results-dir", str(tmp_path)).output)
+    assert (sample["reference_match"], sample["differences"]) == (False, ["recipe mini has no published top-1"])
+
+
+def test_every_packaged_reference_names_a_published_run_plan_knows():
+    from imagenet_kit.config.recipes import RECIPES_DIR
+    from imagenet_kit.plan.published import published_run
+
+    referenced = [load_config(p.stem) for p in sorted(RECIPES_DIR.glob("*.yaml")) if load_config(p.stem).reference.top1]
+    assert len(referenced) == 7  # full and its five longer schedules, and g4dn-t4 (full with the t4 profile)
+    assert {published_run(cfg).who for cfg in referenced} == {"FFCV"}
+
+
 @pytest.mark.parametrize("instance, gpu, ratio, words", [
     ("g5.2xlarge", "a10g", 1.0, "AWS's variant of the A10"),
     ("g6.xlarge", "l4", 0.5, "300 vs 600 GB/s"),

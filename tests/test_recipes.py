@@ -100,7 +100,9 @@ def test_flags_beat_the_profile_and_the_profile_beats_the_recipe():
     named = load_config("g4dn-t4")  # a named combination: full with the t4 profile
     combined = load_config("full", ["train.profile=t4"])
     assert (named.data, named.model, named.optim) == (combined.data, combined.model, combined.optim)
-    assert named.train.profile == "t4" and named.reference.top1 == 0  # FFCV's figure was for other betons
+    # FFCV's figure for the schedule; plan, not a zeroed reference, says this run (other betons, 256 per step) is
+    # not the one it was measured on (tests/test_plan_targets.py)
+    assert named.train.profile == "t4" and named.reference == load_config("full").reference
     with pytest.raises(ConfigError, match=r"train.profile: 'a10' is not one of a100, a10g, h100, l4, l40s, t4; "
                                           r"did you mean a10g\?"):
         load_config("full", ["train.profile=a10"])

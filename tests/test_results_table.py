@@ -134,7 +134,7 @@ def test_readme_rewrite_touches_only_the_block_and_is_idempotent(tmp_path):
     args = ["--results-dir", str(results), "--doc", str(readme)]
 
     run = CliRunner().invoke(cli, ["bench", "report", *args])
-    assert run.exit_code == 0 and "table rewritten" in run.output, run.output
+    assert run.exit_code == 0 and "tables rewritten" in run.output, run.output
     text = readme.read_text()
     assert text.startswith(f"{before}{BEGIN}\n") and text.endswith(f"\n{END}{after}")
     assert "stale table" not in text and CPU_ROW["command"] in text and GPU_PENDING in text

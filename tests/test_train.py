@@ -165,19 +165,35 @@ def test_cpu_model_names_the_instruction_set(monkeypatch):
     assert environment.cpu_model().endswith(" (AVX2)")
 
 
-def test_one_real_resnet50_step_bf16():
+def test_one_real_resnet50_step_bf16_is_exactly_sgds_update():
+    """The kit's train_step (normalisation, bf16 autocast, the scaler, the optimizer, the scheduler) on a real
+    ResNet-50: every weight moves by exactly SGD's first step on this batch's gradient, lr x (gradient + weight
+    decay x weight) (momentum has no history yet), with no decay on BatchNorm weights and biases. A step that skips
+    the optimizer, or steps on another batch's gradient, moves them by something else."""
+    from imagenet_kit.config import OptimConfig
+    from imagenet_kit.engine.step import train_step
     from imagenet_kit.models.factory import create_model
-    from imagenet_kit.optim.optimizers import param_groups
+    from imagenet_kit.optim.optimizers import create_optimizer, param_groups
+
+    torch.manual_seed(0)
     model = create_model("resnet50", 10).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(param_groups(model, 1e-4), lr=0.1, momentum=0.9)
-    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-    before = model.conv1.weight.detach().clone()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
-    loss.backward()
-    opt.step()
-    assert torch.isfinite(loss)
-    assert not torch.equal(before, model.conv1.weight)
+    lr, decay = 0.1, 1e-4
+    optimizer = create_optimizer(param_groups(model, decay), OptimConfig(optimizer="sgd", momentum=0.9), lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = train_step(model, images, torch.tensor([0, 1, 2, 3]), torch.nn.CrossEntropyLoss(), optimizer,
+                      torch.amp.GradScaler("cpu", enabled=False), scheduler, torch.bfloat16, True)
+    assert torch.isfinite(loss) and scheduler.last_epoch == 1
+    params = dict(model.named_parameters())
+    # zero_init_residual: each block's last BatchNorm starts at 0, so inside a block only that BatchNorm has a
+    # gradient on the first step; the stem, the downsample shortcuts and the head have theirs
+    for name, weight_decay in (("conv1.weight", decay), ("layer3.0.downsample.0.weight", decay), ("fc.weight", decay),
+                               ("bn1.weight", 0.0), ("layer4.2.bn3.weight", 0.0), ("fc.bias", 0.0)):
+        grad = params[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+        torch.testing.assert_close(params[name].detach(), before[name] - lr * (grad + weight_decay * before[name]),
+                                   msg=name)
 
 
 def test_tensorboard_logs_every_epoch(tiny_config):

@@ -15,7 +15,6 @@ resumes where it stopped (each run resumes mid-epoch from its checkpoint).
 """
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import click
@@ -30,10 +29,10 @@ from imagenet_kit.environment import cpu_has_native_bf16
 from imagenet_kit.errors import ConfigError
 from imagenet_kit.pipeline import training_finished
 from imagenet_kit.progress import console, results
-from imagenet_kit.result_rows import RESULTS_DIR, append_results, read_results
+from imagenet_kit.result_rows import PROFILES, RESULTS_DIR, append_results, arm_summary, profile_rows, read_results
 from imagenet_kit.runtime import init_runtime
 
-BENCH = "profiles"
+BENCH = PROFILES  # the key of its accuracy rows; result_rows reads them back (plan cites them)
 # The full recipe at half its resolutions, on a 2-core CPU: its structure, not its size.
 SCALED_FULL = {
     "model.arch": "resnet18", "train.epochs": 5, "optim.peak_epoch": 1, "train.min_res": 64, "train.max_res": 96,
@@ -89,35 +88,6 @@ def run_arm(cfg: RunConfig, arm: str, seed: int, results_dir: Path) -> dict | No
     return row
 
 
-def arm_summary(rows: list[dict]) -> list[dict]:
-    """Per arm: top-1 mean, standard deviation (n - 1), n, and the difference from the reference arm's mean with
-    whether it is larger than the two arms' spread (the larger standard deviation)."""
-    by_arm: dict[str, list[float]] = {}
-    for row in rows:
-        by_arm.setdefault(row[BENCH]["arm"], []).append(row["top1"])
-    stats = {arm: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None, len(v))
-             for arm, v in by_arm.items()}
-    reference = stats.get("reference")
-    summary = []
-    for arm in [a for a in ARMS if a in stats]:
-        mean, std, n = stats[arm]
-        delta = mean - reference[0] if reference and arm != "reference" else None
-        spread = max(s for s in (std, reference[1] if reference else None) if s is not None) \
-            if delta is not None and (std or (reference and reference[1])) else None
-        summary.append({"arm": arm, "changes": ARMS[arm][0], "mean": mean, "std": std, "n": n, "delta": delta,
-                        "within_spread": None if delta is None or spread is None else abs(delta) <= spread})
-    return summary
-
-
-def profile_rows(results_dir: Path) -> list[dict]:
-    """The newest row of each (arm, seed) among the accuracy rows this bench wrote."""
-    newest: dict[tuple[str, int], dict] = {}
-    for _, _, row in read_results(results_dir):
-        if BENCH in row and row.get("top1") is not None:
-            newest[(row[BENCH]["arm"], row[BENCH]["seed"])] = row
-    return list(newest.values())
-
-
 def print_summary(summary: list[dict]) -> None:
     table = Table(title="GPU profiles' differences, full recipe scaled to resnet18 on Imagenette: val top-1")
     for column in ("arm", "changes", "top-1 mean ± std", "n", "vs reference"):
@@ -159,4 +129,4 @@ def profiles_command(data_root, seeds, arms, output_dir, overrides, results_dir)
             console.print(f"bench profiles: {arm}, seed {seed}: {ARMS[arm][0]}")
             if run_arm(arm_config(arm, seed, root, output_dir, tuple(overrides)), arm, seed, results_dir) is None:
                 return
-    print_summary(arm_summary([r for r in profile_rows(results_dir) if r[BENCH]["arm"] in chosen]))
+    print_summary(arm_summary([r for r in profile_rows(results_dir) if r[BENCH]["arm"] in chosen], tuple(ARMS)))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from imagenet_kit.bench.summary import headlines_markdown, profiles_markdown, seed_groups, seeds_markdown
 from imagenet_kit.errors import KitError
 from imagenet_kit.models.architecture import architecture_label
 from imagenet_kit.progress import console
@@ -178,33 +179,51 @@ def results_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-    """TEXT with what lies between the BEGIN and END markers replaced by BLOCK; the rest untouched."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ReportError(f"expected one '{BEGIN}' followed by one '{END}'")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+def replace_block(text: str, block: str, name: str = "results") -> str:
+    """TEXT with what lies between the ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` markers replaced by BLOCK."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ReportError(f"expected one '{begin}' followed by one '{end}'")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
 RESULTS_DOC = Path("docs/results.md")
+# The other generated blocks, beside the results doc (its folder's parent is the checkout): file -> block -> maker.
+GENERATED = {"README.md": {"headlines": lambda rows: headlines_markdown(rows, _accuracy_row, _command)},
+             "docs/results.md": {"seeds": lambda rows: seeds_markdown(seed_groups(rows, _accuracy_row), _command)},
+             "docs/training.md": {"profiles": lambda rows: profiles_markdown(rows, _command)}}
 
 
 def update_results_doc(doc: Path, results_dir: Path) -> tuple[bool, int]:
-    """Rewrite the doc's results block from RESULTS_DIR; returns (whether the file changed, rows)."""
+    """Rewrite the doc's results block from RESULTS_DIR, and, in a checkout, the other generated blocks; returns
+    (whether a file changed, rows)."""
     rows = load_rows(results_dir)
-    text = Path(doc).read_text()
-    new = replace_block(text, results_markdown(rows))
+    changed = _rewrite(Path(doc), {"results": results_markdown}, rows)
+    root = Path(doc).resolve().parent.parent
+    for name, blocks in GENERATED.items():
+        if (root / name).is_file() and all(f"<!-- {b}:begin -->" in (root / name).read_text() for b in blocks):
+            changed |= _rewrite(root / name, blocks, rows)
+    return changed, len(rows)
+
+
+def _rewrite(path: Path, blocks: dict, rows: list[dict]) -> bool:
+    text = path.read_text()
+    new = text
+    for block, make in blocks.items():
+        new = replace_block(new, make(rows), block)
     if new != text:
-        Path(doc).write_text(new)
-    return new != text, len(rows)
+        path.write_text(new)
+    return new != text
 
 
 @click.command("report")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR)
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=RESULTS_DOC,
-              show_default=True, help="the page whose results block is rewritten")
+              show_default=True, help="the page whose results block is rewritten (and, beside it in a checkout, "
+                                      "the README's headlines and the seeds and profiles tables)")
 def report_command(results_dir: Path, doc: Path) -> None:
-    """Regenerate docs/results.md's measured-results table from every bench result line."""
+    """Regenerate docs/results.md's measured-results table, and the tables generated from rows beside it."""
     changed, count = update_results_doc(doc, results_dir)
-    console.print(f"{doc}: {count} measurements, {'table rewritten' if changed else 'already up to date'}")
+    console.print(f"{doc}: {count} measurements, {'tables rewritten' if changed else 'already up to date'}")

@@ -24,6 +24,9 @@ class Reference:
     source: str
     points: tuple[Throughput, ...]
     derived: bool = False
+    # The network's add-ons in the measured run, as ``architecture_extras`` names them (FFCV's ran BlurPool;
+    # Lambda's NVIDIA DeepLearningExamples ResNet-50 v1.5 is plain).
+    extras: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Gpu:
     name: str
     device_pattern: str  # matched against the "device" field of bench rows (torch's device name)
     reference: Reference
+    bf16: bool = True  # bf16 tensor cores (Ampere and newer): what train.precision "auto" picks there, else fp16
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ GPUS = {
     "t4": Gpu("NVIDIA T4", r"\bT4\b", _from_a10(
         "T4", 65 / 125, "the T4/A10 ratio of FP16 tensor-core peak (65 vs 125 TFLOPS; memory bandwidth 320 vs 600 "
         "GB/s is 0.53) in NVIDIA's T4 and A10 datasheets. The 70 W T4 often runs below its peak clocks, so this is "
-        "likely optimistic")),
+        "likely optimistic"), bf16=False),  # Turing: fp16 tensor cores only (NVIDIA T4 datasheet)
     "a10g": Gpu("NVIDIA A10G", r"\bA10G\b", _from_a10(
         "A10G", 1.0, "the A10G being AWS's variant of the A10 (the same GA102 chip and 24 GB of GDDR6 at 600 GB/s) "
         "with no NVIDIA datasheet of its own; AWS's parts may clock lower, so this is likely optimistic")),
@@ -74,14 +78,15 @@ GPUS = {
     "l40s": Gpu("NVIDIA L40S", r"\bL40S\b", _from_a10(
         "L40S", 864 / 600, "the L40S/A10 ratio of memory bandwidth (864 vs 600 GB/s; FP16 tensor-core peak 362 vs "
         "125 TFLOPS dense is 2.9) in NVIDIA's L40S and A10 datasheets")),
-    # libffcv/ffcv-imagenet assets/agg.csv, run 1330f71e (rn50, 16 epochs, 8x A100 on a p4d.24xlarge, batch 512 per
-    # GPU, the schedule recipes/full.yaml copies). Its log's relative_time minus val_time gives each epoch's training
-    # seconds; 1,277,952 images per epoch (312 steps of 4096) over the median of epochs 1-11 (160 px, 45.52 s) and
-    # 13-15 (192 px, 61.52 s). Epoch 0 (first pass over the data) and epoch 12 (first at 192 px, 75 s) carry
-    # one-off costs and are left out.
+    # libffcv/ffcv-imagenet assets/agg.csv, run 1330f71e (rn50 with BlurPool, use_blurpool: 1 in its configs, 16 epochs,
+    # 8x A100 on a p4d.24xlarge, batch 512 per GPU, the schedule recipes/full.yaml copies). Its log's relative_time
+    # minus val_time gives each epoch's training seconds; 1,277,952 images per epoch (312 steps of 4096) over the median
+    # of epochs 1-11 (160 px, 45.52 s) and 13-15 (192 px, 61.52 s). Epoch 0 (first pass over the data) and epoch 12
+    # (first at 192 px, 75 s) carry one-off costs and are left out.
     "a100": Gpu("NVIDIA A100 40GB", r"\bA100\b", Reference(
-        "FFCV's 16-epoch ResNet-50 run on 8x A100 (libffcv/ffcv-imagenet assets/agg.csv, fp16 AMP, FFCV loader)",
-        (Throughput(8, 160, 28074.0), Throughput(8, 192, 20774.0)))),
+        "FFCV's 16-epoch ResNet-50 run with BlurPool on 8x A100 (libffcv/ffcv-imagenet assets/agg.csv, fp16 AMP, "
+        "FFCV loader)",
+        (Throughput(8, 160, 28074.0), Throughput(8, 192, 20774.0)), extras=("blurpool",))),
     "h100": Gpu("NVIDIA H100 80GB", r"\bH100\b", Reference(
         f"Lambda's PyTorch benchmark on H100 80GB SXM5, 1 and 8 GPUs ({LAMBDA}, rows 'H100 80GB SXM5' and "
         "'8x H100 80GB SXM5': NVIDIA DeepLearningExamples ResNet-50 v1.5, AMP, 224 px)",
@@ -120,7 +125,8 @@ INSTANCES = {host.name: host for host in (
     Host("g6e.24xlarge", 96, 768, 3800, "l40s", 4, 15.06559),
     Host("g6e.48xlarge", 192, 1536, 7600, "l40s", 8, 30.13118),
     Host("p4d.24xlarge", 96, 1152, 8000, "a100", 8, 21.957642),
-    Host("p5.48xlarge", 192, 2048, 30400, "h100", 8, 55.04),
+    # 8 x 3.84 TB NVMe SSD (aws.amazon.com/ec2/instance-types/p5): 30,720 GB, not 8 x 3,800
+    Host("p5.48xlarge", 192, 2048, 30720, "h100", 8, 55.04),
 )}
 INSTANCE_SOURCE = ("AWS's published instance sizes (aws.amazon.com/ec2/instance-types: vCPUs, memory in GiB, "
                    "instance-store NVMe in GB, GPUs)")

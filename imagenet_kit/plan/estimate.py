@@ -16,6 +16,7 @@ from imagenet_kit.models.architecture import architecture, architecture_extras
 from imagenet_kit.optim.schedule import resolution_for_epoch
 from imagenet_kit.plan.catalog import GPUS, INSTANCES, PRICE_SOURCE, Host, default_instance, price_per_gpu_hour
 from imagenet_kit.plan.host_fit import local_host
+from imagenet_kit.plan.published import compare_to_published
 from imagenet_kit.plan.throughput import PlanError, bench_command, measured_throughput, scale_to_gpus, seconds_per_image
 from imagenet_kit.result_rows import RESULTS_DIR
 
@@ -35,12 +36,19 @@ def gpu_throughput(cfg: RunConfig, gpu: str, gpus: int, efficiency: float, resul
                             f"measure it with `{bench_command(cfg.model)}`")
         reference = GPUS[gpu].reference
         kind, source, points = "derived" if reference.derived else "reference", reference.source, reference.points
-        extras = architecture_extras(architecture(cfg.model))
-        if extras:
-            assumptions.append(f"the published figure is a plain ResNet-50's; the recipe's {', '.join(extras)} "
-                               f"is not in it (measure with `{bench_command(cfg.model)}`)")
+        assumptions += _network_gap(architecture_extras(architecture(cfg.model)), reference.extras, cfg)
     points, scaling = scale_to_gpus(points, gpus, efficiency)
     return {"kind": kind, "source": source, "scaling": scaling, "points": points, "assumptions": assumptions}
+
+
+def _network_gap(recipe: list[str], published: tuple[str, ...], cfg: RunConfig) -> list[str]:
+    """What the published figure's network lacks or has beyond the recipe's (FFCV's A100 run had BlurPool, as the
+    full recipe has; Lambda's ResNet-50 v1.5 is plain), as assumption lines naming the bench command."""
+    missing, unused = [e for e in recipe if e not in published], [e for e in published if e not in recipe]
+    measured = "a plain ResNet-50's" if not published else f"a ResNet-50 with {', '.join(published)}"
+    lines = [f"the published figure is {measured}; the recipe's {', '.join(missing)} is not in it"] if missing else []
+    lines += [f"the published figure is {measured}; the recipe has no {', '.join(unused)}"] if unused else []
+    return [f"{line} (measure with `{bench_command(cfg.model)}`)" for line in lines]
 
 
 def _bottleneck(epochs: list[dict]) -> str:
@@ -107,6 +115,8 @@ def estimate_plan(cfg: RunConfig, gpu: str, gpus: int = 1, price_per_hour: float
         "price_source": price_source or ("--price-per-hour" if price_per_hour is not None
                                          else _default_price_source(gpu)),
         "throughput": {**throughput, "points": [asdict(p) for p in points]},
+        # whether this is the run the recipe's published top-1 was measured on, and what differs if not
+        **compare_to_published(cfg, gpu, gpus, results_dir),
         "assumptions": [
             ("throughput at other resolutions: time per image linear in pixel count between measured "
              "resolutions, proportional to it with a single one"),
