@@ -19,10 +19,10 @@ SAMPLE = REPO / "imagenet_kit" / "sample_data" / "imagenette-sample"
 # The modules that take longest (pytest --durations under `make test`, 2 cores, 2026-12-06), longest first:
 # `make test`'s workers take whole modules in collection order, so these start at once and no worker is left
 # running a long one alone at the end.
-LONGEST_FIRST = ("test_two_nodes", "test_install", "test_ddp_checks", "test_gpu_evidence", "test_progress",
-                 "test_archives", "test_train", "test_distributed", "test_resume_exact", "test_selection",
-                 "test_convert_faults", "test_cli", "test_workers", "test_convert", "test_mirror", "test_space",
-                 "test_ingestion")
+LONGEST_FIRST = ("test_two_nodes", "test_install", "test_gpu_evidence", "test_ddp_checks", "test_gpu_path",
+                 "test_preflight", "test_progress", "test_archives", "test_train", "test_distributed",
+                 "test_resume_exact", "test_selection", "test_convert_faults", "test_cli", "test_workers",
+                 "test_convert", "test_mirror", "test_space", "test_app", "test_learning", "test_ingestion")
 
 
 def pytest_collection_modifyitems(items):

@@ -134,19 +134,12 @@ def check_size(out: Path, total_mib: float, max_mib: float, images: int, max_res
                           f"--images (now {images}) or --max-res (now {max_res})")
 
 
-def read_manifest(bundle: Path) -> dict:
-    """The bundle's manifest.json, with its ``path``."""
-    bundle = Path(bundle).resolve()
-    manifest_path = bundle / "manifest.json"
-    if not manifest_path.is_file():
-        raise BundleError(f"{bundle}: not a GPU bundle (no manifest.json); build one with make gpu-bundle")
-    return {**json.loads(manifest_path.read_text()), "path": str(bundle)}
-
-
 def activate(bundle: Path) -> dict:
     """Make the bundle's FFCV the one ``import ffcv`` finds, with its own shared libraries; return its manifest.
 
     Each library is opened by path, dependencies first (``shared_libraries.load_libraries``)."""
+    from imagenet_kit.bench.gpu_evidence import read_manifest  # the kit's reader: no FFCV, and one of it
+
     manifest = read_manifest(bundle)
     try:
         load_libraries(Path(manifest["path"]) / "lib")
