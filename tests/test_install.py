@@ -112,7 +112,7 @@ def test_the_installed_kit_runs_the_sample_from_any_folder_and_serves_it(sample_
         page = _wait_for(f"http://127.0.0.1:{port}/config", server)
         assert "run `sample`" in page and "imagenette-sample" in page  # the model card of that run's export
         # the checkpoint as runs/<name>/..., never the exporting machine's absolute path
-        assert "from `my-runs/sample/checkpoints/best.pt`" in page and f"{out}/sample/checkpoints" not in page
+        assert "checkpoint `my-runs/sample/checkpoints/best.pt`" in page and f"{out}/sample/checkpoints" not in page
     finally:
         server.terminate()
         server.wait(timeout=30)

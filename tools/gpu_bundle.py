@@ -138,14 +138,21 @@ def activate(bundle: Path) -> dict:
     """Make the bundle's FFCV the one ``import ffcv`` finds, with its own shared libraries; return its manifest.
 
     Each library is opened by path, dependencies first (``shared_libraries.load_libraries``)."""
+    python = str(Path(bundle).resolve() / "python")
+    # First on the path before the kit's reader imports torch: torch imports tqdm when it has one, and a bare host's
+    # torch must find the bundle's copy, as FFCV will.
+    sys.path.insert(0, python)
     from imagenet_kit.bench.gpu_evidence import read_manifest  # the kit's reader: no FFCV, and one of it
 
-    manifest = read_manifest(bundle)
     try:
+        manifest = read_manifest(bundle)
         load_libraries(Path(manifest["path"]) / "lib")
+    except KitError:
+        sys.path.remove(python)
+        raise
     except OSError as err:
-        raise BundleError(f"{manifest['path']}: {err}") from None
-    sys.path.insert(0, str(Path(manifest["path"]) / "python"))
+        sys.path.remove(python)
+        raise BundleError(f"{bundle}: {err}") from None
     return manifest
 
 

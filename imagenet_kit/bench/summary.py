@@ -69,13 +69,20 @@ def profiles_markdown(rows: list[dict], command) -> str:
     lines = ["| arm | what it changes | top-1 mean ± std | n | vs reference |", "|---|---|---|---|---|"]
     for s in arm_summary(profile, PROFILE_ORDER):
         std = "" if s["std"] is None else f" ± {100 * s['std']:.2f}"
-        delta = "" if s["delta"] is None else (f"{100 * s['delta']:+.2f} points" + (
-            " (within the spread)" if s["within_spread"] else f" (beyond the spread, {100 * s['spread']:.2f})"))
+        delta = "" if s["delta"] is None else f"{100 * s['delta']:+.2f} points" + _against_spread(s)
         lines.append(f"| {s['arm']} | {s['changes']} | {100 * s['mean']:.2f}%{std} | {s['n']} | {delta} |")
     first = profile[0]
     lines += ["", f"Each arm's seeds {sorted({r[PROFILES]['seed'] for r in profile})}; {first['device']}, "
                   f"{first['torch_threads']} threads; {command(first)}."]
     return "\n".join(lines)
+
+
+def _against_spread(arm: dict) -> str:
+    if arm["spread"] is None:
+        return " (one seed each: no spread to judge it by)"
+    if arm["within_spread"]:
+        return " (within the spread)"
+    return f" (beyond the spread, {100 * arm['spread']:.2f})"
 
 
 def _newest(rows: list[dict], keep) -> dict | None:
