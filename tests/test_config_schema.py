@@ -3,6 +3,7 @@ read it, and every value reaches its key as what it is."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import types
 
 import pytest
@@ -96,6 +97,28 @@ def test_version_prints_the_package_version_and_the_commit():
     run = CliRunner().invoke(cli, ["--version"])
     assert run.exit_code == 0 and run.output.startswith("imagenet-kit 0.1.0")
     assert "commit" in run.output  # run from a checkout
+
+
+def test_a_tree_is_dirty_for_changed_code_not_for_appended_result_rows(tmp_path, monkeypatch):
+    from imagenet_kit import revision
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "accuracy.jsonl").write_text("{}\n")
+    (tmp_path / "train.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(revision, "ROOT", tmp_path)
+    monkeypatch.delenv("IMAGENET_KIT_GIT", raising=False)
+    head = revision.git_revision()
+    assert len(head) == 40
+    (tmp_path / "bench" / "results" / "accuracy.jsonl").write_text("{}\n{}\n")  # the row of seed 0
+    assert revision.git_revision() == head
+    (tmp_path / "train.py").write_text("x = 2\n")
+    assert revision.git_revision() == head + "-dirty"
 
 
 def test_mini_finetune_reads_the_same_subset_and_betons_as_mini():

@@ -52,10 +52,14 @@ def test_profile_arms_are_judged_against_the_larger_spread(fp32, words):
     assert f"| {words} |" in table and "| reference | reference words | 65.00% ± 1.41 | 2 |  |" in table
 
 
-def test_headlines_take_seeds_from_committed_trees_only():
-    rows = [_accuracy("sample-s0", 0.30), _accuracy("sample-s1", 0.40),
-            _accuracy("sample-s2", 0.99, git="abc1234-dirty")]  # uncommitted code is not a result
+def test_headlines_take_three_seeds_from_committed_trees_only():
+    rows = [_accuracy("sample-s0", 0.30), _accuracy("sample-s1", 0.40), _accuracy("sample-s2", 0.35),
+            _accuracy("sample-s3", 0.99, git="abc1234-dirty"),  # uncommitted code is not a result
+            _accuracy("imagenette-s0", 0.80), _accuracy("imagenette-s1", 0.82)]
     table = headlines_markdown(rows, _describe, _command)
-    assert "| 35.00% ± 7.07 / 90.00% ± 0.00 (mean ± std, 2 seeds); 2 min of training each |" in table
-    assert "Imagenette, the `imagenette` recipe, val top-1 / top-5 | not measured at several seeds yet" in table
+    assert "| 35.00% ± 5.00 / 90.00% ± 0.00 (mean ± std, 3 seeds); 2 min of training each |" in table
+    assert ("Imagenette, the `imagenette` recipe, val top-1 / top-5 | 2 of 3 seeds run so far: 80.00%, 82.00% top-1 "
+            "(one run each) |") in table
+    assert "| not measured at 3 seeds yet |" not in table
+    assert "| not measured at 3 seeds yet |" in headlines_markdown(rows[:2], _describe, _command)
     assert "| GPU training throughput | pending: no GPU has run the kit yet |" in table

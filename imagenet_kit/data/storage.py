@@ -95,11 +95,14 @@ def preread(paths: list[Path], processes: int = 1, enabled: bool = True) -> floa
                       f"(~{room / 1e9:,.1f} GB); the first epoch reads them from disk")
         return None
     start = time.perf_counter()
+    read, shown = 0, 0  # bytes read, MiB shown: counted over all betons so the bar ends at its total
     with ProgressLine("pre-read betons into the page cache", -(-size // 2**20), unit="MiB") as bar:
         for path in paths:
             with open(path, "rb", buffering=0) as handle:
                 while chunk := handle.read(CHUNK):
-                    bar.advance(-(-len(chunk) // 2**20))
+                    read += len(chunk)
+                    bar.advance(-(-read // 2**20) - shown)
+                    shown = -(-read // 2**20)
     seconds = time.perf_counter() - start
     rate = size / 1e6 / max(seconds, 1e-9)
     console.print(f"pre-read {size / 1e9:,.2f} GB of betons in {seconds:,.1f} s ({rate:,.0f} MB/s): the first epoch "
