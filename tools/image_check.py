@@ -163,6 +163,16 @@ def check_train(compose: list[str], work: Path) -> str:
     return f"train service: `run --rm train mini` wrote {export.relative_to(work)} and {', '.join(betons)}"
 
 
+def remove_leftover_containers(work: Path) -> list[str]:
+    """Containers an interrupted check left running: `up -d train` would find one, leave it, and step 4 would
+    wait on a training that writes into a folder this check just removed. Only this check's compose project."""
+    project = f"label=com.docker.compose.project={work.name}"  # podman-compose names it after the folder
+    ids = sh("podman", "ps", "-a", "-q", "--filter", project).stdout.split()
+    if ids:
+        sh("podman", "rm", "--force", *ids, timeout=300)
+    return ids
+
+
 def container(service: str) -> str:
     ids = sh("podman", "ps", "-a", "-q", "--filter", f"label=com.docker.compose.service={service}").stdout.split()
     if len(ids) != 1:
@@ -269,6 +279,9 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"[pass] built {IMAGE} on {BASE} in {build_s:.0f} s ({cached} steps from cache)")
     compose = compose_file(work)
+    leftovers = remove_leftover_containers(work)
+    if leftovers:
+        print(f"[note] removed {len(leftovers)} container(s) an earlier check left: {', '.join(leftovers)}")
     steps = [("1", check_image), ("2", lambda: check_train(compose, work)), ("3", lambda: check_demo(compose, work)),
              ("4", lambda: check_stop_and_resume(compose, work))]
     failed = 0
