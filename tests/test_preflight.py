@@ -137,7 +137,7 @@ def test_the_pre_read_is_skipped_with_one_line_when_the_betons_do_not_fit(tmp_pa
 
 
 def test_a_run_pre_reads_its_betons_before_epoch_0_unless_told_not_to(tiny_config, capsys):
-    tiny_config.train.epochs = 1
+    tiny_config.train.epochs, tiny_config.train.max_steps = 1, 1  # the pre-read is before the first step
     train(tiny_config, Runtime(torch.device("cpu")))
     err = capsys.readouterr().err
     assert err.index("pre-read") < err.index("epoch 1/1")

@@ -81,9 +81,9 @@ def test_eval_of_a_checkpoint_with_more_workers_than_cores(tiny_config, capsys):
     from imagenet_kit.engine.evaluate import evaluate_checkpoint
     from imagenet_kit.engine.train import train
 
-    tiny_config.train.epochs = 1
+    tiny_config.train.epochs, tiny_config.train.max_steps = 1, 1  # a checkpoint to evaluate, nothing more
     train(tiny_config, CPU)
-    state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "best.pt")
+    state = load_checkpoint(tiny_config.run_dir / "checkpoints" / "last.pt")
     beton = str(tiny_config.betons[1])
     result = evaluate_checkpoint(state, beton, torch.device("cpu"), batch_size=8, workers=TOO_MANY)
     assert result["count"] == 16
