@@ -105,16 +105,20 @@ def _headlines(rows: list[dict], describe, command):
                         ("imagenette", "Imagenette, the `imagenette` recipe, val top-1 / top-5")):
         g = groups.get(name)
         if g is None or len(g["rows"]) < CLAIM_SEEDS:
-            runs = ", ".join(f"{100 * r['top1']:.2f}%" for r in (g["rows"] if g else []))
-            yield (label, f"{len(g['rows'])} of {CLAIM_SEEDS} seeds run so far: {runs} top-1 (one run each)" if g
-                   else f"not measured at {CLAIM_SEEDS} seeds yet", "",
-                   f"`imagenet-kit run --recipe {name} --name {name}-s0`")
+            yield label, _too_few_seeds(g), "", f"`imagenet-kit run --recipe {name} --name {name}-s0`"
             continue
         minutes = statistics.mean(r["train_minutes"] for r in g["rows"])
         yield (label, f"{_spread([r['top1'] for r in g['rows']])} / {_spread([r['top5'] for r in g['rows']])} "
                       f"(mean ± std, {len(g['rows'])} seeds); {minutes:.0f} min of training each",
                f"{g['device']}, {g['rows'][0].get('precision', '')}", command(g["rows"][0]))
     yield from _bench_headlines(rows, command)
+
+
+def _too_few_seeds(group: dict | None) -> str:
+    if group is None:
+        return f"not measured at {CLAIM_SEEDS} seeds yet"
+    runs = ", ".join(f"{100 * r['top1']:.2f}%" for r in group["rows"])
+    return f"{len(group['rows'])} of {CLAIM_SEEDS} seeds run so far: {runs} top-1 (one run each)"
 
 
 def _bench_headlines(rows: list[dict], command):
