@@ -9,8 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from imagenet_kit.config import load_config
+
+# `make test` runs one pytest worker per core, and the tests start processes of their own (the CLI, torchrun, make).
+# Two processes on 2 cores with 2 torch threads each trained 5x slower than with one each (their threads wait on
+# each other at every operation), so each worker and every process it starts computes with one torch thread: the
+# kit reads OMP_NUM_THREADS as torchrun sets it (data/workers.torch_threads). Loader and conversion workers stay
+# as each test sets them.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "imagenet_kit" / "sample_data" / "imagenette-sample"
@@ -75,7 +85,7 @@ def wait_until_writing(proc: subprocess.Popen, out: Path) -> None:
 def make_env() -> dict:
     """This environment without the variables by which an outer ``make test ARGS=...`` would pass its own
     command-line variables (ARGS among them) down to the ``make`` a test runs."""
-    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
 
 
 def _tiny_imagefolder(dst: Path, classes: int, train_per_class: int, val_per_class: int) -> Path:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import SAMPLE
 
 from imagenet_kit.data import workers as workers_module
-from imagenet_kit.data.workers import host_cores, usable_workers
+from imagenet_kit.data.workers import core_share, host_cores, torch_threads, usable_workers
 from imagenet_kit.runtime import Runtime
 
 CPU = Runtime(torch.device("cpu"))
@@ -59,6 +59,39 @@ def test_under_torchrun_the_line_says_how_the_node_was_split(capsys, monkeypatch
                                                "(16 cores split between 4 processes on this node)")
     monkeypatch.setenv("LOCAL_RANK", "1")  # the node's other processes lower it silently
     assert usable_workers(12, "val loader", 16) == 4 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("omp, processes, expected", [
+    ("1", "1", 1), ("3", "1", 3), ("1", "4", 1),  # as set (torchrun sets 1 for several processes)
+    (None, "1", host_cores()), (None, "2", core_share(host_cores(), 2)), ("", "1", host_cores()),
+    ("two", "1", host_cores()),
+])
+def test_torch_threads_are_omp_num_threads_else_this_process_share(monkeypatch, omp, processes, expected):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert torch_threads() == expected
+
+
+def test_a_loader_sets_numbas_threads_and_leaves_torchs_alone(tiny_data, monkeypatch):
+    """FFCV sets torch's thread count to its worker count for every loader and epoch, undoing torchrun's
+    OMP_NUM_THREADS=1: two such processes on 2 cores trained 5x slower (tests/conftest.py). ffcv_compat stops it."""
+    from ffcv.pipeline.compiler import Compiler
+
+    from imagenet_kit.data.loaders import create_train_loader, epoch_batches
+
+    threads = torch.get_num_threads()
+    workers = host_cores()
+    torch.set_num_threads(1)
+    try:
+        loader = create_train_loader(str(tiny_data["beton_dir"] / "tiny-train-64.beton"), 8, 32, CPU.device, workers)
+        assert sum(len(labels) for _, labels in epoch_batches(loader)) == 32
+        assert sum(len(labels) for _, labels in epoch_batches(loader, skip=2)) == 16  # the kit's own epoch start
+        assert (torch.get_num_threads(), Compiler.num_threads) == (1, workers)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from imagenet_kit.bench.train_steps import (
 from imagenet_kit.config import ModelConfig, load_config
 from imagenet_kit.config.recipes import PACKAGE_DIR
 from imagenet_kit.config.schema import choices
-from imagenet_kit.data.workers import usable_workers
+from imagenet_kit.data.workers import torch_threads, usable_workers
 from imagenet_kit.engine.logbook import peak_memory_mb
 from imagenet_kit.environment import device_name, environment
 from imagenet_kit.errors import ConfigError
@@ -127,9 +127,9 @@ def bench_train(arch: str = "resnet50", resolutions=(128,), batch: int = 16, pre
         beton_images = _check_beton(beton, batch, steps, warmup, passes)
     threads, tuned = torch.get_num_threads(), torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = autotune
-    # Training computes with as many torch threads as loader workers (FFCV sets them on every epoch, and
-    # importing FFCV sets 1): every mode gets that many, so on CPU the modes differ only in what they time.
-    torch.set_num_threads(workers)
+    # Every mode computes with training's torch threads (ffcv_compat keeps FFCV from changing them), so on CPU
+    # the modes differ only in what they time.
+    torch.set_num_threads(torch_threads())
     try:
         rows = _measure_all(arch, model_options, resolutions, batch, precision, compile_, channels_last, beton,
                             beton_images, steps, warmup, workers, device, modes)

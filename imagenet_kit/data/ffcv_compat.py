@@ -1,4 +1,5 @@
-"""A fix for FFCV 1.0.2's page-cache reader, applied on import (``loaders`` imports this module).
+"""Fixes to FFCV 1.0.2, applied on import (``loaders`` imports this module).
+
 
 ``OSCacheManager.state_type`` does ``t1 = numba.uint8[::1]; t1.mutable = False``. Numba interns its
 types, so that line flips the one process-wide "writable 1-D uint8 array" type to read-only in place and
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+import torch
 from ffcv.memory_managers.os_cache import OSCacheManager
 from ffcv.pipeline.compiler import Compiler
+
+from imagenet_kit.data.workers import torch_threads
 
 _PAGE_CACHE = nb.types.Array(nb.uint8, 1, "C", readonly=True)  # the beton, memory-mapped read-only
 _INDEX = nb.uint64[::1]
@@ -62,3 +66,21 @@ def _compile_once():
 
 
 _compile_once()
+
+
+def _loader_threads_are_numbas_only():
+    """FFCV's ``Compiler.set_num_threads(n)`` sets numba's threads and torch's alike: torch's to 1 when FFCV is
+    imported, then to the loader's worker count for each loader and each epoch (from the loader's own thread).
+    torch's threads compute the training step, and the count is the process's to choose: torchrun's
+    OMP_NUM_THREADS=1 for several processes on a node was undone at each epoch, and two processes on 2 cores with
+    2 torch threads each trained 20x slower than with one each (tests/test_workers.py). Here the loader sets
+    numba's threads, which decode its images, and torch keeps ``workers.torch_threads()``."""
+    def set_num_threads(cls, n):
+        cls.num_threads = n if n >= 1 else nb.config.NUMBA_NUM_THREADS  # FFCV's 0: every core
+        nb.set_num_threads(cls.num_threads)
+
+    Compiler.set_num_threads = classmethod(set_num_threads)
+    torch.set_num_threads(torch_threads())
+
+
+_loader_threads_are_numbas_only()

@@ -99,8 +99,8 @@ def create_train_loader(beton: str, batch_size: int, res: int, device: torch.dev
     ``deterministic``: center crops, no flip, sequential order (rank r of W reads samples r, r+W, ...), so
     a run replays exactly and W ranks see the same samples per step as one process with W times the batch.
     ``workers``: 0 = this process's share of the cores; more than that is lowered to it (``usable_workers``,
-    which names ``kind`` when it does). FFCV also sets torch's intra-op thread count to the loader's worker
-    count (ffcv/pipeline/compiler.py), so on CPU this is the training thread count too.
+    which names ``kind`` when it does). They are numba's threads; torch's stay ``workers.torch_threads()``
+    (``ffcv_compat``: FFCV itself would set torch's to the worker count).
     """
     if deterministic:
         augment = [CenterCropRGBImageDecoder((res, res), ratio=CENTER_CROP_RATIO)]

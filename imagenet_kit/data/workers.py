@@ -47,3 +47,12 @@ def usable_workers(requested: int, kind: str, cores: int | None = None, processe
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:
             console.print(f"{kind}: data.workers {requested} > {here}: using {share}{split}")
     return share
+
+
+def torch_threads() -> int:
+    """torch's intra-op threads for this process: OMP_NUM_THREADS when it is set (torchrun sets 1 per process
+    when it starts several), else this process's share of the cores, as many as a loader of ``data.workers 0``."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return core_share(host_cores(), local_processes())
