@@ -154,7 +154,7 @@ def test_smoke_evidence_with_the_bundle_writes_every_row_and_the_readme(bundle, 
     table = readme.read_text()
     assert table.startswith("intro\n") and table.endswith("outro\n") and "old" not in table
     assert table.count("resnet18, 32 px, batch 4") == 7 and "kit FFCV loader, beton max side 64" in table
-    assert "check: 3 epochs at 64→64 px" in table and "passed: stopped at" in table
+    assert "check: 3 epochs at 32→48 px" in table and "passed: stopped at" in table
     assert "smoke run on CPU" in run.stderr  # the console writes to stderr
 
 

@@ -59,7 +59,7 @@ GPU = Sizes("resnet50", (160, 192, 224), 192, 256, 50, 10, ("bf16", "fp16"), (16
 # Seconds on 2 CPU cores. fp16 runs on CPU but emulated (seconds per step), so a CPU smoke run times fp32 and bf16;
 # its memory rows are the process's RSS and its check crosses fp32 -> bf16.
 SMOKE_CPU = Sizes("resnet18", (32,), 32, 4, 2, 1, ("fp32", "bf16"), (32,), (4,), (32, 48),
-                  (("t4", 2, "bf16", 2),), (64, 64))
+                  (("t4", 2, "bf16", 2),), (32, 48))
 SMOKE_GPU = Sizes("resnet18", (32,), 32, 4, 2, 1, ("bf16", "fp16"), (32,), (4,), (32, 48),
                   (("t4", 2, "fp16", 2),), (64, 64))
 
