@@ -13,11 +13,11 @@ import torch
 
 from imagenet_kit.config import load_config
 
-# `make test` runs one pytest worker per core, and the tests start processes of their own (the CLI, torchrun, make).
-# Two processes on 2 cores with 2 torch threads each trained 5x slower than with one each (their threads wait on
-# each other at every operation), so each worker and every process it starts computes with one torch thread: the
-# kit reads OMP_NUM_THREADS as torchrun sets it (data/workers.torch_threads). Loader and conversion workers stay
-# as each test sets them.
+# `make test` runs a pytest worker per core plus one, and the tests start processes of their own (the CLI, torchrun,
+# make). Two processes on 2 cores with 2 torch threads each trained 5x slower than with one each (their threads wait
+# on each other at every operation), so each worker and every process it starts computes with one torch thread: the
+# kit reads OMP_NUM_THREADS as torchrun sets it (data/workers.torch_threads). Loader and conversion workers stay as
+# each test sets them.
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
