@@ -1,7 +1,7 @@
-"""Fixes to FFCV 1.0.2, applied on import (``loaders`` imports this module).
+"""Fixes to FFCV 1.0.2, applied on import (``loaders`` imports this module): its page-cache reader (below), one
+compile per pipeline function (``_compile_once``) and torch's thread count (``_loader_threads_are_numbas_only``).
 
-
-``OSCacheManager.state_type`` does ``t1 = numba.uint8[::1]; t1.mutable = False``. Numba interns its
+The reader: ``OSCacheManager.state_type`` does ``t1 = numba.uint8[::1]; t1.mutable = False``. Numba interns its
 types, so that line flips the one process-wide "writable 1-D uint8 array" type to read-only in place and
 changes its hash. Every dict keyed by a signature that held it (each compiled function's ``overloads``)
 is then corrupt: when a Loader is garbage-collected, numba's dispatcher finalizer iterates those
@@ -72,9 +72,9 @@ def _loader_threads_are_numbas_only():
     """FFCV's ``Compiler.set_num_threads(n)`` sets numba's threads and torch's alike: torch's to 1 when FFCV is
     imported, then to the loader's worker count for each loader and each epoch (from the loader's own thread).
     torch's threads compute the training step, and the count is the process's to choose: torchrun's
-    OMP_NUM_THREADS=1 for several processes on a node was undone at each epoch, and two processes on 2 cores with
-    2 torch threads each trained 20x slower than with one each (tests/test_workers.py). Here the loader sets
-    numba's threads, which decode its images, and torch keeps ``workers.torch_threads()``."""
+    OMP_NUM_THREADS=1 for several processes on a node was undone at each epoch, and two test-size runs at once on
+    2 cores, with 2 torch threads each, took 5x as long as with one each. Here the loader sets numba's threads,
+    which decode its images, and torch keeps ``workers.torch_threads()`` (tests/test_workers.py)."""
     def set_num_threads(cls, n):
         cls.num_threads = n if n >= 1 else nb.config.NUMBA_NUM_THREADS  # FFCV's 0: every core
         nb.set_num_threads(cls.num_threads)
